@@ -4,7 +4,6 @@ SHELL := /bin/bash
 export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
-VENV = $(shell bash scripts/setup_env.sh | tail -n 1)
 OUT ?= outputs/demo
 
 .PHONY: demo test setup bench

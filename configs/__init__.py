@@ -1,0 +1,1 @@
+"""Hydra configuration (package data): verb configs at top level, groups task/, policy/, encoder/, dataset/, robot/."""
