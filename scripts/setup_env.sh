@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 cache="${S2ROBOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s2robot}"
-key="$(cat requirements-lock.txt scripts/setup_env.sh | sha256sum | cut -c1-12)"
+key="$( (cat requirements-lock.txt; echo setup-v1) | sha256sum | cut -c1-12)"
 venv="$cache/venv-$key"
 py="${PYTHON:-python3}"
 
