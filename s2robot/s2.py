@@ -1,0 +1,243 @@
+"""S2 ("Scaling on Scales", Shi et al. 2024): a model-agnostic multiscale forward.
+
+For every scale the image is bicubically resized, split into a chessboard of base-size tiles, all tiles of the
+scale go through the model in one batched call, the tile feature maps are stitched back row-major, area-pooled to
+a common grid and concatenated along channels in scale order. Prefix tokens (CLS, registers) are averaged over a
+scale's tiles and concatenated along channels too, placed first.
+
+Numerically this equals the reference ``s2wrapper.forward`` (bfshi/scaling_on_scales) for square images; beyond
+it, this version handles non-square images (rows x cols tile grids), bounds memory with ``max_batch`` without
+changing results, checks its inputs with clear errors and never mutates global state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["s2_forward", "S2Plan", "plan_scales", "split_tiles", "merge_tiles", "token_grid"]
+
+Size = tuple[int, int]
+
+
+def _pair(v: int | Sequence[int], what: str) -> Size:
+    if isinstance(v, int):
+        return (int(v), int(v))
+    v = tuple(int(x) for x in v)
+    if len(v) != 2:
+        raise ValueError(f"{what} must be an int or an (h, w) pair, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class S2Plan:
+    """Per-scale geometry: resized image ``size`` (h, w) and its tile grid ``splits`` (rows, cols)."""
+
+    sizes: tuple[Size, ...]
+    splits: tuple[Size, ...]
+
+    @property
+    def tile_sizes(self) -> tuple[Size, ...]:
+        """(h, w) of one tile per scale; every tile of a scale has the same size."""
+        return tuple((h // r, w // c) for (h, w), (r, c) in zip(self.sizes, self.splits))
+
+    @property
+    def num_tiles(self) -> tuple[int, ...]:
+        return tuple(r * c for r, c in self.splits)
+
+
+def plan_scales(
+    image_size: int | Sequence[int],
+    scales: Sequence[float] | None = None,
+    img_sizes: Sequence[int | Sequence[int]] | None = None,
+    max_split_size: int | Sequence[int] | None = None,
+) -> S2Plan:
+    """Resolve scales to per-scale sizes and tile grids.
+
+    ``image_size``: (H, W) of the input. Size per scale is ``int(H * s), int(W * s)`` (as the reference) unless
+    ``img_sizes`` gives them. ``max_split_size`` (default: the input size) bounds a tile; a scale of size h is cut
+    into ``ceil(h / split)`` rows, which must divide h exactly.
+    """
+    H, W = _pair(image_size, "image_size")
+    if img_sizes is None:
+        if not scales:
+            raise ValueError("s2_forward needs `scales` or `img_sizes`")
+        sizes = [(int(H * s), int(W * s)) for s in scales]
+    else:
+        if len(img_sizes) == 0:
+            raise ValueError("img_sizes is empty")
+        sizes = [_pair(s, "img_sizes entry") for s in img_sizes]
+    sh, sw = _pair(max_split_size, "max_split_size") if max_split_size else (H, W)
+    if sh <= 0 or sw <= 0:
+        raise ValueError(f"max_split_size must be positive, got {(sh, sw)}")
+    splits = []
+    for h, w in sizes:
+        if h <= 0 or w <= 0:
+            raise ValueError(f"scale size {(h, w)} is empty (input {(H, W)}, scales {scales})")
+        r, c = math.ceil(h / sh), math.ceil(w / sw)
+        if h % r or w % c:
+            raise ValueError(
+                f"scale size {h}x{w} cannot be split into {r}x{c} equal tiles (max_split_size {sh}x{sw}): "
+                f"choose scales/max_split_size so that each scale size is a multiple of its tile count"
+            )
+        splits.append((r, c))
+    return S2Plan(tuple(sizes), tuple(splits))
+
+
+def split_tiles(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(B, C, H, W) -> (rows*cols*B, C, H/rows, W/cols), tile-major (row-major over tiles), batch inner."""
+    B, C, H, W = x.shape
+    if rows == 1 and cols == 1:
+        return x
+    x = x.reshape(B, C, rows, H // rows, cols, W // cols)
+    return x.permute(2, 4, 0, 1, 3, 5).reshape(rows * cols * B, C, H // rows, W // cols)
+
+
+def merge_tiles(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of :func:`split_tiles`: (rows*cols*B, C, h, w) -> (B, C, rows*h, cols*w)."""
+    N, C, h, w = x.shape
+    if rows == 1 and cols == 1:
+        return x
+    B = N // (rows * cols)
+    x = x.reshape(rows, cols, B, C, h, w)
+    return x.permute(2, 3, 0, 4, 1, 5).reshape(B, C, rows * h, cols * w)
+
+
+def token_grid(n_tokens: int, tile_hw: Size, num_prefix: int) -> Size:
+    """Grid (gh, gw) of ``n_tokens`` patch tokens for a tile of (h, w) pixels; error when it is no grid.
+
+    Square tiles need a square count. Non-square tiles take the factor pair gh * gw == n_tokens whose aspect is
+    closest to the tile's (within 20%, which covers floor-rounded patch grids).
+    """
+    th, tw = tile_hw
+    if th == tw:
+        g = math.isqrt(n_tokens)
+        if g * g == n_tokens:
+            return g, g
+    else:
+        target = math.log(th / tw)
+        pairs = [(d, n_tokens // d) for d in range(1, n_tokens + 1) if n_tokens % d == 0]
+        gh, gw = min(pairs, key=lambda p: abs(math.log(p[0] / p[1]) - target))
+        if abs(math.log(gh / gw) - target) < math.log(1.2):
+            return gh, gw
+    hint = ""
+    if th == tw:
+        for p in range(0, 9):
+            m = n_tokens + num_prefix - p
+            if p != num_prefix and m > 0 and math.isqrt(m) ** 2 == m:
+                hint = f"; with num_prefix={p} the rest would be a {math.isqrt(m)}x{math.isqrt(m)} grid"
+                break
+    raise ValueError(
+        f"the model returned {n_tokens} patch tokens after removing num_prefix={num_prefix} prefix tokens for a "
+        f"{th}x{tw} tile: not a {'square ' if th == tw else ''}grid (does num_prefix match the model?{hint})"
+    )
+
+
+def _model_prefix(model: Callable) -> int | None:
+    """The model's own prefix-token count if it declares one (timm ``num_prefix_tokens``), else None."""
+    owner = getattr(model, "__self__", model)
+    n = getattr(owner, "num_prefix_tokens", None)
+    return int(n) if isinstance(n, int) else None
+
+
+def _run_model(model: Callable, x: torch.Tensor, max_batch: int | None) -> torch.Tensor:
+    """One batched call, or ``ceil(N/max_batch)`` calls concatenated when ``max_batch`` bounds memory."""
+    if max_batch is None or x.shape[0] <= max_batch:
+        return model(x)
+    return torch.cat([model(chunk) for chunk in x.split(max_batch)], dim=0)
+
+
+def s2_forward(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    scales: Sequence[float] | None = (1, 2),
+    img_sizes: Sequence[int | Sequence[int]] | None = None,
+    max_split_size: int | Sequence[int] | None = None,
+    num_prefix: int = 0,
+    output_index: int = 0,
+    output_grid: int | Sequence[int] | None = None,
+    output: str | None = None,
+    max_batch: int | None = None,
+) -> torch.Tensor:
+    """Multiscale forward of ``model`` over ``images``.
+
+    Args:
+        model: maps tiles (n, 3, h, w) to tokens (n, num_prefix + gh*gw, C) or maps (n, C, gh, gw).
+        images: (B, 3, H, W), already normalised as the model expects; H != W is allowed.
+        scales: size multipliers; scale s resizes to (int(H*s), int(W*s)). Ignored when ``img_sizes`` is given.
+        img_sizes: explicit per-scale sizes (int or (h, w)).
+        max_split_size: largest tile side (int or (h, w)); default the input size, so scale 1 is one tile.
+        num_prefix: number of prefix tokens (CLS, registers) the model puts before the patch tokens.
+        output_index: index of the scale whose grid every scale is area-pooled to (reference: 0).
+        output_grid: explicit output grid (int or (gh, gw)); overrides ``output_index``.
+        output: "tokens" -> (B, num_prefix + gh*gw, C*K); "maps" -> (B, C*K, gh, gw) (needs num_prefix == 0).
+            Default: the model's own format.
+        max_batch: most tiles per model call; results equal the unchunked call.
+
+    Returns:
+        Tokens or maps in the model's output dtype on the model's output device.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"s2_forward expects images of shape (B, C, H, W), got {shape}")
+    if num_prefix < 0:
+        raise ValueError(f"num_prefix must be >= 0, got {num_prefix}")
+    declared = _model_prefix(model)
+    if declared is not None and declared != num_prefix:
+        raise ValueError(f"num_prefix={num_prefix} but the model declares {declared} prefix tokens")
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+    if output not in (None, "tokens", "maps"):
+        raise ValueError(f"output must be 'tokens', 'maps' or None, got {output!r}")
+
+    B, _, H, W = images.shape
+    plan = plan_scales((H, W), scales, img_sizes, max_split_size)
+    K = len(plan.sizes)
+    if not -K <= output_index < K:
+        raise ValueError(f"output_index={output_index} out of range for {K} scales")
+
+    maps: list[torch.Tensor] = []
+    prefixes: list[torch.Tensor] = []
+    model_format = None
+    for (h, w), (rows, cols), tile in zip(plan.sizes, plan.splits, plan.tile_sizes):
+        x = images
+        if (h, w) != (H, W):
+            x = F.interpolate(images.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=False)
+            x = x.to(images.dtype)
+        out = _run_model(model, split_tiles(x, rows, cols), max_batch)
+        if out.dim() == 3:
+            model_format = "tokens"
+            if out.shape[1] <= num_prefix:
+                raise ValueError(f"the model returned {out.shape[1]} tokens, not more than num_prefix={num_prefix}")
+            gh, gw = token_grid(out.shape[1] - num_prefix, tile, num_prefix)
+            if num_prefix:
+                # (n_tiles*B, p, C) -> mean over tiles -> (B, p, C)
+                prefixes.append(out[:, :num_prefix].reshape(rows * cols, B, num_prefix, -1).mean(dim=0))
+            out = out[:, num_prefix:].transpose(1, 2).reshape(out.shape[0], out.shape[2], gh, gw)
+        elif out.dim() == 4:
+            model_format = "maps"
+            if num_prefix:
+                raise ValueError(f"num_prefix={num_prefix} but the model returns feature maps (no prefix tokens)")
+        else:
+            raise ValueError(f"the model must return tokens (n, N, C) or maps (n, C, h, w), got {tuple(out.shape)}")
+        maps.append(merge_tiles(out, rows, cols))
+
+    grid = _pair(output_grid, "output_grid") if output_grid is not None else tuple(maps[output_index].shape[-2:])
+    pooled = [
+        m if tuple(m.shape[-2:]) == grid else F.interpolate(m.float(), size=grid, mode="area").to(m.dtype)
+        for m in maps
+    ]
+    fused = torch.cat(pooled, dim=1)  # (B, C*K, gh, gw)
+    output = output or model_format
+    if output == "maps":
+        if num_prefix:
+            raise ValueError("output='maps' cannot carry prefix tokens; use output='tokens' or num_prefix=0")
+        return fused
+    tokens = fused.flatten(2).transpose(1, 2)  # (B, gh*gw, C*K)
+    if num_prefix:
+        tokens = torch.cat([torch.cat(prefixes, dim=-1), tokens], dim=1)
+    return tokens
