@@ -1,0 +1,280 @@
+"""``SequenceDataset``: fixed-length training windows over an :class:`EpisodeStore`.
+
+A window starting at step ``s`` of an episode of length ``L`` covers steps ``s .. s+horizon-1``; starts run from
+``-pad_before`` to ``L - horizon + pad_after`` with ``pad_before = n_obs_steps - 1`` and
+``pad_after = n_action_steps - 1``; steps outside the episode repeat its first/last frame (edge padding).
+Observation keys are read only for the first ``n_obs_steps`` steps of a window; ``action`` for all ``horizon``.
+
+All window indices are computed once with numpy (no Python loop over episodes). Reads are batched: a window's
+frames are one contiguous slice per key, and a list of indices (``ds[[i, j, ...]]`` or ``__getitems__``) reads
+every needed frame of a key in one zarr call, letting zarr fetch and decode the chunks concurrently. Small low-dim
+arrays are held in RAM (loaded lazily in each process); images and cached tokens stay in the store. The store is
+opened lazily per process, so DataLoader workers never receive a copy of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from .store import DatasetError, EpisodeStore, StoreLike, describe, is_image_key
+
+NON_OBS_KEYS = ("action", "reward", "success", "sim_state")
+LOWDIM_CACHE_BYTES = 256 << 20
+
+
+def split_episodes(n_episodes: int, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of episode indices into (train, val); val gets round(n*ratio) episodes, at least 1 when
+    ``val_ratio > 0`` and at most ``n - 1``."""
+    if not 0.0 <= val_ratio < 1.0:
+        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
+    n_val = 0 if val_ratio == 0 or n_episodes < 2 else min(max(1, round(n_episodes * val_ratio)), n_episodes - 1)
+    perm = np.random.default_rng(seed).permutation(n_episodes)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def window_index(
+    episode_starts: np.ndarray, episode_lengths: np.ndarray, horizon: int, pad_before: int, pad_after: int
+) -> np.ndarray:
+    """Every window as a row ``(episode_start, episode_length, relative_start)``, int64 (W, 3), vectorised.
+
+    ``relative_start`` ranges over ``[-pad_before, L - horizon + pad_after]`` for each episode of length ``L``.
+    """
+    starts = np.asarray(episode_starts, dtype=np.int64)
+    lengths = np.asarray(episode_lengths, dtype=np.int64)
+    counts = np.maximum(lengths - horizon + pad_before + pad_after + 1, 0)
+    total = int(counts.sum())
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    rel = np.arange(total, dtype=np.int64) - first - pad_before
+    return np.stack([np.repeat(starts, counts), np.repeat(lengths, counts), rel], axis=1)
+
+
+def window_frames(windows: np.ndarray, length: int) -> np.ndarray:
+    """Global step indices, int64 (W, length), of the first ``length`` steps of each window, edge-padded."""
+    t = windows[:, 2:3] + np.arange(length, dtype=np.int64)[None]
+    return windows[:, 0:1] + np.clip(t, 0, windows[:, 1:2] - 1)
+
+
+def read_frames(arr: zarr.Array | np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``arr[frames]`` for any int index array, with one contiguous slice or one orthogonal read per call."""
+    flat = frames.reshape(-1)
+    if isinstance(arr, np.ndarray):
+        return arr[flat].reshape(*frames.shape, *arr.shape[1:])
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+    if hi - lo == len(uniq) or hi - lo <= 2 * len(uniq):  # (nearly) contiguous: one slice beats a gather
+        block = np.asarray(arr[lo:hi])
+        out = block[flat - lo]
+    else:
+        out = np.asarray(arr.get_orthogonal_selection((uniq,)))[inverse]
+    return out.reshape(*frames.shape, *arr.shape[1:])
+
+
+class SequenceDataset(Dataset):
+    """Windows of ``horizon`` steps: ``ds[i] -> {obs_key: (n_obs_steps, ...), "action": (horizon, A)}`` (torch).
+
+    Args:
+        path: the store (directory, ``.zip``, zarr ``Store`` or fsspec URL) or an open :class:`EpisodeStore`.
+        horizon, n_obs_steps, n_action_steps: window geometry (see module docstring).
+        obs_keys: observation keys; default every data key except action/reward/success/sim_state.
+        feature_hash: a ``features/<hash>`` key written by ``cache_features``: each ``<cam>_image`` obs key is
+            replaced by ``<cam>_tokens`` float32 (n_obs_steps, N, D) read from the stored float16 tokens.
+        split: ``"train"``, ``"val"`` or ``"all"``; episodes are split with ``val_ratio`` and ``seed``.
+        lowdim_cache_bytes: low-dim keys whose total size is below this are held in RAM (per process).
+    Items: images uint8 (T_obs, H, W, 3); tokens float32 (T_obs, N, D); other keys float32.
+    """
+
+    def __init__(
+        self,
+        path: StoreLike | EpisodeStore,
+        horizon: int = 16,
+        n_obs_steps: int = 2,
+        n_action_steps: int = 8,
+        obs_keys: Sequence[str] | None = None,
+        feature_hash: str | None = None,
+        split: str = "train",
+        val_ratio: float = 0.1,
+        seed: int = 0,
+        action_key: str = "action",
+        lowdim_cache_bytes: int = LOWDIM_CACHE_BYTES,
+    ):
+        if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon:
+            raise ValueError(
+                f"need 1 <= n_obs_steps ({n_obs_steps}) <= horizon ({horizon}) and 1 <= n_action_steps "
+                f"({n_action_steps}) <= horizon"
+            )
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        store = path if isinstance(path, EpisodeStore) else EpisodeStore.open(path, mode="r")
+        self.path = store.path
+        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
+        self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
+        self.split, self.val_ratio, self.seed = split, val_ratio, seed
+        self.action_key = action_key
+        self.feature_hash = feature_hash
+        if action_key not in store.spec:
+            raise DatasetError(f"{describe(self.path)}: no {action_key!r} key; keys are {store.keys}")
+
+        keys = list(obs_keys) if obs_keys is not None else [k for k in store.keys if k not in NON_OBS_KEYS]
+        self._sources: dict[str, str] = {}  # output key -> group path
+        for k in keys:
+            if feature_hash is not None and is_image_key(k):
+                k = k[: -len("_image")] + "_tokens"
+            self._sources[k] = self._source_path(store, k)
+        self._sources[action_key] = f"data/{action_key}"
+        self.obs_keys = [k for k in self._sources if k != action_key]
+
+        train, val = split_episodes(store.n_episodes, val_ratio, seed)
+        self.episodes = {"train": train, "val": val, "all": np.arange(store.n_episodes)}[split]
+        lengths = store.episode_lengths
+        starts = store.episode_ends - lengths
+        self.windows = window_index(starts[self.episodes], lengths[self.episodes], horizon,
+                                    self.pad_before, self.pad_after)
+        spec = store.spec
+        lowdim_bytes = sum(
+            store.n_steps * int(np.prod(spec[p[5:]]["shape"], dtype=np.int64)) * np.dtype(spec[p[5:]]["dtype"]).itemsize
+            for p in self._sources.values() if p.startswith("data/") and not is_image_key(p[5:])
+        )
+        self._cache_lowdim = lowdim_bytes <= lowdim_cache_bytes
+        self.n_steps = store.n_steps
+        self._shapes = {k: tuple(store.group[p].shape[1:]) for k, p in self._sources.items()}
+        self._store: EpisodeStore | None = store
+        self._pid = os.getpid()
+        self._arrays: dict[str, Any] = {}
+
+    def _source_path(self, store: EpisodeStore, key: str) -> str:
+        if key.endswith("_tokens"):
+            if self.feature_hash is None:
+                raise DatasetError(f"obs key {key!r} needs feature_hash (run `s2robot cache` first)")
+            cam = key[: -len("_tokens")]
+            where = f"features/{self.feature_hash}"
+            if where not in store.group:
+                have = list(store.group["features"].group_keys()) if "features" in store.group else []
+                raise DatasetError(
+                    f"{describe(store.path)}: no cached features {self.feature_hash!r} (have {have}); run "
+                    f"`s2robot cache dataset=... encoder=...` with the matching encoder"
+                )
+            feats = store.group[where]
+            if cam not in feats or not feats.attrs.get("complete", {}).get(cam, False):
+                raise DatasetError(f"{describe(store.path)}: {where}/{cam} is missing or incomplete; rerun the cache")
+            if feats[cam].shape[0] < store.n_steps:
+                raise DatasetError(
+                    f"{describe(store.path)}: {where}/{cam} covers {feats[cam].shape[0]} of {store.n_steps} steps "
+                    "(episodes appended after caching); rerun the cache to extend it"
+                )
+            return f"{where}/{cam}"
+        if key not in store.spec:
+            raise DatasetError(f"{describe(store.path)}: no data key {key!r}; keys are {store.keys}")
+        return f"data/{key}"
+
+    # ------------------------------------------------------------------ lazy per-process state
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_store"], state["_arrays"] = None, {}
+        return state
+
+    def _array(self, key: str) -> zarr.Array | np.ndarray:
+        if self._pid != os.getpid():  # forked worker: never reuse the parent's handles
+            self._store, self._arrays, self._pid = None, {}, os.getpid()
+        arr = self._arrays.get(key)
+        if arr is None:
+            if self._store is None:
+                self._store = EpisodeStore.open(self.path, mode="r")
+            arr = self._store.group[self._sources[key]]
+            if self._cache_lowdim and self._sources[key].startswith("data/") and not is_image_key(key):
+                arr = np.asarray(arr[: self.n_steps])
+            self._arrays[key] = arr
+        return arr
+
+    # ------------------------------------------------------------------ items
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-step shape of every returned key (tokens: (N, D))."""
+        return dict(self._shapes)
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """Windows ``indices`` as a batch: ``{obs_key: (B, n_obs_steps, ...), action: (B, horizon, A)}``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"window index out of range for a dataset of {len(self)} windows")
+        win = self.windows[idx]
+        obs_frames = window_frames(win, self.n_obs_steps)
+        out = {}
+        for key in self.obs_keys:
+            x = read_frames(self._array(key), obs_frames)
+            out[key] = torch.from_numpy(x if x.dtype == np.uint8 else x.astype(np.float32, copy=False))
+        act = read_frames(self._array(self.action_key), window_frames(win, self.horizon))
+        out[self.action_key] = torch.from_numpy(act.astype(np.float32, copy=False))
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.get_batch([i]).items()}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """Batched fetch used by ``DataLoader`` (one read per key for the whole batch)."""
+        batch = self.get_batch(indices)
+        return [{k: v[j] for k, v in batch.items()} for j in range(len(indices))]
+
+    # ------------------------------------------------------------------ helpers for training
+    def lowdim_data(self, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Every step of this split's episodes for low-dim ``keys`` (default: low-dim obs keys + action),
+        float32 (T, D): what :meth:`Normalizer.fit` expects."""
+        keys = list(keys) if keys is not None else [
+            k for k in self._sources if not is_image_key(k) and not k.endswith("_tokens")
+        ]
+        store = self._store or EpisodeStore.open(self.path, mode="r")
+        ends = store.episode_ends
+        starts = ends - store.episode_lengths
+        steps = np.concatenate([np.arange(starts[e], ends[e]) for e in self.episodes]) if len(self.episodes) else \
+            np.zeros(0, dtype=np.int64)
+        out = {}
+        for k in keys:
+            arr = store.array(k) if k not in self._sources else self._array(k)
+            out[k] = np.asarray(arr[: self.n_steps], dtype=np.float32)[steps]
+        return out
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack per-window dicts into a batch dict (same as ``default_collate`` for these items)."""
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def make_loader(
+    dataset: SequenceDataset,
+    batch_size: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    drop_last: bool = True,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A ``DataLoader`` that fetches whole batches with :meth:`SequenceDataset.get_batch` (one read per key per
+    batch). Workers open the store lazily; ``persistent_workers`` keeps their handles and RAM caches alive."""
+    gen = torch.Generator().manual_seed(seed)
+    base = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        _BatchView(dataset), sampler=BatchSampler(base, batch_size, drop_last), batch_size=None,
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+    )
+
+
+class _BatchView(Dataset):
+    """Maps a list of window indices to one batch dict (so the DataLoader does no per-item collate)."""
+
+    def __init__(self, dataset: SequenceDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self.dataset.get_batch(indices)
