@@ -161,12 +161,13 @@ class SequenceDataset(Dataset):
                     f"`s2robot cache dataset=... encoder=...` with the matching encoder"
                 )
             feats = store.group[where]
-            if cam not in feats or not feats.attrs.get("complete", {}).get(cam, False):
-                raise DatasetError(f"{describe(store.path)}: {where}/{cam} is missing or incomplete; rerun the cache")
-            if feats[cam].shape[0] < store.n_steps:
+            if cam not in feats:
+                raise DatasetError(f"{describe(store.path)}: no {where}/{cam}; rerun the cache for camera {cam!r}")
+            done = int(feats.attrs.get("progress", {}).get(cam, 0))
+            if done < store.n_steps or feats[cam].shape[0] < store.n_steps:
                 raise DatasetError(
-                    f"{describe(store.path)}: {where}/{cam} covers {feats[cam].shape[0]} of {store.n_steps} steps "
-                    "(episodes appended after caching); rerun the cache to extend it"
+                    f"{describe(store.path)}: {where}/{cam} covers {done} of {store.n_steps} steps (interrupted, or "
+                    "episodes appended after caching); rerun `s2robot cache` to finish it"
                 )
             return f"{where}/{cam}"
         if key not in store.spec:

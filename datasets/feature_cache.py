@@ -1,0 +1,191 @@
+"""Frozen-feature cache: run the S2 encoder once over every frame and keep its tokens in the store.
+
+``features/<key>/<camera>`` holds float16 (T_total, N', D) tokens where ``key = encoder.config_hash`` (plus
+``_pool<g>`` when the patch grid is area-pooled to ``g x g``). The group's attrs record the encoder config, the
+pooling, and per-camera progress; a changed encoder config gives a different hash, hence a different key, so
+stale features are never reused (and a same-key group written by a different config is refused).
+
+Resumable: tokens are written batch by batch and ``attrs["progress"][camera]`` (frames done) is updated after each
+batch, so a rerun after an interruption starts from the last finished batch. Episodes appended after caching are
+picked up by a rerun (the arrays grow to the store's length).
+
+Storage: tokens are sharded in zarr v3 (``shards`` of ``SHARD_FRAMES`` frames, one frame per inner chunk): batches
+aligned with shards are written once, and a training window reads just its frames' byte ranges.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from zarr.codecs import BloscCodec
+
+from s2robot.device import autocast_for, pin_if_cuda, resolve_device
+
+from .store import DatasetError, EpisodeStore, StoreLike, describe
+
+SHARD_FRAMES = 256
+TOKEN_CODEC = dict(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
+CACHE_FORMAT = 1
+
+
+def feature_hash_for(encoder: Any, pool_grid: int | None = None) -> str:
+    """The ``features/<key>`` name for ``encoder`` tokens, optionally pooled to a ``pool_grid`` x ``pool_grid`` grid."""
+    key = str(encoder.config_hash)
+    if pool_grid is not None and int(pool_grid) != int(encoder.grid):
+        key += f"_pool{int(pool_grid)}"
+    return key
+
+
+def pool_tokens(tokens: torch.Tensor, num_prefix: int, grid: int, pool_grid: int | None) -> torch.Tensor:
+    """Area-pool the patch grid of (B, num_prefix + grid², D) tokens to pool_grid², keeping prefix tokens first.
+
+    Returns (B, num_prefix + pool_grid², D). ``grid % pool_grid == 0`` gives exact non-overlapping area means;
+    otherwise adaptive average pooling (overlapping windows).
+    """
+    if pool_grid is None or pool_grid == grid:
+        return tokens
+    if not 1 <= pool_grid <= grid:
+        raise ValueError(f"pool_grid must be in [1, {grid}] (the encoder grid), got {pool_grid}")
+    b, n, d = tokens.shape
+    if n != num_prefix + grid * grid:
+        raise ValueError(f"tokens have N={n}, expected num_prefix + grid² = {num_prefix + grid * grid}")
+    prefix, patches = tokens[:, :num_prefix], tokens[:, num_prefix:]
+    grid_map = patches.transpose(1, 2).reshape(b, d, grid, grid)
+    pooled = F.adaptive_avg_pool2d(grid_map, pool_grid).flatten(2).transpose(1, 2)
+    return torch.cat([prefix, pooled], dim=1)
+
+
+def _feature_group(store: EpisodeStore, key: str, encoder: Any, pool_grid: int | None, n_tok: int) -> zarr.Group:
+    meta = {
+        "format": CACHE_FORMAT,
+        "config_hash": str(encoder.config_hash),
+        "encoder_config": encoder.config,
+        "pool_grid": pool_grid,
+        "grid": int(pool_grid or encoder.grid),
+        "num_prefix": int(encoder.num_prefix),
+        "num_tokens": n_tok,
+        "out_dim": int(encoder.out_dim),
+    }
+    feats = store.group.require_group("features")
+    if key in feats:
+        group = feats[key]
+        old = {k: group.attrs.get(k) for k in meta}
+        if old != meta:
+            diff = sorted(k for k in meta if old[k] != meta[k])
+            raise DatasetError(
+                f"{describe(store.path)}: features/{key} was written by a different encoder setup (differs in "
+                f"{diff}); refusing to reuse it. Delete features/{key} to recompute."
+            )
+        return group
+    return feats.create_group(key, attributes={**meta, "progress": {}})
+
+
+def cache_features(
+    path: StoreLike,
+    encoder: Any,
+    cameras: Sequence[str] | None = None,
+    batch_size: int = 256,
+    pool_grid: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> str:
+    """Encode every frame of every camera of the store at ``path`` and store float16 tokens; returns the key.
+
+    ``encoder``: an object with ``encode(uint8 (B,H,W,3)) -> (B, N, D)``, ``config_hash``, ``config``, ``out_dim``,
+    ``num_tokens``, ``grid``, ``num_prefix`` (an ``S2Encoder``); an ``nn.Module`` is moved to ``device``.
+    ``cameras``: default every camera with a ``<cam>_image`` key. Already-finished frames are skipped.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    if isinstance(encoder, torch.nn.Module):
+        encoder.to(dev)
+    store = EpisodeStore.open(path, mode="a")
+    cams = list(cameras) if cameras is not None else [c for c in store.cameras if f"{c}_image" in store.spec]
+    missing = [c for c in cams if f"{c}_image" not in store.spec]
+    if missing:
+        raise DatasetError(f"{describe(store.path)}: no image key for cameras {missing}; keys are {store.keys}")
+    key = feature_hash_for(encoder, pool_grid)
+    n_prefix, grid = int(encoder.num_prefix), int(encoder.grid)
+    n_tok = n_prefix + int(pool_grid or grid) ** 2
+    d = int(encoder.out_dim)
+    group = _feature_group(store, key, encoder, pool_grid, n_tok)
+    n = store.n_steps
+    done = {c: min(int(group.attrs.get("progress", {}).get(c, 0)), n) for c in cams}
+    shard = max(1, min(SHARD_FRAMES, batch_size))
+    for c in cams:
+        if c not in group:
+            group.create_array(
+                c, shape=(n, n_tok, d), dtype="float16", chunks=(1, n_tok, d), shards=(shard, n_tok, d),
+                compressors=BloscCodec(**TOKEN_CODEC), fill_value=0,
+            )
+        elif group[c].shape[0] != n:
+            group[c].resize((n, n_tok, d))
+    todo = sum(n - done[c] for c in cams)
+    bar = tqdm(total=todo, desc=f"cache {key}", unit="frame", disable=not progress)
+    def read(arr: zarr.Array, s: int) -> np.ndarray:
+        return np.asarray(arr[s : min(s + batch_size, n)])
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+        for c in cams:
+            images, out = store.array(f"{c}_image"), group[c]
+            starts = list(range(done[c], n, batch_size))
+            nxt = pool.submit(read, images, starts[0]) if starts else None
+            for i, s in enumerate(starts):
+                frames = nxt.result()
+                if i + 1 < len(starts):  # read the next batch while this one encodes
+                    nxt = pool.submit(read, images, starts[i + 1])
+                x = pin_if_cuda(torch.from_numpy(frames), dev)
+                with autocast_for(dev):
+                    tok = encoder.encode(x)
+                tok = pool_tokens(tok.float(), n_prefix, grid, pool_grid)
+                if tuple(tok.shape[1:]) != (n_tok, d):
+                    raise DatasetError(f"encoder returned tokens {tuple(tok.shape)}, expected (B, {n_tok}, {d})")
+                out[s : s + len(frames)] = tok.to(torch.float16).cpu().numpy()
+                done[c] = s + len(frames)
+                group.attrs["progress"] = {**group.attrs.get("progress", {}), c: done[c]}
+                bar.update(len(frames))
+    bar.close()
+    store.close()
+    return key
+
+
+def cached_feature_sets(store: EpisodeStore) -> dict[str, dict[str, Any]]:
+    """``{key: attrs}`` of every ``features/<key>`` group, with ``shape`` per camera added."""
+    if "features" not in store.group:
+        return {}
+    out = {}
+    for key, g in store.group["features"].groups():
+        info = dict(g.attrs)
+        info["shapes"] = {c: tuple(a.shape) for c, a in g.arrays()}
+        out[key] = info
+    return out
+
+
+def run(cfg) -> str:
+    """CLI verb ``s2robot cache dataset=PATH encoder=NAME [batch_size=256 pool_grid=null device=auto]``."""
+    from omegaconf import OmegaConf
+
+    from s2robot.encoders import build_encoder
+
+    path = cfg.dataset.path
+    if not path:
+        raise SystemExit("s2robot cache: give the store, e.g. `s2robot cache dataset=data/demos.zarr encoder=...`")
+    kwargs = OmegaConf.to_container(cfg.encoder, resolve=True)
+    dev = resolve_device(cfg.get("device", "auto"))
+    encoder = build_encoder(**kwargs, device=dev)
+    cams = cfg.get("cameras")
+    key = cache_features(
+        path, encoder, cameras=list(cams) if cams else None, batch_size=int(cfg.batch_size),
+        pool_grid=cfg.get("pool_grid"), device=dev,
+    )
+    print(f"cached features: {path}/features/{key}  (use feature_hash={key})")
+    return key
