@@ -1,0 +1,216 @@
+"""Shared policy machinery: shape metadata, the common interface and per-row random draws.
+
+Every policy is an ``nn.Module`` with
+
+- ``compute_loss(batch) -> scalar`` (also its ``forward``, so ``DistributedDataParallel`` can wrap it),
+- ``predict_action(obs, generators=None) -> (B, n_action_steps, A)`` in env units,
+- ``n_obs_steps``, ``n_action_steps``, ``horizon`` and ``reset()``,
+
+and holds its normaliser (action and proprio statistics) and its frozen image encoder as sub-modules, so its
+``state_dict`` is all that is needed to rebuild it. Batches follow the dataset convention: observation keys with
+shape (B, T_obs, ...) and ``"action"`` (B, horizon, A) whose step ``k`` is aligned with observation step ``k``.
+The action executed "now" (at the last observation step) is therefore ``action[:, n_obs_steps - 1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ShapeMeta", "BasePolicy", "randn_rows", "rand_rows"]
+
+
+@dataclass
+class ShapeMeta:
+    """What a policy needs to know about its inputs and outputs (stored in the checkpoint's config.yaml).
+
+    ``cameras``: camera names (``"<cam>_image"`` / ``"<cam>_tokens"`` keys). ``image_shape``: (H, W, 3) of the raw
+    frames. ``token_shape``: (N, D) of the tokens the policy consumes (after any cache pooling);
+    ``num_prefix``: how many of the N tokens are prefix (CLS/register) tokens. ``token_pool_grid``: the grid
+    the feature cache pooled to (the online path pools the same way), or None. ``proprio_dim``/``action_dim``:
+    P and A. ``feature_hash``: the ``features/<hash>`` group matching the policy's encoder, if any.
+    """
+
+    cameras: list[str]
+    proprio_dim: int
+    action_dim: int
+    image_shape: list[int] | None = None
+    token_shape: list[int] | None = None
+    num_prefix: int = 0
+    token_pool_grid: int | None = None
+    feature_hash: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cameras = [str(c) for c in self.cameras]
+        if self.proprio_dim < 0:
+            raise ValueError(f"shape_meta.proprio_dim must be >= 0, got {self.proprio_dim}")
+        if self.action_dim <= 0:
+            raise ValueError(f"shape_meta.action_dim must be > 0, got {self.action_dim}")
+        if self.image_shape is not None:
+            self.image_shape = [int(v) for v in self.image_shape]
+            if len(self.image_shape) != 3 or self.image_shape[2] != 3:
+                raise ValueError(f"shape_meta.image_shape must be (H, W, 3), got {self.image_shape}")
+        if self.token_shape is not None:
+            self.token_shape = [int(v) for v in self.token_shape]
+            if len(self.token_shape) != 2:
+                raise ValueError(f"shape_meta.token_shape must be (N, D), got {self.token_shape}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ShapeMeta":
+        return cls(**dict(d))
+
+
+def _check_generators(generators: Sequence[torch.Generator] | None, batch: int) -> None:
+    if generators is not None and len(generators) != batch:
+        raise ValueError(f"got {len(generators)} generators for a batch of {batch} rows; pass one per row or None")
+
+
+def randn_rows(
+    shape: Sequence[int],
+    generators: Sequence[torch.Generator] | None,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Standard normal (shape) with row ``i`` drawn from ``generators[i]`` (global RNG when None).
+
+    Drawing row-wise makes a row's sample independent of the batch size and of the other rows, which the batched
+    evaluator relies on. Each row is drawn on its generator's device, then moved to ``device``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if generators is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    _check_generators(generators, shape[0])
+    rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+def rand_rows(
+    shape: Sequence[int],
+    generators: Sequence[torch.Generator] | None,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Uniform [0, 1) counterpart of :func:`randn_rows`."""
+    shape = tuple(int(s) for s in shape)
+    if generators is None:
+        return torch.rand(shape, device=device, dtype=dtype)
+    _check_generators(generators, shape[0])
+    rows = [torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+class BasePolicy(nn.Module):
+    """Common interface and observation handling; subclasses add a head.
+
+    Sub-modules: ``obs_encoder`` (:class:`s2robot.policies.conditioning.ObsConditioner`) and ``normalizer``
+    (:class:`s2robot.datasets.normalizer.Normalizer` with ``"action"`` and, when P > 0, ``"proprio"`` stats).
+    """
+
+    def __init__(
+        self,
+        shape_meta: ShapeMeta,
+        obs_encoder: nn.Module,
+        normalizer: nn.Module,
+        n_obs_steps: int,
+        n_action_steps: int,
+        horizon: int,
+    ) -> None:
+        super().__init__()
+        if n_obs_steps < 1 or n_action_steps < 1:
+            raise ValueError(f"n_obs_steps and n_action_steps must be >= 1, got {n_obs_steps}, {n_action_steps}")
+        if horizon < n_obs_steps - 1 + n_action_steps:
+            raise ValueError(
+                f"horizon={horizon} is too short for n_obs_steps={n_obs_steps} and n_action_steps={n_action_steps}: "
+                f"needs horizon >= n_obs_steps - 1 + n_action_steps = {n_obs_steps - 1 + n_action_steps}"
+            )
+        self.shape_meta = shape_meta
+        self.obs_encoder = obs_encoder
+        self.normalizer = normalizer
+        self.n_obs_steps = int(n_obs_steps)
+        self.n_action_steps = int(n_action_steps)
+        self.horizon = int(horizon)
+        self.action_dim = int(shape_meta.action_dim)
+
+    # ----- interface -------------------------------------------------------------------------------------------
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_action(
+        self, obs: Mapping[str, torch.Tensor], generators: Sequence[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss; lets ``DistributedDataParallel(policy)(batch)`` synchronise gradients."""
+        return self.compute_loss(batch)
+
+    def reset(self) -> None:
+        """Clear per-episode state (none for the built-in policies; observation history is the caller's)."""
+
+    # ----- helpers ---------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def train(self, mode: bool = True) -> "BasePolicy":
+        super().train(mode)
+        frozen = getattr(self.obs_encoder, "frozen_encoder", None)
+        if frozen is not None:
+            frozen.eval()  # the frozen encoder never leaves eval mode
+        return self
+
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs that the optimiser and EMA update (frozen encoder excluded)."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Conditioning tokens (B, n_obs_steps, M, d) from the last ``n_obs_steps`` observation steps.
+
+        Accepts ``"<cam>_tokens"`` (B, T, N, D) or ``"<cam>_image"`` uint8 (B, T, H, W, 3) per camera and
+        ``"proprio"`` (B, T, P), with T >= n_obs_steps; proprio is normalised here.
+        """
+        sliced: dict[str, torch.Tensor] = {}
+        T = self.n_obs_steps
+        for key, value in obs.items():
+            if key == "action" or not torch.is_tensor(value):
+                continue
+            if value.dim() < 3:
+                raise ValueError(f"observation {key!r} needs shape (B, T_obs, ...), got {tuple(value.shape)}")
+            if value.shape[1] < T:
+                raise ValueError(
+                    f"observation {key!r} has {value.shape[1]} time steps but the policy needs n_obs_steps={T}"
+                )
+            sliced[key] = value[:, -T:]
+        if self.shape_meta.proprio_dim > 0:
+            if "proprio" not in sliced:
+                raise KeyError(f"observation needs 'proprio' (B, T_obs, {self.shape_meta.proprio_dim}); got {sorted(obs)}")
+            sliced["proprio"] = self.normalizer.normalize("proprio", sliced["proprio"].float())
+        return self.obs_encoder(sliced)
+
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.normalize("action", action.float())
+
+    def unnormalize_action(self, naction: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.unnormalize("action", naction)
+
+    def action_window(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised actions (B, horizon, A) from a batch, checking the shape."""
+        if "action" not in batch:
+            raise KeyError(f"training batch needs 'action'; got keys {sorted(batch)}")
+        action = batch["action"]
+        if action.dim() != 3 or action.shape[1] < self.horizon or action.shape[2] != self.action_dim:
+            raise ValueError(
+                f"batch['action'] must be (B, >= {self.horizon}, {self.action_dim}), got {tuple(action.shape)}"
+            )
+        return self.normalize_action(action[:, : self.horizon])

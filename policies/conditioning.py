@@ -1,0 +1,243 @@
+"""Observation conditioning: per-camera S2 tokens (or images) + proprio -> conditioning tokens.
+
+Per camera and time step the input is a token set (N, D) — cached ``"<cam>_tokens"`` or ``"<cam>_image"`` frames
+sent through the frozen encoder held here (under ``torch.no_grad``). A pooler maps the set to K vectors of width
+``d_model``:
+
+- ``"attention"``: K learned queries cross-attend to the projected tokens (+ learned position embedding).
+- ``"transformer"``: a small pre-norm transformer over [K learned queries; tokens]; the K query outputs are kept.
+- ``"mean"``: the baseline that drops the spatial grid — mean over the grid tokens, then LayerNorm + Linear (K=1).
+
+Proprio becomes one more token. The output is (B, T_obs, M, d_model) with M = n_cameras * K + 1 (or
+n_cameras * K without proprio). Poolers are shared across cameras (plus a learned camera embedding) or separate,
+by ``share_cameras``.
+
+The trainable baseline (``backbone="resnet18"``) replaces encoder + pooler with robomimic's ResNet18Conv +
+SpatialSoftmax (GroupNorm, crop randomisation), one vector (K=1) per camera; see ``resnet_baseline.py``.
+
+Online encoding rounds tokens to the cache dtype (float16) and applies the cache's grid pooling, so cached and
+online inputs give the same outputs for the same frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from s2robot.policies.base import ShapeMeta
+
+__all__ = ["ConditioningConfig", "ObsConditioner", "TokenPooler"]
+
+POOLINGS = ("attention", "transformer", "mean")
+BACKBONES = ("tokens", "resnet18")
+
+
+@dataclass
+class ConditioningConfig:
+    """Options of :class:`ObsConditioner` (``policy.obs`` in the hydra config)."""
+
+    backbone: str = "tokens"  # "tokens": frozen encoder tokens / cached features; "resnet18": trainable baseline
+    pooling: str = "attention"  # "attention" | "transformer" | "mean"
+    num_queries: int = 4  # K learned queries per camera (attention / transformer)
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2  # token-transformer depth
+    dropout: float = 0.0
+    share_cameras: bool = True
+    cache_dtype: str = "float16"  # online tokens are rounded to this dtype, as the feature cache stores them
+    # trainable ResNet-18 baseline
+    crop_ratio: float = 0.9  # random crop (train) / centre crop (eval) of this fraction of H and W
+    resnet_num_kp: int = 32
+    resnet_gn_group_size: int = 16  # GroupNorm with channels // 16 groups replaces BatchNorm
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"policy.obs.backbone={self.backbone!r} is not one of {BACKBONES}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"policy.obs.pooling={self.pooling!r} is not one of {POOLINGS}")
+        for name in ("num_queries", "d_model", "n_heads", "n_layers", "resnet_num_kp", "resnet_gn_group_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"policy.obs.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"policy.obs.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"policy.obs.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.crop_ratio <= 1.0:
+            raise ValueError(f"policy.obs.crop_ratio must be in (0, 1], got {self.crop_ratio}")
+        if self.cache_dtype not in ("float16", "float32", "bfloat16"):
+            raise ValueError(f"policy.obs.cache_dtype={self.cache_dtype!r} is not float16, bfloat16 or float32")
+
+    @property
+    def tokens_per_camera(self) -> int:
+        return 1 if self.pooling == "mean" or self.backbone == "resnet18" else self.num_queries
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    """Pre-norm feed-forward residual block used after cross-attention."""
+
+    def __init__(self, d: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class TokenPooler(nn.Module):
+    """(B, N, D) tokens -> (B, K, d_model) conditioning vectors (see module docstring for the modes)."""
+
+    def __init__(self, cfg: ConditioningConfig, num_tokens: int, token_dim: int, num_prefix: int = 0) -> None:
+        super().__init__()
+        self.mode = cfg.pooling
+        self.num_prefix = int(num_prefix)
+        d = cfg.d_model
+        self.norm_in = nn.LayerNorm(token_dim)
+        self.proj = nn.Linear(token_dim, d)
+        if self.mode == "mean":
+            return
+        self.pos = nn.Parameter(torch.randn(1, num_tokens, d) * 0.02)
+        self.queries = nn.Parameter(torch.randn(1, cfg.num_queries, d) * 0.02)
+        if self.mode == "attention":
+            self.q_norm = nn.LayerNorm(d)
+            self.kv_norm = nn.LayerNorm(d)
+            self.attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+            self.ff = _Block(d, cfg.dropout)
+        else:
+            layer = nn.TransformerEncoderLayer(
+                d, cfg.n_heads, 4 * d, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+            )
+            self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm_out = nn.LayerNorm(d)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.mode == "mean":
+            grid = tokens[:, self.num_prefix :] if tokens.shape[1] > self.num_prefix else tokens
+            return self.proj(self.norm_in(grid.mean(dim=1, keepdim=True)))
+        x = self.proj(self.norm_in(tokens)) + self.pos
+        q = self.queries.expand(x.shape[0], -1, -1)
+        if self.mode == "attention":
+            attn, _ = self.attn(self.q_norm(q), self.kv_norm(x), self.kv_norm(x), need_weights=False)
+            out = self.ff(q + attn)
+        else:
+            out = self.transformer(torch.cat([q, x], dim=1))[:, : q.shape[1]]
+        return self.norm_out(out)
+
+
+class ObsConditioner(nn.Module):
+    """Observation dict -> conditioning tokens (B, T, M, d_model).
+
+    ``frozen_encoder``: the frozen token encoder (``build_encoder`` output) used for ``"<cam>_image"`` inputs; may be
+    None when only cached tokens are fed. It is kept in eval mode and never receives gradients.
+    """
+
+    def __init__(self, cfg: ConditioningConfig, shape_meta: ShapeMeta, frozen_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.cameras = list(shape_meta.cameras)
+        self.use_proprio = shape_meta.proprio_dim > 0
+        self.token_pool_grid = shape_meta.token_pool_grid
+        self.num_prefix = int(shape_meta.num_prefix)
+        self.cache_dtype = getattr(torch, cfg.cache_dtype)
+        d = cfg.d_model
+        self.frozen_encoder = None
+        if cfg.backbone == "tokens":
+            if frozen_encoder is not None:
+                frozen_encoder.eval()
+                for p in frozen_encoder.parameters():
+                    p.requires_grad_(False)
+                self.frozen_encoder = frozen_encoder
+            if shape_meta.token_shape is None:
+                raise ValueError("backbone='tokens' needs shape_meta.token_shape (N, D) from the encoder or the cache")
+            N, D = shape_meta.token_shape
+            n_poolers = 1 if cfg.share_cameras else len(self.cameras)
+            self.poolers = nn.ModuleList(TokenPooler(cfg, N, D, self.num_prefix) for _ in range(n_poolers))
+        else:
+            from s2robot.policies.resnet_baseline import ResNetImageEncoder
+
+            if shape_meta.image_shape is None:
+                raise ValueError("backbone='resnet18' needs shape_meta.image_shape (H, W, 3)")
+            n_poolers = 1 if cfg.share_cameras else len(self.cameras)
+            self.poolers = nn.ModuleList(
+                ResNetImageEncoder(shape_meta.image_shape, d, cfg.crop_ratio, cfg.resnet_num_kp, cfg.resnet_gn_group_size)
+                for _ in range(n_poolers)
+            )
+        self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, d)) if cfg.share_cameras else None
+        self.proprio_proj = (
+            nn.Sequential(nn.Linear(shape_meta.proprio_dim, d), nn.LayerNorm(d)) if self.use_proprio else None
+        )
+        self.tokens_per_step = len(self.cameras) * cfg.tokens_per_camera + int(self.use_proprio)
+
+    @property
+    def out_dim(self) -> int:
+        return self.cfg.d_model
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) frames -> tokens (B, N', D) exactly as the feature cache stores them.
+
+        Same steps as ``s2robot.datasets.feature_cache``: encode (bf16 autocast on CUDA only), area-pool the grid
+        when the cache pooled it, round to the cache dtype (float16).
+        """
+        if self.frozen_encoder is None:
+            raise RuntimeError("this policy has no frozen encoder; feed '<cam>_tokens' (cached features) instead")
+        from s2robot.datasets.feature_cache import pool_tokens
+        from s2robot.device import autocast_for
+
+        with autocast_for(images.device):
+            tokens = self.frozen_encoder.encode(images)
+        tokens = tokens.float()
+        if self.token_pool_grid:
+            tokens = pool_tokens(tokens, self.num_prefix, int(self.frozen_encoder.grid), int(self.token_pool_grid))
+        return tokens.to(self.cache_dtype).float()
+
+    def _camera_tokens(self, obs: Mapping[str, torch.Tensor], B: int, T: int) -> list[torch.Tensor]:
+        """Per camera (B*T, N, D) tokens; all image cameras go through the encoder in one batched call."""
+        out: dict[str, torch.Tensor] = {}
+        to_encode = []
+        for cam in self.cameras:
+            if f"{cam}_tokens" in obs:
+                out[cam] = obs[f"{cam}_tokens"].reshape(B * T, *obs[f"{cam}_tokens"].shape[2:]).float()
+            elif f"{cam}_image" in obs:
+                to_encode.append(cam)
+            else:
+                raise KeyError(f"observation needs '{cam}_tokens' or '{cam}_image'; got {sorted(obs)}")
+        if to_encode:
+            frames = torch.cat([obs[f"{c}_image"].reshape(B * T, *obs[f"{c}_image"].shape[2:]) for c in to_encode])
+            tokens = self.encode_images(frames).split(B * T)
+            out.update(zip(to_encode, tokens))
+        return [out[c] for c in self.cameras]
+
+    def _camera_images(self, obs: Mapping[str, torch.Tensor], B: int, T: int) -> list[torch.Tensor]:
+        imgs = []
+        for cam in self.cameras:
+            key = f"{cam}_image"
+            if key not in obs:
+                raise KeyError(f"the resnet18 baseline needs raw images {key!r}; got {sorted(obs)}")
+            imgs.append(obs[key].reshape(B * T, *obs[key].shape[2:]))
+        return imgs
+
+    def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """obs with (B, T, ...) entries (proprio already normalised) -> (B, T, M, d_model)."""
+        ref = next(v for k, v in obs.items() if k.endswith(("_tokens", "_image")) or k == "proprio")
+        B, T = ref.shape[:2]
+        if self.cfg.backbone == "tokens":
+            per_cam = self._camera_tokens(obs, B, T)
+        else:
+            per_cam = self._camera_images(obs, B, T)
+        if self.cfg.share_cameras:
+            C = len(per_cam)
+            feats = self.poolers[0](torch.cat(per_cam))  # (C*B*T, K, d): one batched call for all cameras
+            feats = feats.reshape(C, B * T, *feats.shape[1:]) + self.camera_embed[:, None]
+            feats = feats.permute(1, 0, 2, 3).reshape(B * T, -1, self.cfg.d_model)
+        else:
+            feats = torch.cat([pool(x) for pool, x in zip(self.poolers, per_cam)], dim=1)
+        if self.proprio_proj is not None:
+            prop = self.proprio_proj(obs["proprio"].reshape(B * T, -1).float())[:, None]
+            feats = torch.cat([feats, prop], dim=1)
+        return feats.reshape(B, T, self.tokens_per_step, self.cfg.d_model)

@@ -1,0 +1,135 @@
+"""Diffusion Policy on conditioning tokens: DDPM training, DDIM sampling (diffusers schedulers).
+
+Training: ``DDPMScheduler`` (default 100 steps, ``squaredcos_cap_v2``, epsilon prediction, ``clip_sample``) noises
+the normalised action window (B, horizon, A); the denoiser (1-D conditional U-Net with FiLM, or a transformer)
+predicts the noise given the diffusion step and the observation tokens; loss is MSE.
+Inference: ``DDIMScheduler`` built from the same config runs ``num_inference_steps`` deterministic (eta = 0)
+steps from Gaussian noise drawn row-wise (per-row generators when given); the executed chunk is
+``[n_obs_steps - 1, n_obs_steps - 1 + n_action_steps)`` of the denoised horizon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import nn
+
+from s2robot.policies.base import BasePolicy, ShapeMeta, randn_rows
+from s2robot.policies.transformer_denoiser import TransformerDenoiser
+from s2robot.policies.unet1d import ConditionalUnet1D
+
+__all__ = ["DiffusionConfig", "DiffusionPolicy"]
+
+BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+@dataclass
+class DiffusionConfig:
+    """Options of :class:`DiffusionPolicy` (the top level of ``configs/policy/diffusion_*.yaml``)."""
+
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    denoiser: str = "unet"  # "unet" | "transformer"
+    num_train_timesteps: int = 100
+    num_inference_steps: int = 10  # DDIM steps at inference
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    clip_sample: bool = True
+    unet_down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    unet_kernel_size: int = 5
+    unet_n_groups: int = 8
+    step_embed_dim: int = 128
+    tf_d_model: int = 256
+    tf_layers: int = 8
+    tf_heads: int = 4
+    tf_dropout: float = 0.1
+    tf_causal: bool = True
+
+    def __post_init__(self) -> None:
+        if self.denoiser not in ("unet", "transformer"):
+            raise ValueError(f"policy.denoiser={self.denoiser!r} is not 'unet' or 'transformer'")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"policy.beta_schedule={self.beta_schedule!r} is not one of {BETA_SCHEDULES}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"policy.prediction_type={self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        for name in ("horizon", "n_obs_steps", "n_action_steps", "num_train_timesteps", "num_inference_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_inference_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"policy.num_inference_steps={self.num_inference_steps} exceeds "
+                f"num_train_timesteps={self.num_train_timesteps}"
+            )
+        self.unet_down_dims = [int(d) for d in self.unet_down_dims]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DiffusionPolicy(BasePolicy):
+    def __init__(
+        self, cfg: DiffusionConfig, shape_meta: ShapeMeta, obs_encoder: nn.Module, normalizer: nn.Module
+    ) -> None:
+        super().__init__(shape_meta, obs_encoder, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
+        self.cfg = cfg
+        d = obs_encoder.out_dim
+        n_tokens = cfg.n_obs_steps * obs_encoder.tokens_per_step
+        if cfg.denoiser == "unet":
+            self.denoiser = ConditionalUnet1D(
+                self.action_dim, n_tokens * d, cfg.horizon, cfg.unet_down_dims, cfg.unet_kernel_size,
+                cfg.unet_n_groups, cfg.step_embed_dim,
+            )
+        else:
+            self.denoiser = TransformerDenoiser(
+                self.action_dim, d, cfg.horizon, n_tokens, cfg.tf_d_model, cfg.tf_layers, cfg.tf_heads,
+                cfg.tf_dropout, cfg.tf_causal,
+            )
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=cfg.num_train_timesteps,
+            beta_schedule=cfg.beta_schedule,
+            clip_sample=cfg.clip_sample,
+            prediction_type=cfg.prediction_type,
+        )
+        self.inference_scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        self.num_inference_steps = cfg.num_inference_steps
+
+    def _cond(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.encode_obs(obs).flatten(1, 2)  # (B, T_obs * M, d)
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        x0 = self.action_window(batch)  # (B, H, A)
+        cond = self._cond(batch)
+        B = x0.shape[0]
+        noise = torch.randn(x0.shape, device=x0.device)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (B,), device=x0.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        pred = self.denoiser(noisy, t, cond)
+        if self.cfg.prediction_type == "epsilon":
+            target = noise
+        elif self.cfg.prediction_type == "sample":
+            target = x0
+        else:
+            target = self.noise_scheduler.get_velocity(x0, noise, t)
+        return F.mse_loss(pred, target)
+
+    @torch.no_grad()
+    def predict_action(
+        self, obs: Mapping[str, torch.Tensor], generators: Sequence[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        cond = self._cond(obs)
+        B = cond.shape[0]
+        sched = self.inference_scheduler
+        if sched.num_inference_steps != self.num_inference_steps:
+            sched.set_timesteps(self.num_inference_steps, device=cond.device)
+        x = randn_rows((B, self.horizon, self.action_dim), generators, cond.device, cond.dtype)
+        for t in sched.timesteps:
+            eps = self.denoiser(x, t.to(cond.device).expand(B), cond)
+            x = sched.step(eps, t, x).prev_sample  # eta = 0: deterministic given the initial noise
+        start = self.n_obs_steps - 1
+        return self.unnormalize_action(x[:, start : start + self.n_action_steps])
