@@ -135,6 +135,18 @@ def apply_trainable(adapter: nn.Module, mode: str) -> None:
             b.requires_grad_(True)
 
 
+def _tile_grid(adapter: nn.Module, tile: tuple[int, int], input_size: int) -> int:
+    """Feature-grid side of one (square) tile: the adapter's own grid at its input size, else probed once."""
+    if tile == (input_size, input_size):
+        return int(adapter.grid)
+    with torch.no_grad():
+        out = adapter(torch.zeros(1, 3, *tile))
+    if out.dim() == 4:
+        return int(out.shape[-1])
+    n = out.shape[1] - int(adapter.num_prefix_tokens)
+    return int(round(n ** 0.5))
+
+
 # --------------------------------------------------------------------------------------------------------- encoder
 class S2Encoder(nn.Module):
     """Frozen (or partly trainable) backbone + its resize/normalisation + the S2 multiscale forward.
@@ -185,7 +197,7 @@ class S2Encoder(nn.Module):
                 )
         self.num_prefix_model = int(adapter.num_prefix_tokens)
         self.num_prefix = self.num_prefix_model if self.use_prefix else 0
-        self.grid = int(adapter.grid)
+        self.grid = plan.splits[0][0] * _tile_grid(adapter, plan.tile_sizes[0], self.input_size)
         self.out_dim = int(adapter.embed_dim) * len(self.scales)
         self.num_tokens = self.num_prefix + self.grid * self.grid
         apply_trainable(adapter, trainable)

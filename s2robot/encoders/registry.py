@@ -91,12 +91,12 @@ def build_encoder(
     ckpt = checkpoint if checkpoint is not None else _default_checkpoint(name)
     if ckpt is None and needs_checkpoint:
         raise ValueError(f"encoder {name!r} needs checkpoint=<local directory> (no hub downloads)")
-    if ckpt is None and warn_if_random:
-        warn_random(name, seed)
     if isinstance(scales, (int, float)):
         scales = (scales,)
     ckpt = None if ckpt is None else str(ckpt)
     adapter, size, mean, std = fn(name, checkpoint=ckpt, input_size=input_size, seed=seed, arch=arch)
+    if ckpt is None and warn_if_random:
+        warn_random(name, seed)
     config = {
         "name": name,
         "checkpoint": ckpt if checkpoint is not None else None,

@@ -41,6 +41,7 @@ class TimmAdapter(nn.Module):
             if gh != gw:
                 raise ValueError(f"non-square patch grid {pe.grid_size} at input {input_size}")
             self.grid = int(gh)
+            self.fixed_size = not bool(getattr(model, "dynamic_img_size", False))
         else:  # CNN-like timm model: probe the map size once
             with torch.no_grad():
                 out = model.forward_features(torch.zeros(1, 3, input_size, input_size))
