@@ -1,0 +1,80 @@
+"""``s2robot eval checkpoint=PATH [task=<task>] n_envs=N episodes=M ...`` (``configs/eval.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """Non-zero only when every episode was aborted by an error (NaN action, env exception, dead worker)."""
+    return 1 if summary.get("all_errored") else 0
+
+
+def task_from_checkpoint(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The ``task`` section of a checkpoint's resolved ``config.yaml`` (name, image_size, cameras, env_kwargs...)."""
+    from omegaconf import OmegaConf
+
+    path = Path(checkpoint) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint!s} has no config.yaml (is it a checkpoint directory?)")
+    cfg = OmegaConf.load(path)
+    task = cfg.get("task")
+    return None if task is None else OmegaConf.to_container(task, resolve=True)
+
+
+def env_kwargs_for(task_cfg: dict[str, Any]) -> dict[str, Any]:
+    """``make_env`` keyword arguments from a task config section: image_size, cameras and its env_kwargs."""
+    kw = dict(task_cfg.get("env_kwargs") or {})
+    for key in ("image_size", "cameras"):
+        if task_cfg.get(key) is not None:
+            kw[key] = tuple(task_cfg[key]) if key == "cameras" else task_cfg[key]
+    return kw
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    lo, hi = summary["success_ci95"]
+    score = summary.get("mean_max_score")
+    print(f"[eval] {summary['task']}: success {summary['n_success']}/{summary['n_episodes']} = "
+          f"{100 * summary['success_rate']:.1f}% (95% Wilson CI {100 * lo:.1f}-{100 * hi:.1f}%)"
+          + (f", mean max score {score:.3f}" if score is not None else "")
+          + f", mean length {summary['mean_length']:.1f}, {summary['env_steps_per_s']:.1f} env-steps/s "
+          f"on {summary['n_envs']} envs ({summary['device']})")
+    if summary["n_errors"]:
+        print(f"[eval] {summary['n_errors']} episode(s) aborted by errors; see episodes.json")
+    files = summary.get("files", {})
+    for key in ("summary", "episodes", "plot"):
+        if files.get(key):
+            print(f"[eval] {key}: {files[key]}")
+    for v in files.get("videos", []):
+        print(f"[eval] video: {v}")
+
+
+def run(cfg) -> int:
+    """CLI verb: load the checkpoint's policy, evaluate it, print the summary and where the files are."""
+    from omegaconf import OmegaConf
+
+    import s2robot
+    from s2robot.device import resolve_device
+    from s2robot.evaluation.rollout import evaluate
+
+    if not cfg.get("checkpoint"):
+        raise SystemExit("s2robot eval: checkpoint=PATH is required (a directory holding model.safetensors)")
+    ckpt = Path(str(cfg.checkpoint))
+    if not ckpt.is_dir():
+        raise SystemExit(f"s2robot eval: checkpoint {ckpt} is not a directory")
+    task_cfg = cfg.get("task")
+    task_cfg = OmegaConf.to_container(task_cfg, resolve=True) if task_cfg is not None else task_from_checkpoint(ckpt)
+    if not task_cfg or not task_cfg.get("name"):
+        raise SystemExit("s2robot eval: no task given and the checkpoint's config.yaml names none; pass task=<name>")
+    env_kwargs = env_kwargs_for(task_cfg)
+    env_kwargs.update(OmegaConf.to_container(cfg.get("env_kwargs") or {}, resolve=True))
+    device = resolve_device(cfg.get("device", "auto"))
+    policy = s2robot.load_policy(ckpt, device=str(device))
+    out = cfg.get("out") or str(ckpt.parent / f"eval_{task_cfg['name']}")
+    summary = evaluate(policy, task=task_cfg["name"], n_envs=int(cfg.n_envs), episodes=int(cfg.episodes),
+                       seed=int(cfg.seed), device=device, out_dir=out, n_videos=int(cfg.n_videos),
+                       env_kwargs=env_kwargs, backend=str(cfg.get("backend", "cpu")),
+                       max_steps=cfg.get("max_steps") or task_cfg.get("max_episode_steps"))
+    print_summary(summary)
+    return exit_code(summary)

@@ -1,0 +1,128 @@
+"""Evaluation outputs: ``episodes.json``, ``summary.json``, a PNG plot and mp4 videos (camera views side by side)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate uint8 (H_i, W_i, 3) camera images left to right into one (max H, sum W, 3) frame.
+
+    Shorter images are padded at the bottom with black; the result has even height and width (yuv420p needs it).
+    """
+    if not images:
+        raise ValueError("side_by_side needs at least one image")
+    h = max(im.shape[0] for im in images)
+    cols = [np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0))) if im.shape[0] < h else im for im in images]
+    frame = np.concatenate(cols, axis=1)
+    ph, pw = frame.shape[0] % 2, frame.shape[1] % 2
+    if ph or pw:
+        frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)))
+    return np.ascontiguousarray(frame, dtype=np.uint8)
+
+
+class VideoRecorder:
+    """Streams frames of a few episodes into ``<folder>/episode_<i>.mp4`` (libx264 through imageio-ffmpeg).
+
+    One open writer per recorded episode, so memory stays constant however long the episode is.
+    """
+
+    def __init__(self, folder: str | Path | None, episodes: Sequence[int], fps: float = 10.0):
+        self.folder = None if folder is None else Path(folder)
+        self.wanted = set(int(e) for e in episodes) if self.folder is not None else set()
+        self.fps = float(fps)
+        self._writers: dict[int, Any] = {}
+        self.paths: dict[int, str] = {}
+
+    def wants(self, episode: int) -> bool:
+        return episode in self.wanted
+
+    def add(self, episode: int, frame: np.ndarray) -> None:
+        """Append one frame (H, W, 3) uint8 to episode ``episode``'s video (opened on first use)."""
+        if episode not in self.wanted:
+            return
+        writer = self._writers.get(episode)
+        if writer is None:
+            import imageio.v2 as imageio
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / f"episode_{episode:03d}.mp4"
+            writer = imageio.get_writer(path, fps=self.fps, codec="libx264", quality=8, macro_block_size=1,
+                                        pixelformat="yuv420p", ffmpeg_log_level="error")
+            self._writers[episode] = writer
+            self.paths[episode] = str(path)
+        writer.append_data(frame)
+
+    def finish(self, episode: int) -> None:
+        writer = self._writers.pop(episode, None)
+        if writer is not None:
+            writer.close()
+
+    def close(self) -> None:
+        for ep in list(self._writers):
+            self.finish(ep)
+
+
+def write_json(path: str | Path, obj: Any) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return str(path)
+
+
+def plot_episodes(path: str | Path, episodes: Sequence[dict[str, Any]], title: str = "") -> str:
+    """Two panels: per-episode max score (or success) coloured by outcome, and a histogram of episode lengths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    idx = np.array([e["episode"] for e in episodes])
+    success = np.array([bool(e["success"]) for e in episodes])
+    errors = np.array([bool(e.get("error")) for e in episodes])
+    has_score = any(e.get("max_score") is not None for e in episodes)
+    values = np.array([(e["max_score"] if e.get("max_score") is not None else float(e["success"])) if has_score
+                       else float(e["success"]) for e in episodes], dtype=float)
+    lengths = np.array([e["length"] for e in episodes])
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.6))
+    colors = np.where(errors, "tab:gray", np.where(success, "tab:green", "tab:red"))
+    ax0.bar(idx, values, color=colors, width=0.9)
+    ax0.set_xlabel("episode")
+    ax0.set_ylabel("max score" if has_score else "success")
+    ax0.set_ylim(0, 1.05)
+    ax0.set_title("per episode (green: success, red: failure, grey: error)", fontsize=9)
+    if len(lengths):
+        ax1.hist(lengths, bins=min(20, max(1, len(np.unique(lengths)))), color="tab:blue")
+    ax1.set_xlabel("episode length (steps)")
+    ax1.set_ylabel("episodes")
+    ax1.set_title("episode lengths", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def write_report(out_dir: str | Path, episodes: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
+    """Write ``episodes.json``, ``summary.json`` and ``eval_plot.png`` into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    paths = {
+        "episodes": str(out / "episodes.json"),
+        "summary": str(out / "summary.json"),
+        "plot": str(out / "eval_plot.png"),
+    }
+    title = (f"{summary.get('task', '')}: success {summary['n_success']}/{summary['n_episodes']} "
+             f"({100 * summary['success_rate']:.0f}%, 95% CI {100 * summary['success_ci95'][0]:.0f}-"
+             f"{100 * summary['success_ci95'][1]:.0f}%)")
+    plot_episodes(paths["plot"], episodes, title=title)
+    write_json(paths["episodes"], list(episodes))
+    write_json(paths["summary"], {**summary, "files": {**summary.get("files", {}), **paths}})
+    return paths

@@ -1,0 +1,331 @@
+"""Batched, seeded policy evaluation over a pool of env worker processes.
+
+Control loop (one iteration = one control step for every active env):
+
+1. envs whose current action chunk is used up ("need a chunk") are gathered, and the policy runs **one batched
+   forward** (encoder + head, inside ``predict_action``) on exactly those rows: their (T_obs, ...) observation
+   histories, on ``device``, under ``torch.inference_mode()`` (+ bf16 autocast on CUDA only; pinned, non-blocking
+   host-to-device copies on CUDA only). So there is at most one forward per control step, and usually one per
+   ``n_action_steps`` steps. Only rows that need a chunk are queried: re-planning envs that are mid-chunk would
+   change what they execute, and would consume their random streams at times that depend on the batch, so an
+   episode's outcome would depend on N.
+2. Every active env executes the next action of its chunk; all step concurrently in their worker processes.
+3. Envs whose episode ended (success, ``terminated``, or the time limit) are recorded, then reset with the next
+   unclaimed episode's seed so the batch stays full until all episodes are claimed.
+
+Seeds: episode ``i`` resets its env with ``seed + i`` and samples the policy's noise from its own
+``torch.Generator`` (seeded from ``(seed, i)``), passed as ``generators=`` per row. Episode ``i``'s result
+therefore does not depend on which worker ran it, on N, or on what the other rows were doing.
+
+Safety: a non-finite action (NaN/Inf) aborts that episode; an env exception, a worker process that dies or one
+that hangs past ``step_timeout`` aborts the episode it was running (the worker is restarted). Each such
+episode is recorded as a failure with a clear ``error`` message, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from s2robot.device import autocast_for, pin_if_cuda, resolve_device
+from s2robot.evaluation.metrics import summarize_episodes
+from s2robot.evaluation.report import VideoRecorder, side_by_side, write_report
+from s2robot.evaluation.vector_env import EnvPool, StepResult, TaskEnvFactory
+
+
+def episode_generator(seed: int, episode: int) -> torch.Generator:
+    """The CPU ``torch.Generator`` for episode ``episode``'s policy sampling (independent stream per episode)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(episode)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@dataclasses.dataclass
+class _Episode:
+    """Bookkeeping of the episode a worker slot is running."""
+
+    index: int
+    seed: int
+    generator: torch.Generator
+    length: int = 0
+    ret: float = 0.0
+    success: bool = False
+    max_score: float | None = None
+    t_start: float = 0.0
+
+    def observe(self, res: StepResult) -> None:
+        self.ret += res.reward
+        self.success = self.success or res.success
+        if res.score is not None:
+            self.max_score = res.score if self.max_score is None else max(self.max_score, res.score)
+
+    def record(self, end: str, error: str | None = None) -> dict[str, Any]:
+        return {"episode": self.index, "seed": self.seed, "success": bool(self.success and error is None),
+                "max_score": self.max_score, "return": self.ret, "length": self.length, "end": end,
+                "error": error}
+
+
+class _Timers:
+    def __init__(self):
+        self.policy = 0.0  # main process: batch gather + transfer + forward + copy back
+        self.env_wait = 0.0  # main process: waiting for workers' reset/step (includes IPC)
+        self.env_inner = 0.0  # workers: time inside env.step/reset (summed over envs)
+        self.env_parts: dict[str, float] = {}  # workers: info["timing"] split (e.g. physics, render), summed
+        self.forwards = 0
+        self.forward_rows = 0
+        self.env_steps = 0
+
+    def add_env(self, res: StepResult) -> None:
+        self.env_inner += res.env_time
+        for k, v in (res.timing or {}).items():
+            self.env_parts[k] = self.env_parts.get(k, 0.0) + v
+
+
+def _policy_obs_keys(policy, obs_spec: dict) -> list[str]:
+    wanted = getattr(policy, "obs_keys", None)
+    keys = list(obs_spec) if not wanted else [k for k in wanted if k in obs_spec]
+    if wanted:
+        missing = [k for k in wanted if k not in obs_spec]
+        if missing:
+            raise KeyError(f"policy needs observation keys {missing} that the env does not provide "
+                           f"(env gives {sorted(obs_spec)})")
+    return keys
+
+
+def _forward(policy, hist: dict[str, np.ndarray], rows: list[int], gens: list[torch.Generator],
+             device: torch.device) -> np.ndarray:
+    """One batched ``predict_action`` on ``rows`` of the history buffers -> float32 (len(rows), L, *A) on CPU."""
+    batch = {}
+    for key, buf in hist.items():
+        t = torch.from_numpy(buf[rows])  # fancy indexing copies: (B, T_obs, ...)
+        batch[key] = pin_if_cuda(t, device).to(device, non_blocking=device.type == "cuda")
+    with torch.inference_mode(), autocast_for(device):
+        out = policy.predict_action(batch, generators=gens)
+    return out.float().cpu().numpy()
+
+
+def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 20, seed: int = 0,
+             device: str | torch.device = "auto", out_dir: str | Path | None = None, n_videos: int = 2,
+             env_kwargs: dict | None = None, backend: str = "cpu", env_fn: Callable | None = None,
+             max_steps: int | None = None, progress: bool = True, step_timeout: float | None = 300.0,
+             fps: float | None = None) -> dict[str, Any]:
+    """Run ``episodes`` seeded episodes of ``policy`` on ``n_envs`` parallel envs; return the summary dict.
+
+    Args:
+        policy: has ``predict_action(obs, generators=None)`` with obs ``{key: (B, T_obs, ...)}`` tensors returning
+            (B, n_action_steps, A), plus ``n_obs_steps`` (and optionally ``reset()``, ``obs_keys``).
+        task: a registered s2robot task name (``s2robot.envs.make_env(task, **env_kwargs)``); with ``env_fn`` it
+            only names the run.
+        n_envs: worker processes (capped at ``episodes``).
+        episodes: number of episodes; episode ``i`` uses env seed ``seed + i``.
+        device: where the policy runs ("auto": cuda if present). The policy is moved there.
+        out_dir: if given, ``episodes.json``, ``summary.json``, ``eval_plot.png`` and ``videos/episode_<i>.mp4``
+            for the first ``n_videos`` episodes are written there.
+        backend: physics backend; only "cpu" (MuJoCo in worker processes) is implemented.
+        env_fn: a picklable zero-argument env factory overriding ``task`` (tests, custom envs).
+        max_steps: episode time limit; default the env's own ``max_episode_steps``.
+        step_timeout: seconds a worker may take for one reset/step before it is killed as hung.
+        fps: video frame rate; default the env's ``metadata["render_fps"]`` or 10.
+
+    Returns: the summary (success rate, 95% Wilson interval, mean max score, lengths, env-steps/s, timings,
+        ``all_errored``: True when every episode was aborted by an error, paths of written files) plus
+        ``episodes``: the per-episode records (also in ``episodes.json``; not repeated in ``summary.json``).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    if backend != "cpu":
+        raise NotImplementedError(f"backend={backend!r}: only 'cpu' (MuJoCo in worker processes) is implemented")
+    if env_fn is None:
+        if not task:
+            raise ValueError("evaluate needs a task name or an env_fn")
+        env_fn = TaskEnvFactory(task, dict(env_kwargs or {}))
+    task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
+    dev = resolve_device(device)
+    n_envs = min(int(n_envs), int(episodes))
+    n_obs = int(getattr(policy, "n_obs_steps", 1))
+
+    was_training = bool(getattr(policy, "training", False))
+    if hasattr(policy, "to"):
+        policy.to(dev)
+    if hasattr(policy, "eval"):
+        policy.eval()
+    if hasattr(policy, "reset"):
+        policy.reset()
+
+    t_begin = time.perf_counter()
+    timers = _Timers()
+    records: list[dict[str, Any] | None] = [None] * episodes
+    pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
+    t_started = time.perf_counter()
+    video = None
+    bar = None
+    try:
+        limit = max_steps if max_steps is not None else pool.max_episode_steps
+        if limit is None:
+            raise ValueError("the env has no time limit (max_episode_steps); pass max_steps=")
+        limit = int(limit)
+        keys = _policy_obs_keys(policy, pool.obs_spec)
+        image_keys = [k for k in pool.obs_spec if k.endswith("_image")]
+        hist = {k: np.zeros((n_envs, n_obs, *shape), dtype=np.dtype(dt))
+                for k, (shape, dt) in pool.obs_spec.items() if k in keys}
+        video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos",
+                              range(min(n_videos, episodes)) if image_keys else [], fps or pool.fps or 10.0)
+        act_shape = pool.action_shape
+        chunks = np.zeros((n_envs, 0, *act_shape), dtype=np.float32)
+        chunk_len = np.zeros(n_envs, dtype=np.int64)
+        chunk_pos = np.zeros(n_envs, dtype=np.int64)
+        slots: list[_Episode | None] = [None] * n_envs
+        next_episode = 0
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=episodes, desc=f"eval {task_name}", unit="ep", disable=not progress, dynamic_ncols=True)
+        n_done_success = 0
+
+        def finish(k: int, end: str, error: str | None = None) -> None:
+            nonlocal n_done_success
+            ep = slots[k]
+            rec = ep.record(end, error)
+            rec["wall_s"] = round(time.perf_counter() - ep.t_start, 4)
+            records[ep.index] = rec
+            n_done_success += int(rec["success"])
+            video.finish(ep.index)
+            slots[k] = None
+            bar.update(1)
+            bar.set_postfix_str(f"success {n_done_success}/{bar.n}")
+
+        def frame(k: int) -> np.ndarray:
+            return side_by_side([pool.obs[key][k] for key in image_keys])
+
+        def on_reset(k: int) -> None:
+            for key, buf in hist.items():
+                buf[k] = pool.obs[key][k]  # pad the history by repeating the first observation
+            chunk_len[k] = chunk_pos[k] = 0
+            if video.wants(slots[k].index):
+                video.add(slots[k].index, frame(k))
+
+        def refill() -> None:
+            """Claim the next episodes for all free slots and reset them (restarting workers that died)."""
+            nonlocal next_episode
+            while next_episode < episodes:
+                free = [k for k in range(n_envs) if slots[k] is None]
+                if not free:
+                    return
+                claimed = []
+                for k in free[: episodes - next_episode]:
+                    slots[k] = _Episode(next_episode, seed + next_episode, episode_generator(seed, next_episode),
+                                        t_start=time.perf_counter())
+                    claimed.append(k)
+                    next_episode += 1
+                t0 = time.perf_counter()
+                results = pool.reset(claimed, [slots[k].seed for k in claimed])
+                timers.env_wait += time.perf_counter() - t0
+                for k in claimed:
+                    res = results[k]
+                    timers.add_env(res)
+                    if not res.ok:
+                        finish(k, "error", f"reset(seed={seed + slots[k].index}) failed: {res.error}")
+                        if not pool.alive(k):
+                            pool.restart(k)
+                        continue
+                    slots[k].observe(res)
+                    on_reset(k)
+
+        refill()
+        while any(s is not None for s in slots):
+            active = [k for k in range(n_envs) if slots[k] is not None]
+            need = [k for k in active if chunk_pos[k] >= chunk_len[k]]
+            if need:
+                t0 = time.perf_counter()
+                out = _forward(policy, hist, need, [slots[k].generator for k in need], dev)
+                timers.policy += time.perf_counter() - t0
+                timers.forwards += 1
+                timers.forward_rows += len(need)
+                if out.ndim != 2 + len(act_shape) or out.shape[0] != len(need) or out.shape[2:] != act_shape:
+                    raise ValueError(f"policy.predict_action returned shape {tuple(out.shape)}; expected "
+                                     f"({len(need)}, n_action_steps, {', '.join(map(str, act_shape))})")
+                if chunks.shape[1] != out.shape[1]:
+                    chunks = np.zeros((n_envs, out.shape[1], *act_shape), dtype=np.float32)
+                chunks[need] = out
+                chunk_len[need] = out.shape[1]
+                chunk_pos[need] = 0
+                finite = np.isfinite(out.reshape(len(need), -1)).all(axis=1)
+                for row in np.flatnonzero(~finite):
+                    k = need[row]
+                    finish(k, "error", f"policy returned a non-finite action (NaN/Inf) at step {slots[k].length} "
+                                       f"of episode {slots[k].index}; episode aborted")
+                active = [k for k in active if slots[k] is not None]
+            if active:
+                actions = chunks[active, chunk_pos[active]]
+                chunk_pos[active] += 1
+                t0 = time.perf_counter()
+                results = pool.step(active, actions)
+                timers.env_wait += time.perf_counter() - t0
+                stepped = []
+                for k in active:
+                    res, ep = results[k], slots[k]
+                    timers.add_env(res)
+                    if not res.ok:
+                        finish(k, "error", f"step {ep.length} of episode {ep.index} failed: {res.error}")
+                        if not pool.alive(k):
+                            pool.restart(k)
+                        continue
+                    timers.env_steps += 1
+                    ep.length += 1
+                    ep.observe(res)
+                    stepped.append(k)
+                if stepped:
+                    for key, buf in hist.items():  # roll each stepped env's history by one, batched
+                        buf[stepped, :-1] = buf[stepped, 1:]
+                        buf[stepped, -1] = pool.obs[key][stepped]
+                for k in stepped:
+                    ep = slots[k]
+                    if video.wants(ep.index):
+                        video.add(ep.index, frame(k))
+                    if ep.success:
+                        finish(k, "success")
+                    elif results[k].terminated:
+                        finish(k, "terminated")
+                    elif results[k].truncated or ep.length >= limit:
+                        finish(k, "time_limit")
+            refill()
+        fps_used = video.fps
+        video_paths = [video.paths[i] for i in sorted(video.paths)]
+    finally:
+        if video is not None:
+            video.close()
+        if bar is not None:
+            bar.close()
+        restarts = pool.restarts
+        pool.close()
+        if was_training and hasattr(policy, "train"):
+            policy.train()
+
+    wall = time.perf_counter() - t_begin
+    loop_wall = time.perf_counter() - t_started
+    summary: dict[str, Any] = {"task": task_name, "n_envs": n_envs, "seed": seed, "device": str(dev),
+                               "max_steps": limit, **summarize_episodes(records)}
+    summary["all_errored"] = summary["n_errors"] == len(records)
+    summary.update({
+        "env_steps": timers.env_steps,
+        "wall_s": round(wall, 3),
+        "env_steps_per_s": timers.env_steps / loop_wall if loop_wall > 0 else 0.0,
+        "policy_forwards": timers.forwards,
+        "mean_forward_batch": timers.forward_rows / max(1, timers.forwards),
+        "worker_restarts": restarts,
+        "time_s": {"startup": round(t_started - t_begin, 3), "policy": round(timers.policy, 3),
+                   "env_wait": round(timers.env_wait, 3), "env_inside_workers": round(timers.env_inner, 3),
+                   **{f"env_{k}": round(v, 3) for k, v in sorted(timers.env_parts.items())}},
+        "files": {"videos": video_paths},
+        "video_fps": fps_used,
+    })
+    if out_dir is not None:
+        summary["files"].update(write_report(out_dir, records, summary))
+    summary["episodes"] = records
+    return summary
