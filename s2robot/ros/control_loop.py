@@ -1,0 +1,411 @@
+"""Fixed-rate control loop: observations in, safe commands out, inference off the loop thread.
+
+Each tick ``k`` is scheduled at ``t0 + k * period`` on ``time.monotonic()`` (no drift accumulates). A tick that
+starts more than ``late_tolerance`` periods after its slot is *late*; when whole slots were missed they are skipped
+(never replayed in a burst) and counted.
+
+Per tick: read the newest observation -> watchdog (link, e-stop, staleness, fresh-after-fault) -> push it into the
+policy's observation history -> ask the inference thread for a new chunk when needed -> pick the action for this
+tick -> safety filter -> ``robot.send_action``. Anything but ``"ok"`` from the watchdog means *hold*: no command,
+the queued actions and the observation history are dropped (they were computed from the world before the fault),
+and the policy is reset.
+
+Action chunks are indexed by the tick of the observation they were computed from, so actions for ticks that passed
+while the policy was thinking are skipped (latency compensation). ``temporal_ensemble=m`` turns on ACT temporal
+ensembling: the action for tick ``k`` averages every chunk's prediction for ``k`` with weights ``exp(-m * i)``,
+``i = 0`` for the oldest chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from s2robot.ros.robot import Robot, RobotDisconnected
+from s2robot.ros.safety import EStop, PolicyFault, SafetyFilter, Watchdog
+
+LOG = logging.getLogger(__name__)
+
+
+class ChunkPolicy(Protocol):
+    """What the loop needs from a policy: history of ``n_obs_steps`` obs dicts -> (n_action_steps, A) actions."""
+
+    n_obs_steps: int
+    n_action_steps: int
+
+    def reset(self) -> None: ...
+
+    def predict(self, history: list[dict[str, np.ndarray]]) -> np.ndarray: ...
+
+
+class CallablePolicy:
+    """Adapter for ``fn(obs) -> action (A,)`` or ``fn(history) -> (n, A)`` (scripted experts, test policies)."""
+
+    def __init__(self, fn: Callable, n_obs_steps: int = 1, n_action_steps: int = 1, takes_history: bool = False,
+                 reset_fn: Callable[[], None] | None = None):
+        self.fn, self.n_obs_steps, self.n_action_steps = fn, n_obs_steps, n_action_steps
+        self.takes_history, self.reset_fn = takes_history, reset_fn
+
+    def reset(self) -> None:
+        if self.reset_fn is not None:
+            self.reset_fn()
+
+    def predict(self, history):
+        out = np.asarray(self.fn(history if self.takes_history else history[-1]), dtype=np.float32)
+        return out.reshape(-1, out.shape[-1])
+
+
+class TorchPolicy:
+    """Adapter for an s2robot policy (``predict_action`` on dicts of (B, T_obs, ...) tensors)."""
+
+    def __init__(self, policy, device="cpu", n_action_steps: int | None = None):
+        import torch
+
+        self.policy, self.device, self.torch = policy, torch.device(device), torch
+        self.n_obs_steps = int(getattr(policy, "n_obs_steps", 1))
+        self.n_action_steps = int(n_action_steps or getattr(policy, "n_action_steps", 1))
+
+    def reset(self) -> None:
+        if hasattr(self.policy, "reset"):
+            self.policy.reset()
+
+    def predict(self, history):
+        torch = self.torch
+        batch = {k: torch.from_numpy(np.stack([h[k] for h in history])[None]).to(self.device) for k in history[-1]}
+        with torch.inference_mode():
+            out = self.policy.predict_action(batch)
+        return out[0, : self.n_action_steps].float().cpu().numpy()
+
+
+@dataclass
+class LoopConfig:
+    rate_hz: float = 10.0
+    max_steps: int = 200
+    temporal_ensemble: float | None = None  # ACT coefficient m; None -> chunk execution
+    n_action_steps: int | None = None  # execute at most this many actions of each chunk (None: the policy's)
+    replan_margin: int = 1  # chunk mode: request the next chunk when <= this many actions remain
+    late_tolerance: float = 0.5  # fraction of a period after its slot a tick counts as late
+    reconnect_timeout_s: float = 10.0  # end the episode when the link stays down longer
+    stop_on_success: bool = True
+    realtime: bool = True  # False: no sleeping and inference inline (deterministic, for lockstep simulation)
+
+    def __post_init__(self):
+        if not 0 < self.rate_hz <= 1000:
+            raise ValueError(f"rate_hz must be in (0, 1000], got {self.rate_hz}")
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        if self.temporal_ensemble is not None and self.temporal_ensemble < 0:
+            raise ValueError("temporal_ensemble (ACT m) must be >= 0")
+
+
+@dataclass
+class EpisodeReport:
+    """What happened in one deployed episode (times in seconds)."""
+
+    status: str = "running"  # success | max_steps | disconnected | policy_fault | stopped
+    steps: int = 0
+    commands: int = 0
+    success: bool = False
+    late_ticks: int = 0
+    skipped_ticks: int = 0
+    holds: Counter = field(default_factory=Counter)
+    safety_events: Counter = field(default_factory=Counter)
+    tick_times: list[float] = field(default_factory=list)  # monotonic start of each tick
+    tick_errors: list[float] = field(default_factory=list)  # actual - scheduled start
+    latencies: list[float] = field(default_factory=list)  # observation capture -> command sent
+    inference_times: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        def pct(xs, q):
+            return float(np.percentile(xs, q)) if xs else float("nan")
+
+        periods = np.diff(self.tick_times) if len(self.tick_times) > 1 else np.zeros(0)
+        return {
+            "status": self.status, "success": self.success, "steps": self.steps, "commands": self.commands,
+            "late_ticks": self.late_ticks, "skipped_ticks": self.skipped_ticks, "holds": dict(self.holds),
+            "safety_events": dict(self.safety_events),
+            "rate_hz": float(1.0 / periods.mean()) if periods.size else float("nan"),
+            "jitter_ms": float(periods.std() * 1e3) if periods.size else float("nan"),
+            "tick_error_p99_ms": pct(self.tick_errors, 99) * 1e3,
+            "latency_ms_p50": pct(self.latencies, 50) * 1e3, "latency_ms_p99": pct(self.latencies, 99) * 1e3,
+            "inference_ms_p50": pct(self.inference_times, 50) * 1e3,
+        }
+
+
+class _Inference:
+    """One background worker: ``submit(history, tick, obs_time)`` (newest request wins), ``poll()`` results."""
+
+    def __init__(self, policy: ChunkPolicy, inline: bool):
+        self.policy, self.inline = policy, inline
+        self._cv = threading.Condition()
+        self._request = None
+        self._results: list[tuple[int, float, np.ndarray, float]] = []
+        self._busy = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._generation = 0
+        self._thread = None
+        if not inline:
+            self._thread = threading.Thread(target=self._run, name="s2robot-inference", daemon=True)
+            self._thread.start()
+
+    def _infer(self, req):
+        history, tick, obs_time, gen = req
+        t = time.monotonic()
+        chunk = np.asarray(self.policy.predict(history), dtype=np.float32)
+        return tick, obs_time, chunk, time.monotonic() - t, gen
+
+    def _run(self):
+        while True:
+            with self._cv:
+                while self._request is None and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                req, self._request = self._request, None
+                self._busy = True
+            try:
+                res = self._infer(req)
+                with self._cv:
+                    if res[4] == self._generation:
+                        self._results.append(res[:4])
+            except BaseException as e:  # noqa: BLE001 - re-raised on the loop thread
+                with self._cv:
+                    self._error = e
+            finally:
+                with self._cv:
+                    self._busy = False
+
+    @property
+    def idle(self) -> bool:
+        with self._cv:
+            return not self._busy and self._request is None
+
+    def submit(self, history, tick, obs_time):
+        req = (list(history), tick, obs_time, self._generation)
+        if self.inline:
+            self._results.append(self._infer(req)[:4])
+            return
+        with self._cv:
+            self._request = req
+            self._cv.notify()
+
+    def invalidate(self):
+        """Drop pending requests and results (after a fault): in-flight results are discarded on arrival."""
+        with self._cv:
+            self._generation += 1
+            self._request = None
+            self._results.clear()
+
+    def poll(self):
+        with self._cv:
+            if self._error is not None:
+                err, self._error = self._error, None
+                raise err
+            out, self._results = self._results, []
+        return out
+
+    def close(self):
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class ActionQueue:
+    """Actions keyed by tick. Chunk mode: the newest chunk replaces the plan; ensemble mode: ACT weighting."""
+
+    def __init__(self, ensemble_m: float | None, max_chunk: int | None):
+        self.m, self.max_chunk = ensemble_m, max_chunk
+        self.plan: dict[int, np.ndarray] = {}
+        self.chunks: deque[tuple[int, np.ndarray]] = deque()
+
+    def clear(self):
+        self.plan.clear()
+        self.chunks.clear()
+
+    def add(self, tick: int, chunk: np.ndarray, now_tick: int):
+        if self.max_chunk is not None:
+            chunk = chunk[: self.max_chunk]
+        if self.m is None:
+            self.plan = {tick + i: a for i, a in enumerate(chunk) if tick + i >= now_tick}
+        else:
+            self.chunks.append((tick, chunk))
+
+    def remaining(self, now_tick: int) -> int:
+        if self.m is None:
+            return sum(1 for t in self.plan if t >= now_tick)
+        return max((t0 + len(c) - now_tick for t0, c in self.chunks), default=0)
+
+    def action(self, now_tick: int) -> np.ndarray | None:
+        if self.m is None:
+            for t in [t for t in self.plan if t < now_tick]:
+                del self.plan[t]
+            return self.plan.get(now_tick)
+        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= now_tick:
+            self.chunks.popleft()
+        preds = [c[now_tick - t0] for t0, c in self.chunks if t0 <= now_tick < t0 + len(c)]
+        if not preds:
+            return None
+        w = np.exp(-self.m * np.arange(len(preds)))  # index 0 = oldest chunk
+        return (np.stack(preds) * (w / w.sum())[:, None]).sum(0).astype(np.float32)
+
+
+class ControlLoop:
+    """Runs episodes of ``policy`` on ``robot`` under ``safety`` at a fixed rate."""
+
+    def __init__(self, robot: Robot, policy: ChunkPolicy, safety: SafetyFilter, watchdog: Watchdog,
+                 cfg: LoopConfig, recorder=None, estop: EStop | None = None,
+                 success_fn: Callable[[], bool] | None = None):
+        self.robot, self.policy, self.safety, self.watchdog = robot, policy, safety, watchdog
+        self.cfg, self.recorder, self.success_fn = cfg, recorder, success_fn
+        self.estop = estop or EStop()  # local stop (e.g. Ctrl-C); the robot's e-stop topic is checked too
+        self.period = 1.0 / cfg.rate_hz
+
+    def _estopped(self) -> bool:
+        return self.estop.latched or self.robot.estop_latched()
+
+    def run_episode(self, on_tick: Callable[[int, EpisodeReport], None] | None = None) -> EpisodeReport:
+        cfg, robot = self.cfg, self.robot
+        rep = EpisodeReport()
+        n_obs = max(1, int(self.policy.n_obs_steps))
+        history: deque[dict] = deque(maxlen=n_obs)
+        queue = ActionQueue(cfg.temporal_ensemble, cfg.n_action_steps)
+        infer = _Inference(self.policy, inline=not cfg.realtime)
+        self.policy.reset()
+        self.safety.reset()
+        chunk_obs_time: dict[int, float] = {}
+        down_since: float | None = None
+        was_ok = False
+        t0 = time.monotonic()
+        k = 0
+        try:
+            while k < cfg.max_steps:
+                slot = t0 + k * self.period
+                if cfg.realtime:
+                    delay = slot - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                now = time.monotonic()
+                if cfg.realtime:
+                    behind = int((now - slot) // self.period)
+                    if behind >= 1:  # whole slots missed: skip them, never burst
+                        rep.skipped_ticks += behind
+                        k += behind
+                        slot = t0 + k * self.period
+                    if now - slot > cfg.late_tolerance * self.period:
+                        rep.late_ticks += 1
+                rep.tick_times.append(now)
+                rep.tick_errors.append(now - slot)
+                rep.steps = k + 1
+
+                # ---- observation + watchdog
+                try:
+                    got = robot.get_observation()
+                    connected = robot.is_connected
+                except RobotDisconnected:
+                    got, connected = None, False
+                obs, obs_time = got if got is not None else (None, None)
+                status = self.watchdog.check(obs_time, now, connected, self._estopped(), robot.link_epoch)
+                if status == "disconnected":
+                    down_since = down_since or now
+                    if now - down_since > cfg.reconnect_timeout_s:
+                        rep.status = "disconnected"
+                        break
+                else:
+                    down_since = None
+                if status != "ok":
+                    rep.holds[status] += 1
+                    if was_ok:
+                        LOG.warning("tick %d: holding (%s)", k, status)
+                        history.clear()
+                        queue.clear()
+                        infer.invalidate()
+                        self.policy.reset()
+                        self.safety.reset()
+                    was_ok = False
+                    if on_tick:
+                        on_tick(k, rep)
+                    k += 1
+                    continue
+                was_ok = True
+
+                # ---- policy
+                if not history:
+                    history.extend([obs] * n_obs)  # pad with the first fresh observation
+                else:
+                    history.append(obs)
+                for tick, otime, chunk, dt in infer.poll():
+                    rep.inference_times.append(dt)
+                    chunk_obs_time[tick] = otime
+                    queue.add(tick, chunk, k)
+                need = queue.remaining(k) <= cfg.replan_margin if cfg.temporal_ensemble is None else True
+                if need and infer.idle:
+                    infer.submit(history, k, obs_time)
+                    if not cfg.realtime:
+                        for tick, otime, chunk, dt in infer.poll():
+                            rep.inference_times.append(dt)
+                            chunk_obs_time[tick] = otime
+                            queue.add(tick, chunk, k)
+                action = queue.action(k)
+                if action is None:
+                    rep.holds["waiting_policy"] += 1
+                else:
+                    decision = self.safety.filter(action, obs.get("proprio"), now)
+                    for ev in decision.events:
+                        rep.safety_events[ev] += 1
+                    if decision.action is None:
+                        rep.holds["rejected"] += 1
+                    elif robot.send_action(decision.action):
+                        rep.commands += 1
+                        src = max((t for t in chunk_obs_time if t <= k), default=None)
+                        if src is not None:
+                            rep.latencies.append(time.monotonic() - chunk_obs_time[src])
+                        if self.recorder is not None:
+                            self.recorder.add_step(obs, decision.action)
+                    else:
+                        rep.holds["send_failed"] += 1
+                for t in [t for t in chunk_obs_time if t < k - 64]:
+                    del chunk_obs_time[t]
+                if self.success_fn is not None and self.success_fn():
+                    rep.success = True
+                    if cfg.stop_on_success:
+                        rep.status = "success"
+                        break
+                if on_tick:
+                    on_tick(k, rep)
+                k += 1
+            else:
+                rep.status = "max_steps"
+        except PolicyFault as e:
+            LOG.error("policy fault: %s", e)
+            rep.status = "policy_fault"
+        finally:
+            infer.close()
+        if rep.status == "running":
+            rep.status = "stopped"
+        rep.success = rep.success or (self.success_fn() if self.success_fn is not None else False)
+        return rep
+
+
+def loop_rate_summary(reps: list[EpisodeReport]) -> dict[str, float]:
+    """Pool tick timing and latency over episodes (for the benchmark)."""
+    periods = np.concatenate([np.diff(r.tick_times) for r in reps if len(r.tick_times) > 1] or [np.zeros(0)])
+    lats = np.concatenate([np.asarray(r.latencies) for r in reps] or [np.zeros(0)])
+    nan = float("nan")
+    return {
+        "rate_hz": float(1 / periods.mean()) if periods.size else nan,
+        "jitter_ms": float(periods.std() * 1e3) if periods.size else nan,
+        "late_ticks": int(sum(r.late_ticks for r in reps)),
+        "latency_ms_p50": float(np.percentile(lats, 50) * 1e3) if lats.size else nan,
+        "latency_ms_p99": float(np.percentile(lats, 99) * 1e3) if lats.size else nan,
+        "n": int(lats.size),
+    }

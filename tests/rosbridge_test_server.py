@@ -1,0 +1,352 @@
+"""A rosbridge-v2-protocol test server (websockets, loopback only, bounded lifetime) and a simulated robot on it.
+
+``RosbridgeTestServer`` speaks the subset of the rosbridge v2 JSON protocol that roslibpy uses (advertise,
+unadvertise, publish, subscribe, unsubscribe, call_service for ``/rosapi/get_time``). Fault knobs: ``latency_s``
+(delay of every server->client message), ``drop_prob`` (drop server->client publishes, seeded),
+``disconnect(refuse_for_s)`` (close every client link and refuse handshakes for a while).
+
+``SimRobotServer`` puts a gymnasium env behind the server as "the robot": at ``rate_hz`` on its own clock it applies
+the newest command received, steps the env, and publishes camera images, joint states and the end-effector pose
+with header stamps (``stamp_offset_s`` makes them stale). It never sees the policy: only ROS messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+
+from s2robot.ros import messages as M
+from s2robot.ros.robot import RobotConfig
+
+
+class RosbridgeTestServer:
+    """Minimal rosbridge v2 server on 127.0.0.1 (never another interface). Use as a context manager."""
+
+    def __init__(self, port: int = 0, ros_version: int = 2, max_lifetime_s: float = 120.0, latency_s: float = 0.0,
+                 drop_prob: float = 0.0, seed: int = 0):
+        self.host = "127.0.0.1"
+        self.port = port
+        self.ros_version = ros_version
+        self.max_lifetime_s = max_lifetime_s
+        self.latency_s = latency_s
+        self.drop_prob = drop_prob
+        self._rng = random.Random(seed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server = None
+        self._started = threading.Event()
+        self._stop_evt: asyncio.Event | None = None
+        self._refuse_until = 0.0
+        self._clients: set = set()
+        self._subs: dict[str, set] = defaultdict(set)  # topic -> connections
+        self.advertised: dict[str, str] = {}
+        self.received: dict[str, list[tuple[float, dict]]] = defaultdict(list)  # topic -> [(monotonic, msg)]
+        self._callbacks: dict[str, list[Callable[[dict], None]]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.n_connections = 0
+        self.refused = 0
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self) -> RosbridgeTestServer:
+        self._thread = threading.Thread(target=self._run, name="rosbridge-test-server", daemon=True)
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("test rosbridge server did not start")
+        return self
+
+    def _run(self):
+        asyncio.run(self._main())
+
+    async def _main(self):
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop_evt = asyncio.Event()
+        async with serve(self._handler, self.host, self.port, process_request=self._process_request,
+                         max_size=2**24) as server:
+            self._server = server
+            self.port = server.sockets[0].getsockname()[1]
+            self._started.set()
+            try:
+                await asyncio.wait_for(self._stop_evt.wait(), timeout=self.max_lifetime_s)
+            except asyncio.TimeoutError:
+                pass
+            server.close()
+
+    def stop(self):
+        if self._loop is not None and self._stop_evt is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop_evt.set)
+            except RuntimeError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ---------------------------------------------------------------------------------------------- protocol
+    def _process_request(self, connection, request):
+        if time.monotonic() < self._refuse_until:
+            self.refused += 1
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "rosbridge test server: link down\n")
+        return None
+
+    async def _handler(self, ws):
+        self._clients.add(ws)
+        self.n_connections += 1
+        try:
+            async for raw in ws:
+                self._on_frame(ws, json.loads(raw))
+        except Exception:  # noqa: BLE001 - a dropped client is normal here
+            pass
+        finally:
+            self._clients.discard(ws)
+            for conns in self._subs.values():
+                conns.discard(ws)
+
+    def _on_frame(self, ws, frame: dict[str, Any]):
+        op = frame.get("op")
+        topic = frame.get("topic")
+        if op == "subscribe":
+            self._subs[topic].add(ws)
+        elif op == "unsubscribe":
+            self._subs[topic].discard(ws)
+        elif op == "advertise":
+            self.advertised[topic] = frame.get("type", "")
+        elif op == "unadvertise":
+            self.advertised.pop(topic, None)
+        elif op == "publish":
+            msg = frame.get("msg", {})
+            with self.lock:
+                self.received[topic].append((time.monotonic(), msg))
+            for cb in list(self._callbacks.get(topic, ())):
+                cb(msg)
+        elif op == "call_service" and frame.get("service") == "/rosapi/get_time":
+            now = M.sec_to_stamp(time.time(), self.ros_version)
+            reply = {"op": "service_response", "id": frame.get("id"), "service": frame["service"],
+                     "values": {"time": now}, "result": True}
+            asyncio.ensure_future(ws.send(json.dumps(reply)))
+
+    # -------------------------------------------------------------------------------------------- robot side
+    def on_publish(self, topic: str, callback: Callable[[dict], None]) -> None:
+        """Call ``callback(msg)`` (on the server thread) for each message a client publishes on ``topic``."""
+        self._callbacks[topic].append(callback)
+
+    def messages(self, topic: str) -> list[tuple[float, dict]]:
+        with self.lock:
+            return list(self.received.get(topic, ()))
+
+    def n_subscribers(self, topic: str) -> int:
+        return len(self._subs.get(topic, ()))
+
+    def publish(self, topic: str, msg: dict) -> None:
+        """Send ``msg`` on ``topic`` to every subscribed client (thread-safe), subject to latency and drops."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if self.drop_prob > 0 and self._rng.random() < self.drop_prob:
+            return
+        payload = json.dumps({"op": "publish", "topic": topic, "msg": msg})
+
+        def _send():
+            for ws in list(self._subs.get(topic, ())):
+                asyncio.ensure_future(self._safe_send(ws, payload))
+
+        if self.latency_s > 0:
+            loop.call_soon_threadsafe(loop.call_later, self.latency_s, _send)
+        else:
+            loop.call_soon_threadsafe(_send)
+
+    @staticmethod
+    async def _safe_send(ws, payload):
+        try:
+            await ws.send(payload)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def disconnect(self, refuse_for_s: float = 0.0) -> None:
+        """Drop every client link now; refuse new handshakes for ``refuse_for_s`` seconds."""
+        self._refuse_until = time.monotonic() + refuse_for_s
+        loop = self._loop
+
+        def _close_all():
+            for ws in list(self._clients):
+                asyncio.ensure_future(ws.close(code=1001, reason="test disconnect"))
+            self._subs.clear()
+
+        loop.call_soon_threadsafe(_close_all)
+
+
+class SimRobotServer:
+    """A gymnasium env acting as the robot behind a ``RosbridgeTestServer``, described by a ``RobotConfig``.
+
+    Publishes per ``cfg`` (cameras as Image rgb8/CompressedImage jpeg, ``joint_state_topic`` with the joint-state
+    proprio segments, ``ee_pose_topic``) and applies commands from ``cfg.command`` (+ ``cfg.gripper``). Commands
+    are absolute position targets; ``to_env_action(target, gripper, rest)`` turns them into the env's action (for a
+    delta env: target - current measured position).
+    """
+
+    def __init__(self, server: RosbridgeTestServer, env, cfg: RobotConfig, rate_hz: float | None = None,
+                 stamp_offset_s: float = 0.0, hold_action: np.ndarray | None = None):
+        self.server = server
+        self.env = env
+        self.cfg = cfg
+        self.rate_hz = rate_hz or cfg.rate_hz
+        self.stamp_offset_s = stamp_offset_s
+        self.hold_action = np.zeros(cfg.action.dim, np.float32) if hold_action is None else hold_action
+        self._lock = threading.Lock()
+        self._target: np.ndarray | None = None  # absolute position target (len(position_indices),)
+        self._cmd_rest: np.ndarray | None = None  # full action of the newest command (non-position dims used)
+        self._gripper: float | None = None
+        self._last_gripper: float | None = None
+        self.obs: dict | None = None
+        self.info: dict = {}
+        self.steps = 0
+        self.success = False
+        self.max_steps: int | None = None
+        self.commands_applied = 0
+        self.publish_paused = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.done = threading.Event()
+        self.step_times: list[float] = []
+        self.command_log: list[tuple[float, np.ndarray]] = []  # (monotonic receive, env action applied)
+        server.on_publish(cfg.command.topic, self._on_command)
+        if cfg.gripper is not None:
+            server.on_publish(cfg.gripper.topic, self._on_gripper)
+
+    # --------------------------------------------------------------------------------------------- commands
+    def _on_command(self, msg: dict):
+        t = M.normalize_type(self.cfg.command.type)
+        acfg = self.cfg.action
+        if t == M.POSE_STAMPED_TYPE:
+            target = M.pose_position(msg)[:3]
+            rest = None
+        elif t == M.JOINT_TRAJECTORY_TYPE:
+            pt = msg["points"][0]
+            order = {n: i for i, n in enumerate(msg["joint_names"])}
+            target = np.asarray([pt["positions"][order[n]] for n in self.cfg.command.joint_names], np.float32)
+            rest = None
+        else:
+            data = np.asarray(msg["data"], np.float32)
+            target = data[acfg.position_indices]
+            rest = data
+        with self._lock:
+            self._target = np.asarray(target, np.float32)
+            self._cmd_rest = rest
+            self.commands_applied += 1
+
+    def _on_gripper(self, msg: dict):
+        with self._lock:
+            self._gripper = M.gripper_value(msg, self.cfg.gripper.type)
+
+    def env_action(self) -> np.ndarray:
+        """The env action for this step from the newest command (hold when none)."""
+        acfg = self.cfg.action
+        with self._lock:
+            target, rest, grip = self._target, self._cmd_rest, self._gripper
+            self._cmd_rest = None  # one-shot: non-position dims (e.g. yaw deltas) apply once per command
+        a = self.hold_action.copy()
+        if rest is not None:
+            a[:] = rest
+        if target is not None and acfg.position_indices:
+            measured = self.obs["proprio"][acfg.state_indices]
+            a[acfg.position_indices] = target - measured if acfg.mode == "delta" else target
+        elif target is None and acfg.position_indices and acfg.mode == "absolute":
+            a[acfg.position_indices] = self.obs["proprio"][acfg.state_indices]
+        if grip is not None and acfg.gripper_index is not None:
+            a[acfg.gripper_index] = grip
+        elif self._last_gripper is not None and acfg.gripper_index is not None and rest is None:
+            a[acfg.gripper_index] = self._last_gripper
+        if acfg.gripper_index is not None:
+            self._last_gripper = float(a[acfg.gripper_index])
+        return a
+
+    # ----------------------------------------------------------------------------------------- publishing
+    def publish_observation(self):
+        if self.publish_paused or self.obs is None:
+            return
+        cfg = self.cfg
+        stamp = time.time() - self.stamp_offset_s
+        header = M.make_header(stamp, "base_link", cfg.ros_version, self.steps)
+        for cam, c in cfg.cameras.items():
+            img = self.obs[f"{cam}_image"]
+            if M.normalize_type(c.type) == M.COMPRESSED_IMAGE_TYPE:
+                msg = M.encode_compressed_image(img, "jpeg", header)
+            else:
+                msg = M.encode_image(img, "rgb8", header)
+            self.server.publish(c.topic, msg)
+        proprio = self.obs["proprio"]
+        names, values, i = [], [], 0
+        for seg in cfg.proprio:
+            v = proprio[i:i + seg.dim]
+            i += seg.dim
+            if seg.source == "joint_state":
+                if seg.reduce == "none":
+                    names += list(seg.names)
+                    values += [float(x) / seg.scale for x in v]
+                else:  # split a reduced value evenly over its joints
+                    k = len(seg.names) if seg.reduce == "sum" else 1
+                    names += list(seg.names)
+                    values += [float(v[0]) / seg.scale / k] * len(seg.names)
+            else:
+                pos = [float(x) for x in v[:3]]
+                quat = [float(x) for x in v[3:7]] if seg.size == 7 else [0.0, 0.0, 0.0, 1.0]
+                self.server.publish(cfg.ee_pose_topic, M.pose_stamped_msg(pos, quat, header))
+        if names:
+            self.server.publish(cfg.joint_state_topic, M.joint_state_msg(names, values, header))
+
+    # ---------------------------------------------------------------------------------------------- running
+    def reset(self, seed: int, max_steps: int) -> dict:
+        self.obs, self.info = self.env.reset(seed=seed)
+        self.steps, self.success, self.max_steps = 0, False, max_steps
+        self._target, self._cmd_rest, self._gripper, self._last_gripper = None, None, None, None
+        self.done.clear()
+        return self.obs
+
+    def step_once(self):
+        a = self.env_action()
+        self.obs, _, term, trunc, self.info = self.env.step(a)
+        self.steps += 1
+        self.success = self.success or bool(self.info.get("success", False))
+        self.command_log.append((time.monotonic(), a))
+        if term or trunc or self.success or self.steps >= self.max_steps:
+            self.done.set()
+
+    def start(self):
+        """Publish the first observation, then step at ``rate_hz`` on a background thread until done/stop."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="sim-robot", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        period = 1.0 / self.rate_hz
+        self.publish_observation()
+        t_next = time.monotonic() + period
+        while not self._stop.is_set() and not self.done.is_set():
+            delay = t_next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t_next += period
+            self.step_once()
+            self.step_times.append(time.monotonic())
+            self.publish_observation()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
