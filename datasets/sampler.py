@@ -25,7 +25,6 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from .store import DatasetError, EpisodeStore, StoreLike, describe, is_image_key
 
-NON_OBS_KEYS = ("action", "reward", "success", "sim_state")
 LOWDIM_CACHE_BYTES = 256 << 20
 
 
@@ -82,7 +81,7 @@ class SequenceDataset(Dataset):
     Args:
         path: the store (directory, ``.zip``, zarr ``Store`` or fsspec URL) or an open :class:`EpisodeStore`.
         horizon, n_obs_steps, n_action_steps: window geometry (see module docstring).
-        obs_keys: observation keys; default every data key except action/reward/success/sim_state.
+        obs_keys: observation keys; default every ``<cam>_image`` key and ``proprio``.
         feature_hash: a ``features/<hash>`` key written by ``cache_features``: each ``<cam>_image`` obs key is
             replaced by ``<cam>_tokens`` float32 (n_obs_steps, N, D) read from the stored float16 tokens.
         split: ``"train"``, ``"val"`` or ``"all"``; episodes are split with ``val_ratio`` and ``seed``.
@@ -121,7 +120,7 @@ class SequenceDataset(Dataset):
         if action_key not in store.spec:
             raise DatasetError(f"{describe(self.path)}: no {action_key!r} key; keys are {store.keys}")
 
-        keys = list(obs_keys) if obs_keys is not None else [k for k in store.keys if k not in NON_OBS_KEYS]
+        keys = list(obs_keys) if obs_keys is not None else [k for k in store.keys if is_image_key(k) or k == "proprio"]
         self._sources: dict[str, str] = {}  # output key -> group path
         for k in keys:
             if feature_hash is not None and is_image_key(k):

@@ -1,0 +1,118 @@
+"""``s2robot dataset info PATH`` and ``s2robot dataset import-robomimic IN.hdf5 OUT.zarr``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import zarr
+
+from .store import EpisodeStore, StoreLike
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def size_on_disk(path: StoreLike, group: zarr.Group) -> int:
+    """Bytes used by the store: the directory tree or zip file; otherwise the sum of stored array bytes."""
+    if not isinstance(path, zarr.abc.store.Store) and "://" not in str(path):
+        p = Path(path)
+        if p.is_file():
+            return p.stat().st_size
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return sum(a.nbytes_stored() for _, a in group.arrays()) + sum(
+        size_on_disk(path, g) for _, g in group.groups()
+    )
+
+
+def summary(path: StoreLike) -> str:
+    """Human-readable description of a store: episodes, steps, keys, features, sizes, compression."""
+    from .feature_cache import cached_feature_sets
+
+    with EpisodeStore.open(path) as store:
+        lengths = store.episode_lengths
+        attrs = store.attrs
+        lines = [f"store: {path}"]
+        if len(lengths):
+            lines.append(
+                f"episodes: {store.n_episodes}   steps: {store.n_steps}   episode length min/mean/max: "
+                f"{lengths.min()}/{lengths.mean():.1f}/{lengths.max()}"
+            )
+        else:
+            lines.append("episodes: 0   steps: 0")
+        for k in ("task", "fps", "cameras", "action_space", "format_version"):
+            if k in attrs:
+                lines.append(f"{k}: {attrs[k]}")
+        lines.append("")
+        raw_total = stored_total = 0
+        rows = [(f"data/{k}", store.array(k)) for k in store.keys]
+        feats = cached_feature_sets(store)
+        for key in feats:
+            rows += [(f"features/{key}/{c}", a) for c, a in sorted(store.group[f"features/{key}"].arrays())]
+        w = max([len(name) for name, _ in rows] + [4]) + 2
+        lines.append(f"{'key':<{w}}{'shape':<22}{'dtype':<10}{'chunks':<20}{'raw':>11}{'stored':>11}{'ratio':>8}")
+        for name, a in rows:
+            raw, stored = a.nbytes, a.nbytes_stored()
+            raw_total, stored_total = raw_total + raw, stored_total + stored
+            lines.append(
+                f"{name:<{w}}{str(tuple(a.shape)):<22}{str(a.dtype):<10}{str(tuple(a.chunks)):<20}"
+                f"{_fmt_bytes(raw):>11}{_fmt_bytes(stored):>11}{raw / max(stored, 1):>7.1f}x"
+            )
+        if feats:
+            lines.append("")
+            lines.append("cached feature sets:")
+            for key, info in feats.items():
+                enc = info.get("encoder_config", {})
+                done = info.get("progress", {})
+                cams = ", ".join(
+                    f"{c} {done.get(c, 0)}/{store.n_steps}" for c in info["shapes"]
+                )
+                lines.append(
+                    f"  {key}: encoder={enc.get('name')} scales={enc.get('scales')} pool_grid={info.get('pool_grid')}"
+                    f" tokens={info.get('num_tokens')}x{info.get('out_dim')}  [{cams}]"
+                )
+        disk = size_on_disk(path, store.group)
+        lines.append("")
+        lines.append(
+            f"size on disk: {_fmt_bytes(disk)}   uncompressed: {_fmt_bytes(raw_total)}   "
+            f"compression ratio: {raw_total / max(stored_total, 1):.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def info(argv: list[str]) -> int:
+    """``s2robot dataset info PATH``."""
+    parser = argparse.ArgumentParser(prog="s2robot dataset info", description="Describe a dataset store.")
+    parser.add_argument("path", help="zarr directory, .zip file or fsspec URL")
+    args = parser.parse_args(argv)
+    print(summary(args.path))
+    return 0
+
+
+def import_robomimic(argv: list[str]) -> int:
+    """``s2robot dataset import-robomimic IN.hdf5 OUT.zarr [--proprio-keys a,b] [--overwrite]``."""
+    from .robomimic_import import import_robomimic as convert
+
+    parser = argparse.ArgumentParser(
+        prog="s2robot dataset import-robomimic", description="Convert a robomimic HDF5 dataset to a zarr store."
+    )
+    parser.add_argument("src", help="robomimic .hdf5 file")
+    parser.add_argument("dst", help="output store (directory, or an fsspec URL)")
+    parser.add_argument("--proprio-keys", default=None,
+                        help="comma-separated low-dim obs keys concatenated into proprio (default: all, sorted)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    args = parser.parse_args(argv)
+    keys = [k for k in args.proprio_keys.split(",") if k] if args.proprio_keys else None
+    store = convert(args.src, args.dst, proprio_keys=keys, overwrite=args.overwrite)
+    print(f"imported {store.n_episodes} episodes, {store.n_steps} steps -> {os.fspath(args.dst)}")
+    print(summary(args.dst))
+    return 0
+
+
+__all__ = ["info", "import_robomimic", "summary", "size_on_disk"]
