@@ -20,18 +20,19 @@ class HFCLIPAdapter(nn.Module):
 
     num_prefix_tokens = 1
 
-    def __init__(self, vision_model: nn.Module) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.vision_model = vision_model  # CLIPVisionTransformer
-        cfg = vision_model.config
+        # transformers < 5 nests the tower in ``.vision_model``; >= 5 has it flat on CLIPVisionModel
+        self.vision_model = getattr(model, "vision_model", model)
+        cfg = model.config
         self.embed_dim = int(cfg.hidden_size)
         self.grid = int(cfg.image_size) // int(cfg.patch_size)
-        self.blocks = vision_model.encoder.layers
-        self.final_norm = vision_model.post_layernorm
+        self.blocks = self.vision_model.encoder.layers
+        self.final_norm = self.vision_model.post_layernorm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.vision_model(pixel_values=x).last_hidden_state
-        return self.vision_model.post_layernorm(hidden)
+        return self.final_norm(hidden)
 
 
 def build_hf_clip(checkpoint: str, input_size: int | None, seed: int = 0,
@@ -49,13 +50,16 @@ def build_hf_clip(checkpoint: str, input_size: int | None, seed: int = 0,
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a full CLIPModel dir lists every text-tower key as 'unused'
     try:
-        model = CLIPVisionModel.from_pretrained(str(path), local_files_only=True)
+        model, info = CLIPVisionModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        raise ValueError(f"HF CLIP checkpoint {path} lacks vision weights: missing {sorted(info['missing_keys'])[:8]}, "
+                         f"mismatched {list(info.get('mismatched_keys', []))[:8]}")
     size = int(model.config.image_size)
     if input_size is not None and int(input_size) != size:
         raise ValueError(f"HF CLIP at {path} was trained at {size} px; input_size={input_size} is not supported")
-    return HFCLIPAdapter(model.vision_model), size, CLIP_MEAN, CLIP_STD
+    return HFCLIPAdapter(model.eval()), size, CLIP_MEAN, CLIP_STD
 
 
 class OpenCLIPAdapter(nn.Module):

@@ -85,7 +85,7 @@ def load_mvp_checkpoint(model: nn.Module, path: str) -> None:
         for k in dropped:
             del state[k]
     pe = state.get("pos_embed")
-    if pe is not None and pe.shape != model.pos_embed.shape:
+    if pe is not None and pe.ndim == 3 and pe.shape[1] != model.pos_embed.shape[1]:
         n_pre = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
         old = int(round((pe.shape[1] - n_pre) ** 0.5))
         warnings.warn(f"{path}: resampling pos_embed from a {old}x{old} grid to {tuple(model.patch_embed.grid_size)}",
