@@ -80,6 +80,7 @@ def plot_episodes(path: str | Path, episodes: Sequence[dict[str, Any]], title: s
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     idx = np.array([e["episode"] for e in episodes])
     success = np.array([bool(e["success"]) for e in episodes])
@@ -92,6 +93,9 @@ def plot_episodes(path: str | Path, episodes: Sequence[dict[str, Any]], title: s
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.6))
     colors = np.where(errors, "tab:gray", np.where(success, "tab:green", "tab:red"))
     ax0.bar(idx, values, color=colors, width=0.9)
+    ax0.scatter(idx, values, c=colors, s=14, zorder=3)  # visible even where the bar has zero height
+    ax0.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax0.set_xlabel("episode")
     ax0.set_ylabel("max score" if has_score else "success")
     ax0.set_ylim(0, 1.05)

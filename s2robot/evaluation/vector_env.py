@@ -6,8 +6,9 @@ are missing: it always steps *every* env (no step mask, so envs that have finish
 to be stepped with dummy actions), and a worker that dies takes the whole vector env down (the pipe is closed
 and there is no way to restart one worker). This pool keeps the same properties and adds both:
 
-- ``spawn`` workers; each builds its env inside the worker, after setting ``MUJOCO_GL`` (default ``egl``), so
-  MuJoCo/GL contexts never cross a process boundary;
+- ``spawn`` workers; each builds its env inside the worker, so MuJoCo/GL contexts never cross a process
+  boundary. The GL backend is chosen in the worker before MuJoCo is imported: ``mujoco_gl`` if given, else the
+  inherited ``MUJOCO_GL``, else ``s2robot.envs`` probes EGL and falls back to OSMesa on import;
 - observations are written by the worker into ``multiprocessing.shared_memory`` blocks, one per observation key
   with shape (n_envs, *shape); only small scalars (reward, flags, success, score, timings) go through the pipe;
 - ``reset(indices, seeds)`` / ``step(indices, actions)`` act on any subset of envs concurrently;
@@ -82,16 +83,41 @@ def _obs_spec(space) -> dict[str, tuple[tuple[int, ...], str]]:
     return spec
 
 
-def _worker(index: int, env_fn: Callable, pipe: Connection, mujoco_gl: str) -> None:
+class _RenderClock:
+    """Accumulates the time an env spends in ``render_camera`` (duck-typed; the s2robot envs have it)."""
+
+    def __init__(self, env):
+        self.total = 0.0
+        base = getattr(env, "unwrapped", env)
+        inner = getattr(base, "render_camera", None)
+        self.active = callable(inner)
+        if self.active:
+            def timed(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return inner(*args, **kwargs)
+                finally:
+                    self.total += time.perf_counter() - t0
+
+            base.render_camera = timed  # instance attribute shadows the method, for this env only
+
+    def take(self) -> float:
+        t, self.total = self.total, 0.0
+        return t
+
+
+def _worker(index: int, env_fn: Callable, pipe: Connection, mujoco_gl: str | None) -> None:
     """Worker main loop. Builds the env, reports its spaces, attaches shared memory, then serves commands."""
-    os.environ.setdefault("MUJOCO_GL", mujoco_gl)
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    if mujoco_gl:
+        os.environ["MUJOCO_GL"] = mujoco_gl
+        os.environ["PYOPENGL_PLATFORM"] = mujoco_gl
     env = None
     blocks: list[shared_memory.SharedMemory] = []
     views: dict[str, np.ndarray] = {}
     try:
         try:
             env = env_fn()
+            clock = _RenderClock(env)
             spec = _obs_spec(env.observation_space)
             act = env.action_space
             max_steps = getattr(getattr(env, "spec", None), "max_episode_steps", None)
@@ -125,6 +151,9 @@ def _worker(index: int, env_fn: Callable, pipe: Connection, mujoco_gl: str) -> N
                 for key, view in views.items():
                     view[...] = obs[key]
                 success, score, timing = _scalar_info(info)
+                if clock.active and timing is None:
+                    render = clock.take()
+                    timing = {"render": render, "physics_and_task": env_time - render}
                 pipe.send(("ok", StepResult(True, float(reward), bool(terminated), bool(truncated), success, score,
                                             env_time, timing)))
             except Exception:  # noqa: BLE001 - the env failed; report it for this episode and stay alive
@@ -155,14 +184,14 @@ class EnvPool:
     """
 
     def __init__(self, env_fn: Callable, n_envs: int, step_timeout: float | None = 300.0,
-                 start_timeout: float = 300.0, mujoco_gl: str = "egl"):
+                 start_timeout: float = 300.0, mujoco_gl: str | None = None):
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         self.env_fn = env_fn
         self.n_envs = int(n_envs)
         self.step_timeout = step_timeout
         self.start_timeout = start_timeout
-        self.mujoco_gl = os.environ.get("MUJOCO_GL", mujoco_gl)
+        self.mujoco_gl = mujoco_gl
         self._ctx = mp.get_context("spawn")
         self._procs: list[mp.process.BaseProcess | None] = [None] * self.n_envs
         self._pipes: list[Connection | None] = [None] * self.n_envs
