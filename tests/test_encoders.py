@@ -189,3 +189,25 @@ def test_mvp_small_is_twelve_heads():
     with pytest.warns(UserWarning):
         large = build_encoder("mvp_vit_l16", arch=dict(depth=1, embed_dim=64, num_heads=4))
     assert large.input_size == 256 and large.grid == 16
+
+
+def test_encoder_configs_hold_build_kwargs():
+    import inspect
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    import s2robot.configs
+
+    folder = Path(s2robot.configs.__file__).parent / "encoder"
+    params = set(inspect.signature(build_encoder).parameters) - {"device"}
+    files = sorted(folder.glob("*.yaml"))
+    assert len(files) >= 8
+    for f in files:
+        cfg = OmegaConf.load(f)
+        assert set(cfg.keys()) == params, f.name
+        assert cfg.name == f.stem
+    tiny = OmegaConf.load(folder / "vit_tiny_test.yaml")
+    enc = build_encoder(**tiny)  # a DictConfig works directly
+    assert enc.config_hash == build_encoder("vit_tiny_test").config_hash
+    assert enc.config == OmegaConf.to_container(tiny)

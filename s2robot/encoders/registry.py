@@ -43,6 +43,17 @@ def _default_checkpoint(name: str) -> str | None:
     return None
 
 
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (from hydra configs) -> plain lists/dicts; anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def build_encoder(
     name: str,
     checkpoint: str | None = None,
@@ -78,6 +89,7 @@ def build_encoder(
         :class:`S2Encoder` with ``encode``, ``out_dim``, ``num_tokens``, ``grid``, ``num_prefix``, ``input_size``,
         ``config_hash`` and ``config`` (so ``build_encoder(**enc.config)`` rebuilds it).
     """
+    scales, arch = _plain(scales), _plain(arch)
     if name.startswith("timm:"):
         model_name = name.split(":", 1)[1]
         if not model_name:
