@@ -1,0 +1,447 @@
+"""``s2robot train``: train a policy on a demonstration store, on cached S2 features when they exist.
+
+    s2robot train task=push_t policy=diffusion_unet encoder=mobilenet_v2 dataset=data/push_t.zarr
+    torchrun --nproc_per_node 2 -m s2robot.cli train ...        # DDP (NCCL on GPUs, gloo on CPU)
+
+Pipeline: build the frozen encoder -> pick ``features/<hash>`` matching it (else encode online, saying so) ->
+``SequenceDataset`` windows -> fit the normaliser on the training split -> ``build_policy`` -> AdamW + warm-up
+cosine schedule, grad clipping, EMA -> loop with per-step seeding, CSV/TensorBoard logs, validation loss and
+optional evaluator rollouts -> checkpoints (``checkpoint.py``) that resume exactly.
+
+Exact resume: every step re-seeds torch from ``(seed, rank, step)`` and the data order is a pure function of
+``(seed, epoch)`` with the consumed prefix of the epoch skipped, so N + resume + N steps equal 2N straight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from s2robot.policies.factory import dataclass_from
+from s2robot.training.ddp import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown_distributed
+from s2robot.training.optim import OptimConfig, build_lr_scheduler, build_optimizer
+
+__all__ = ["TrainConfig", "EMAConfig", "train", "run", "select_features", "seed_for_step"]
+
+
+@dataclass
+class TrainConfig:
+    """``train:`` section of ``configs/train.yaml``."""
+
+    steps: int = 20000
+    batch_size: int = 64
+    grad_clip: float = 1.0  # max global grad norm (0 disables clipping)
+    log_every: int = 50
+    val_every: int = 1000  # validation loss (EMA weights) on the held-out episodes; 0 disables
+    val_batches: int = 8
+    save_every: int = 5000  # checkpoint period; the final step is always saved
+    keep_last: int = 2  # older step_* checkpoints are deleted (0 keeps all)
+    eval_every: int = 0  # evaluator rollouts (EMA weights) every N steps; 0 disables
+    eval_episodes: int = 10
+    eval_n_envs: int = 2
+    eval_videos: int = 1
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "val_batches", "save_every", "eval_episodes", "eval_n_envs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_every", "keep_last", "eval_every", "eval_videos"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise ValueError(f"train.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class EMAConfig:
+    """``ema:`` section: diffusers EMAModel with power warm-up."""
+
+    enabled: bool = True
+    max_decay: float = 0.9999
+    power: float = 0.75
+    inv_gamma: float = 1.0
+    min_decay: float = 0.0
+    update_after_step: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_decay <= self.max_decay < 1.0:
+            raise ValueError(f"ema needs 0 <= min_decay <= max_decay < 1, got {self.min_decay}, {self.max_decay}")
+
+
+def seed_for_step(seed: int, rank: int, step: int) -> int:
+    """A 63-bit torch seed derived from (seed, rank, step) with numpy's SeedSequence."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+# ------------------------------------------------------------------------------------------------------ data
+class _Batches(Dataset):
+    """Maps a list of window indices to one batch dict (one zarr read per key per batch)."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self.ds.get_batch(indices)
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (this rank's shard of a (seed, epoch)-seeded permutation) that can skip a prefix."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def set_position(self, epoch: int, skip: int) -> None:
+        self.set_epoch(epoch)
+        self.skip = int(skip)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int | None) -> tuple[str | None, dict]:
+    """The ``features/<key>`` of ``store`` made by ``encoder`` (same config_hash), complete for ``cameras``.
+
+    Prefers the requested ``pool_grid`` (None: unpooled first). Returns (key, attrs) or (None, {}).
+    """
+    from s2robot.datasets.feature_cache import cached_feature_sets
+
+    found = []
+    for key, attrs in cached_feature_sets(store).items():
+        progress = attrs.get("progress", {})
+        if attrs.get("config_hash") != encoder.config_hash:
+            continue
+        if any(int(progress.get(c, 0)) < store.n_steps for c in cameras):
+            continue
+        pooled = attrs.get("pool_grid")
+        grid = encoder.grid if pooled is None else int(pooled)
+        if pool_grid is not None and grid != int(pool_grid):
+            continue
+        found.append((pooled is not None, key, attrs))
+    if not found:
+        return None, {}
+    _, key, attrs = min(found, key=lambda f: (f[0], f[1]))
+    return key, attrs
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _plain(cfg: Any) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    nb = device.type == "cuda"
+    return {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def _ema_weights(policy: torch.nn.Module, ema: Any) -> Iterator[None]:
+    """Temporarily swap the EMA weights into ``policy`` (no-op without EMA)."""
+    if ema is None:
+        yield
+        return
+    params = ema._params(policy)
+    ema.model.store(params)
+    ema.copy_to(policy)
+    try:
+        yield
+    finally:
+        ema.model.restore(params)
+
+
+def _prune(ckpt_dir: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    import shutil
+
+    steps = sorted((p for p in ckpt_dir.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    for old in steps[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _log(info: DistInfo, msg: str) -> None:
+    if info.is_main:
+        print(f"[train] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ train
+def train(cfg: Any) -> Path:
+    """Train per ``cfg`` (the composed ``configs/train.yaml``); returns the final checkpoint directory."""
+    c = _plain(cfg)
+    info, device = init_distributed(c.get("device", "auto"))
+    try:
+        return _train(c, info, device)
+    finally:
+        shutdown_distributed()
+
+
+def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
+    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.datasets.sampler import SequenceDataset
+    from s2robot.datasets.store import EpisodeStore
+    from s2robot.policies import build_policy
+    from s2robot.policies.base import ShapeMeta
+    from s2robot.policies.ema import PolicyEMA
+    from s2robot.policies.factory import parse_policy_config
+    from s2robot.training.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
+    from s2robot.training.logger import RunLogger
+
+    tcfg = dataclass_from(TrainConfig, c.get("train"), "train")
+    ocfg = dataclass_from(OptimConfig, c.get("optim"), "optim")
+    ecfg = dataclass_from(EMAConfig, c.get("ema"), "ema")
+    pcfg = c.get("policy") or {}
+    _, head_cfg, obs_cfg = parse_policy_config(pcfg)  # validate before any heavy work
+    dcfg = c.get("dataset") or {}
+    if not dcfg.get("path"):
+        raise ValueError("no dataset: pass dataset=PATH (a zarr store written by `s2robot collect` or imported)")
+    seed = int(c.get("seed", 0))
+    torch.manual_seed(seed)  # model init: identical on every rank (DDP also broadcasts rank 0's weights)
+    np.random.seed(seed)
+
+    store = EpisodeStore.open(dcfg["path"], mode="r")
+    task_cfg = c.get("task") or {}
+    cameras = list(task_cfg.get("cameras") or store.cameras)
+    missing = [cam for cam in cameras if f"{cam}_image" not in store.spec]
+    if missing:
+        raise ValueError(f"{dcfg['path']}: no images for camera(s) {missing}; the store has keys {store.keys}")
+
+    encoder, feature_key, feature_attrs = None, None, {}
+    if obs_cfg.backbone == "tokens":
+        from s2robot.encoders import build_encoder
+
+        enc_cfg = c.get("encoder") or {}
+        if not enc_cfg.get("name"):
+            raise ValueError("policy.obs.backbone=tokens needs an encoder: pass encoder=<name>")
+        encoder = build_encoder(**enc_cfg, device="cpu")
+        if dcfg.get("use_cached_features", True):
+            feature_key, feature_attrs = select_features(store, encoder, cameras, c.get("pool_grid"))
+        if feature_key:
+            _log(info, f"using cached features {dcfg['path']}/features/{feature_key} (encoder {enc_cfg['name']}, "
+                       f"hash {encoder.config_hash})")
+        else:
+            why = "cached features disabled (dataset.use_cached_features=false)" if not dcfg.get(
+                "use_cached_features", True) else (
+                f"no cached features for encoder {enc_cfg['name']!r} (hash {encoder.config_hash}) in the store")
+            _log(info, f"{why}: encoding images online with the frozen encoder (slower; "
+                       f"`s2robot cache dataset={dcfg['path']} encoder={enc_cfg['name']}` caches them once)")
+
+    obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else [])
+    ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
+                 n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
+                 val_ratio=float(dcfg.get("val_ratio", 0.1)), seed=int(dcfg.get("seed", 0)),
+                 lowdim_cache_bytes=int(dcfg.get("lowdim_cache_mb", 256)) << 20)
+    train_ds = SequenceDataset(store, split="train", **ds_kw)
+    val_ds = SequenceDataset(store, split="val", **ds_kw) if tcfg.val_every and ds_kw["val_ratio"] > 0 else None
+    if val_ds is not None and len(val_ds) == 0:
+        val_ds = None
+
+    shapes = train_ds.shapes
+    proprio_dim = int(shapes["proprio"][0]) if "proprio" in shapes else 0
+    stats = train_ds.lowdim_data(["action"] + (["proprio"] if proprio_dim else []))
+    norm_modes = dict(c.get("normalizer") or {})
+    normalizer = Normalizer().fit(stats, modes={k: norm_modes.get(k, "minmax") for k in stats})
+    tok_shape = None
+    if encoder is not None:
+        tok_shape = list(shapes[f"{cameras[0]}_tokens"]) if feature_key else [encoder.num_tokens, encoder.out_dim]
+    meta = ShapeMeta(
+        cameras=cameras, proprio_dim=proprio_dim, action_dim=int(shapes["action"][0]),
+        image_shape=list(store.spec[f"{cameras[0]}_image"]["shape"]), token_shape=tok_shape,
+        num_prefix=int(encoder.num_prefix) if encoder is not None else 0,
+        token_pool_grid=feature_attrs.get("pool_grid"), feature_hash=feature_key,
+    )
+    policy = build_policy(pcfg, meta, normalizer, encoder).to(device)
+    named = policy.trainable_named_parameters()
+    optimizer = build_optimizer(named, ocfg)
+    lr_scheduler = build_lr_scheduler(optimizer, ocfg, tcfg.steps)
+    ema = PolicyEMA(policy, ecfg.max_decay, ecfg.power, ecfg.inv_gamma, ecfg.min_decay,
+                    ecfg.update_after_step).to(device) if ecfg.enabled else None
+
+    task_name = task_cfg.get("name") or store.attrs.get("task") or "task"
+    out_dir = Path(c.get("out_dir") or f"outputs/train/{task_name}-{pcfg.get('name', 'policy')}-"
+                   f"{(c.get('encoder') or {}).get('name', obs_cfg.backbone)}")
+    ckpt_dir = out_dir / "checkpoints"
+    start_step = 0
+    resume = c.get("resume", False)
+    if resume:
+        src = None
+        if resume is True or str(resume).lower() in ("true", "auto"):
+            with contextlib.suppress(FileNotFoundError):
+                src = resolve_checkpoint(out_dir)
+            if src is None:
+                _log(info, f"resume: no checkpoint in {out_dir} yet; starting from step 0")
+        else:
+            src = resolve_checkpoint(resume)
+        if src is not None:
+            state = load_training_state(src, policy, optimizer, lr_scheduler, ema)
+            start_step = int(state["step"])
+            _log(info, f"resumed from {src} at step {start_step}")
+
+    saved_cfg = {**c, "shape_meta": meta.to_dict()}
+    saved_cfg.pop("resume", None)
+    model = policy
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = ResumableSampler(train_ds, info.world_size, info.rank, seed)
+    per_epoch = len(sampler) // tcfg.batch_size
+    if per_epoch < 1:
+        raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
+                         f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
+    workers = int(dcfg.get("num_workers", 0))
+    loader = DataLoader(_Batches(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
+                        batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                        pin_memory=device.type == "cuda")
+
+    logger = RunLogger(out_dir, enabled=info.is_main, tensorboard=tcfg.tensorboard, resume_step=start_step)
+    n_params = sum(p.numel() for _, p in named)
+    _log(info, f"{pcfg.get('name')}: {n_params / 1e6:.2f} M trainable params, {len(train_ds)} train windows"
+               f"{f', {len(val_ds)} val windows' if val_ds else ''}, world size {info.world_size}, device {device}, "
+               f"steps {start_step}->{tcfg.steps}, out {out_dir}")
+
+    from s2robot.device import autocast_for
+    from tqdm.auto import tqdm
+
+    epoch, in_epoch = divmod(start_step, per_epoch)
+    sampler.set_position(epoch, in_epoch * tcfg.batch_size)
+    batches = iter(loader)
+    bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step",
+               disable=not (info.is_main and tcfg.progress))
+    loss_sum, loss_n, t_last, last_saved = torch.zeros((), device=device), 0, time.perf_counter(), None
+    eval_disabled = False
+    step = start_step
+    policy.train()
+    while step < tcfg.steps:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            epoch += 1
+            sampler.set_position(epoch, 0)
+            batches = iter(loader)
+            continue
+        torch.manual_seed(seed_for_step(seed, info.rank, step))
+        batch = _to_device(batch, device)
+        with autocast_for(device):
+            loss = model(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for _, p in named], tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        lr_scheduler.step()
+        if ema is not None:
+            ema.step(policy)
+        step += 1
+        loss_sum += loss.detach().float()
+        loss_n += 1
+        bar.update(1)
+
+        if step % tcfg.log_every == 0 or step == tcfg.steps:
+            mean_loss = float(all_reduce_mean(loss_sum / loss_n, info))
+            now = time.perf_counter()
+            logger.log("train", step, {"epoch": epoch, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
+                                       "grad_norm": float(grad_norm), "steps_per_s": loss_n / max(now - t_last, 1e-9)})
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            loss_sum.zero_()
+            loss_n, t_last = 0, now
+
+        if val_ds is not None and tcfg.val_every and (step % tcfg.val_every == 0 or step == tcfg.steps):
+            if info.is_main:
+                with _ema_weights(policy, ema):
+                    val = _val_loss(policy, val_ds, tcfg, seed, device)
+                logger.log("val", step, {"val_loss": val})
+            barrier(info)
+
+        if tcfg.eval_every and not eval_disabled and (step % tcfg.eval_every == 0 or step == tcfg.steps):
+            if info.is_main:
+                eval_disabled = not _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device,
+                                              logger, info)
+            barrier(info)
+
+        if step % tcfg.save_every == 0 or step == tcfg.steps:
+            path = ckpt_dir / f"step_{step:07d}"
+            if info.is_main:
+                save_checkpoint(path, policy, saved_cfg, step=step, epoch=epoch, optimizer=optimizer,
+                                lr_scheduler=lr_scheduler, ema=ema, previous=last_saved,
+                                extra_state={"seed": seed, "world_size": info.world_size,
+                                             "rng": {"scheme": "torch.manual_seed(SeedSequence([seed, rank, step]))",
+                                                     "seeds": [seed, info.world_size]}})
+                _prune(ckpt_dir, tcfg.keep_last)
+            last_saved = path
+            barrier(info)
+    bar.close()
+    logger.close()
+    final = ckpt_dir / f"step_{tcfg.steps:07d}"
+    _log(info, f"done: checkpoint {final}  (load with s2robot.load_policy('{final}'); logs in {out_dir})")
+    return final
+
+
+@torch.no_grad()
+def _val_loss(policy: Any, val_ds: Any, tcfg: TrainConfig, seed: int, device: torch.device) -> float:
+    """Mean loss over ``val_batches`` fixed batches (fixed noise: a forked, seeded RNG)."""
+    from s2robot.device import autocast_for
+
+    policy.eval()
+    n = len(val_ds)
+    bs = min(tcfg.batch_size, n)
+    idx = np.random.default_rng(seed).permutation(n)[: bs * tcfg.val_batches]
+    losses = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for chunk in np.array_split(idx, max(1, math.ceil(len(idx) / bs))):
+            with autocast_for(device):
+                losses.append(float(policy.compute_loss(_to_device(val_ds.get_batch(chunk), device))))
+    policy.train()
+    return float(np.mean(losses))
+
+
+def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, logger, info) -> bool:
+    """Evaluator rollouts with EMA weights; returns False (and says why) when rollouts are unavailable."""
+    try:
+        from s2robot.evaluation import evaluate
+        from s2robot.evaluation.cli import env_kwargs_for
+    except ImportError as e:
+        _log(info, f"periodic rollouts disabled: the evaluator is not available ({e})")
+        return False
+    if not task_cfg.get("name"):
+        _log(info, "periodic rollouts disabled: no task config (pass task=<name>)")
+        return False
+    with _ema_weights(policy, ema):
+        summary = evaluate(policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
+                           seed=int(c.get("seed", 0)) + 100_000, device=device,
+                           out_dir=out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
+                           env_kwargs=env_kwargs_for(task_cfg), progress=False)
+    policy.train()
+    logger.log("eval", step, {"success_rate": summary["success_rate"],
+                              "mean_max_score": summary.get("mean_max_score")})
+    _log(info, f"step {step}: rollout success {summary['success_rate']:.2f} over {summary['n_episodes']} episodes")
+    return True
+
+
+def run(cfg: Any) -> str:
+    """CLI verb ``s2robot train task=... policy=... encoder=... dataset=PATH [train.steps=...]``."""
+    return str(train(cfg))
