@@ -47,12 +47,15 @@ def build_hf_clip(checkpoint: str, input_size: int | None, seed: int = 0,
         raise ValueError(f"HF CLIP checkpoint must be a local directory with config.json (+ safetensors): {path}")
     if arch:
         raise ValueError("HF CLIP takes its architecture from config.json; `arch` overrides are not supported")
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # a full CLIPModel dir lists every text-tower key as 'unused'
+    hf_logging.disable_progress_bar()
     try:
         model, info = CLIPVisionModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     if info.get("missing_keys") or info.get("mismatched_keys"):
         raise ValueError(f"HF CLIP checkpoint {path} lacks vision weights: missing {sorted(info['missing_keys'])[:8]}, "
                          f"mismatched {list(info.get('mismatched_keys', []))[:8]}")
