@@ -156,6 +156,12 @@ class BasePolicy(nn.Module):
 
     # ----- helpers ---------------------------------------------------------------------------------------------
     @property
+    def obs_keys(self) -> list[str]:
+        """Raw observation keys the policy consumes from an env: ``<cam>_image`` per camera and ``proprio``."""
+        keys = [f"{c}_image" for c in self.shape_meta.cameras]
+        return keys + (["proprio"] if self.shape_meta.proprio_dim > 0 else [])
+
+    @property
     def device(self) -> torch.device:
         for p in self.parameters():
             return p.device

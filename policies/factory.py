@@ -18,7 +18,7 @@ from s2robot.policies.bc import BCConfig, BCPolicy
 from s2robot.policies.conditioning import ConditioningConfig, ObsConditioner
 from s2robot.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
-__all__ = ["build_policy", "parse_policy_config", "POLICY_TYPES"]
+__all__ = ["build_policy", "parse_policy_config", "dataclass_from", "POLICY_TYPES"]
 
 POLICY_TYPES = {"bc": (BCConfig, BCPolicy), "diffusion": (DiffusionConfig, DiffusionPolicy)}
 
@@ -38,7 +38,9 @@ def _plain(cfg: Any) -> dict[str, Any]:
     return dict(cfg)
 
 
-def _dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
+def dataclass_from(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
+    """``cls(**values)`` with a clear error naming unknown keys of config section ``where``."""
+    values = dict(values or {})
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -53,8 +55,8 @@ def parse_policy_config(cfg: Mapping[str, Any]) -> tuple[str, Any, ConditioningC
     ptype = d.pop("type", None)
     if ptype not in POLICY_TYPES:
         raise ValueError(f"policy.type={ptype!r} is not one of {sorted(POLICY_TYPES)}")
-    obs = _dataclass_from(ConditioningConfig, _plain(d.pop("obs", None)), "policy.obs")
-    head = _dataclass_from(POLICY_TYPES[ptype][0], d, "policy")
+    obs = dataclass_from(ConditioningConfig, _plain(d.pop("obs", None)), "policy.obs")
+    head = dataclass_from(POLICY_TYPES[ptype][0], d, "policy")
     return ptype, head, obs
 
 

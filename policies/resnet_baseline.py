@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from typing import Sequence
 
 import torch
@@ -49,8 +50,16 @@ class ResNetImageEncoder(nn.Module):
         H, W = int(image_shape[0]), int(image_shape[1])
         ch, cw = int(round(H * crop_ratio)), int(round(W * crop_ratio))
         self.crop = CropRandomizer(input_shape=(3, H, W), crop_height=ch, crop_width=cw) if (ch, cw) != (H, W) else None
-        self.backbone = replace_batchnorm_with_groupnorm(ResNet18Conv(input_channel=3, pretrained=False), group_size)
+        with warnings.catch_warnings():  # robomimic passes torchvision's deprecated `pretrained=False`
+            warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*")
+            trunk = ResNet18Conv(input_channel=3, pretrained=False)
+        self.backbone = replace_batchnorm_with_groupnorm(trunk, group_size)
         feat_shape = self.backbone.output_shape([3, ch, cw])
+        if feat_shape[1] * feat_shape[2] < 2:
+            raise ValueError(
+                f"images of {H}x{W} (crop {ch}x{cw}) give a {feat_shape[1]}x{feat_shape[2]} ResNet-18 feature map, on "
+                "which spatial-softmax keypoints are constant; use images of at least 64 px for the resnet18 baseline"
+            )
         self.pool = SpatialSoftmax(input_shape=feat_shape, num_kp=num_kp)
         self.proj = nn.Linear(2 * num_kp, d_model)
 

@@ -1,0 +1,238 @@
+"""Policies: shapes, loss decrease, seeding, per-row generators, cached-vs-online equality, config errors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, TINY_POLICIES, make_store
+from s2robot.datasets.normalizer import Normalizer
+from s2robot.policies import ShapeMeta, build_policy
+
+B = 3
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from s2robot.encoders import build_encoder
+
+    return build_encoder(**TINY_ENCODER)
+
+
+@pytest.fixture(scope="module")
+def meta(encoder):
+    return ShapeMeta(cameras=list(CAMERAS), proprio_dim=PROPRIO, action_dim=ACTION, image_shape=[IMG, IMG, 3],
+                     token_shape=[encoder.num_tokens, encoder.out_dim], num_prefix=encoder.num_prefix)
+
+
+@pytest.fixture(scope="module")
+def normalizer():
+    g = torch.Generator().manual_seed(0)
+    return Normalizer().fit({"action": torch.randn(200, ACTION, generator=g) * 3 + 1,
+                             "proprio": torch.randn(200, PROPRIO, generator=g)})
+
+
+def token_batch(meta: ShapeMeta, horizon: int, T: int, seed: int = 0, batch: int = B) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    N, D = meta.token_shape
+    out = {f"{c}_tokens": torch.randn(batch, T, N, D, generator=g) for c in meta.cameras}
+    out["proprio"] = torch.randn(batch, T, PROPRIO, generator=g)
+    out["action"] = torch.randn(batch, horizon, ACTION, generator=g)
+    return out
+
+
+def make(name: str, meta, normalizer, encoder=None, seed: int = 0, **over):
+    torch.manual_seed(seed)
+    cfg = copy.deepcopy(TINY_POLICIES[name])
+    cfg.update(over)
+    return build_policy(cfg, meta, normalizer, encoder)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_POLICIES))
+def test_shapes_loss_and_action_units(name, meta, normalizer):
+    policy = make(name, meta, normalizer)
+    batch = token_batch(meta, policy.horizon, policy.n_obs_steps)
+    loss = policy.compute_loss(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for _, p in policy.trainable_named_parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    policy.eval()
+    obs = {k: v for k, v in batch.items() if k != "action"}
+    act = policy.predict_action(obs)
+    assert act.shape == (B, policy.n_action_steps, ACTION)
+    assert torch.isfinite(act).all()
+    # longer histories are cut to the last n_obs_steps
+    long = {k: torch.cat([v[:, :1], v], dim=1) for k, v in obs.items()}
+    if name != "bc_gmm":  # (bc_gmm samples)
+        torch.testing.assert_close(policy.predict_action(long, [torch.Generator().manual_seed(i) for i in range(B)]),
+                                   policy.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(B)]))
+    assert policy.obs_keys == ["front_image", "wrist_image", "proprio"]
+
+
+@pytest.mark.parametrize("name", sorted(TINY_POLICIES))
+def test_loss_decreases_on_a_tiny_dataset(name, meta, normalizer):
+    policy = make(name, meta, normalizer)
+    batch = token_batch(meta, policy.horizon, policy.n_obs_steps, batch=8)
+    opt = torch.optim.AdamW([p for _, p in policy.trainable_named_parameters()], lr=3e-3)
+
+    def eval_loss() -> float:
+        with torch.random.fork_rng():
+            torch.manual_seed(123)
+            return float(np.mean([float(policy.compute_loss(batch).detach()) for _ in range(4)]))
+
+    before = eval_loss()
+    for _ in range(40):
+        opt.zero_grad()
+        policy.compute_loss(batch).backward()
+        opt.step()
+    after = eval_loss()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_same_seed_same_policy_and_loss(meta, normalizer):
+    a = make("diffusion_unet", meta, normalizer, seed=5)
+    b = make("diffusion_unet", meta, normalizer, seed=5)
+    c = make("diffusion_unet", meta, normalizer, seed=6)
+    for (n, pa), (_, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+        assert torch.equal(pa, pb), n
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    batch = token_batch(meta, a.horizon, a.n_obs_steps)
+    torch.manual_seed(1)
+    la = a.compute_loss(batch)
+    torch.manual_seed(1)
+    assert torch.equal(la, b.compute_loss(batch))
+
+
+@pytest.mark.parametrize("name", ["diffusion_unet", "diffusion_transformer", "bc_gmm"])
+def test_generators_make_rows_independent_of_batch(name, meta, normalizer):
+    """Row i's action depends only on its own generator: same in a batch of 3 and alone; other seeds differ."""
+    policy = make(name, meta, normalizer).eval()
+    batch = token_batch(meta, policy.horizon, policy.n_obs_steps)
+    obs = {k: v for k, v in batch.items() if k != "action"}
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    full = policy.predict_action(obs, gens([10, 11, 12]))
+    alone = policy.predict_action({k: v[1:2] for k, v in obs.items()}, gens([11]))
+    torch.testing.assert_close(full[1:2], alone, atol=1e-5, rtol=1e-5)
+    again = policy.predict_action(obs, gens([10, 11, 12]))
+    torch.testing.assert_close(full, again)
+    other = policy.predict_action(obs, gens([20, 11, 12]))
+    assert not torch.allclose(other[0], full[0])
+    torch.testing.assert_close(other[1:], full[1:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one per row"):
+        policy.predict_action(obs, gens([1]))
+
+
+@pytest.mark.parametrize("pool_grid", [None, 2])
+def test_cached_tokens_and_online_encoding_agree(tmp_path, encoder, normalizer, pool_grid):
+    """The same frames through the feature cache or through the policy's frozen encoder give the same outputs."""
+    from s2robot.datasets.feature_cache import cache_features
+    from s2robot.datasets.sampler import SequenceDataset
+
+    path = make_store(tmp_path / "d.zarr", episodes=2, length=10)
+    key = cache_features(path, encoder, batch_size=7, pool_grid=pool_grid, device="cpu", progress=False)
+    keys = ["front_image", "wrist_image", "proprio"]
+    kw = dict(horizon=8, n_obs_steps=2, n_action_steps=4, obs_keys=keys, split="all")
+    cached = SequenceDataset(path, feature_hash=key, **kw)
+    online = SequenceDataset(path, **kw)
+    idx = [0, 3, 5, 9]
+    bc, bo = cached.get_batch(idx), online.get_batch(idx)
+    assert "front_tokens" in bc and "front_image" in bo
+    n_tok = encoder.num_prefix + (pool_grid or encoder.grid) ** 2
+    meta = ShapeMeta(cameras=list(CAMERAS), proprio_dim=PROPRIO, action_dim=ACTION, image_shape=[IMG, IMG, 3],
+                     token_shape=[n_tok, encoder.out_dim], num_prefix=encoder.num_prefix, token_pool_grid=pool_grid)
+    for name in ("diffusion_unet", "bc_mlp"):
+        policy = make(name, meta, normalizer, encoder).eval()
+        torch.testing.assert_close(policy.encode_obs(bc), policy.encode_obs(bo), atol=1e-6, rtol=1e-6)
+        gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(idx))]  # noqa: E731
+        torch.testing.assert_close(policy.predict_action(bc, gens()), policy.predict_action(bo, gens()),
+                                   atol=1e-5, rtol=1e-5)
+        torch.manual_seed(0)
+        lc = policy.compute_loss(bc)
+        torch.manual_seed(0)
+        torch.testing.assert_close(lc, policy.compute_loss(bo), atol=1e-6, rtol=1e-6)
+    with pytest.raises(KeyError, match="front_tokens' or 'front_image"):
+        policy.encode_obs({k: v for k, v in bc.items() if not k.startswith("front")})
+
+
+def test_frozen_encoder_gets_no_gradient_and_stays_eval(meta, normalizer, encoder):
+    policy = make("bc_mlp", meta, normalizer, encoder)
+    policy.train()
+    enc = policy.obs_encoder.frozen_encoder
+    assert not enc.training and not any(p.requires_grad for p in enc.parameters())
+    assert all(not n.startswith("obs_encoder.frozen_encoder.") for n, _ in policy.trainable_named_parameters())
+    g = torch.Generator().manual_seed(0)
+    batch = {f"{c}_image": torch.randint(0, 256, (2, 2, IMG, IMG, 3), dtype=torch.uint8, generator=g) for c in CAMERAS}
+    batch.update(proprio=torch.randn(2, 2, PROPRIO, generator=g), action=torch.randn(2, policy.horizon, ACTION))
+    policy.compute_loss(batch).backward()
+    assert all(p.grad is None for p in enc.parameters())
+
+
+def test_pooling_variants_and_separate_cameras(meta, normalizer):
+    for pooling, K in (("mean", 1), ("attention", 3), ("transformer", 3)):
+        for share in (True, False):
+            obs = dict(TINY_POLICIES["bc_mlp"]["obs"], pooling=pooling, num_queries=3, share_cameras=share)
+            policy = make("bc_mlp", meta, normalizer, obs=obs)
+            batch = token_batch(meta, policy.horizon, 2)
+            cond = policy.encode_obs(batch)
+            assert cond.shape == (B, 2, len(CAMERAS) * K + 1, 16)
+            assert len(policy.obs_encoder.poolers) == (1 if share else len(CAMERAS))
+
+
+def test_resnet18_baseline_groupnorm_and_crops(normalizer):
+    size = 72  # crop 64 -> a 2x2 ResNet-18 map, the smallest on which spatial softmax is informative
+    meta = ShapeMeta(cameras=list(CAMERAS), proprio_dim=PROPRIO, action_dim=ACTION, image_shape=[size, size, 3])
+    policy = make("bc_mlp", meta, normalizer, obs=dict(backbone="resnet18", d_model=16, crop_ratio=64 / size))
+    mods = list(policy.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in mods)
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in mods)
+    g = torch.Generator().manual_seed(0)
+    obs = {f"{c}_image": torch.randint(0, 256, (2, 2, size, size, 3), dtype=torch.uint8, generator=g) for c in CAMERAS}
+    obs["proprio"] = torch.randn(2, 2, PROPRIO, generator=g)
+    policy.train()
+    torch.manual_seed(0)
+    a = policy.encode_obs(obs)
+    torch.manual_seed(1)
+    b = policy.encode_obs(obs)
+    assert not torch.allclose(a, b)  # random crops in training
+    policy.eval()
+    torch.testing.assert_close(policy.encode_obs(obs), policy.encode_obs(obs))  # centre crop in eval
+    assert policy.predict_action(obs).shape == (2, policy.n_action_steps, ACTION)
+    with pytest.raises(KeyError, match="raw images"):
+        policy.encode_obs({"front_tokens": torch.zeros(2, 2, 17, 64), "proprio": obs["proprio"]})
+    small = ShapeMeta(cameras=["front"], proprio_dim=0, action_dim=ACTION, image_shape=[32, 32, 3])
+    with pytest.raises(ValueError, match="at least 64 px"):
+        make("bc_mlp", small, normalizer, obs=dict(backbone="resnet18", d_model=16))
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        (dict(type="gan"), "policy.type"),
+        (dict(obs=dict(pooling="max")), "policy.obs.pooling"),
+        (dict(obs=dict(d_model=15, n_heads=2)), "divisible"),
+        (dict(obs=dict(colour=1)), "unknown key"),
+        (dict(horizon=9), "divisible by 2"),
+        (dict(num_inference_steps=500), "num_inference_steps"),
+        (dict(prediction_type="x0"), "prediction_type"),
+        (dict(n_action_steps=9), "horizon=8 is too short"),
+        (dict(lr=1.0), "unknown key"),
+    ],
+)
+def test_bad_policy_config_is_a_clear_error(over, match, meta, normalizer):
+    with pytest.raises(ValueError, match=match):
+        make("diffusion_unet", meta, normalizer, **over)
+
+
+def test_missing_observation_keys_are_named(meta, normalizer):
+    policy = make("bc_mlp", meta, normalizer).eval()
+    batch = token_batch(meta, policy.horizon, 2)
+    with pytest.raises(KeyError, match="proprio"):
+        policy.predict_action({k: v for k, v in batch.items() if k not in ("proprio", "action")})
+    with pytest.raises(ValueError, match="n_obs_steps=2"):
+        policy.predict_action({k: v[:, :1] for k, v in batch.items() if k != "action"})
+    with pytest.raises(ValueError, match="batch\\['action'\\]"):
+        policy.compute_loss({**batch, "action": batch["action"][:, :3]})
