@@ -164,6 +164,153 @@ class PickPlaceExpert(_Expert):
         return self.move(tgt + np.array([0, 0, 0.03]), self.base.target_yaw, -1.0)
 
 
+
+class PushTExpert(_Expert):
+    """Closed-loop quasi-static pushing of the T block with the closed gripper (pusher ~ disk of radius 17 mm).
+
+    A *primitive* is a contact point ``c`` and push direction ``f`` in the block frame: rotation pushes act on
+    the bar ends / stem tip (torque sign chosen from the yaw error), translation pushes go through the centre of
+    mass along the position error. The pusher travels to a pre-contact point (over the block at hover height when
+    the straight path is blocked), descends, then tracks ``c + f * (v - R)`` so the block is pushed ``v`` per step.
+    """
+
+    Z_PUSH = 0.02
+    Z_HOVER = 0.075
+    RADIUS = 0.018
+    # rotation contacts (local point, local push direction, torque sign)
+    ROT = [
+        ((0.05, T_BAR_Y + 0.015), (0.0, -1.0), -1), ((0.05, T_BAR_Y - 0.015), (0.0, 1.0), 1),
+        ((-0.05, T_BAR_Y + 0.015), (0.0, -1.0), 1), ((-0.05, T_BAR_Y - 0.015), (0.0, 1.0), -1),
+        ((0.015, T_BAR_Y - 0.095), (-1.0, 0.0), -1), ((-0.015, T_BAR_Y - 0.095), (1.0, 0.0), 1),
+    ]
+    _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
+                        np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))], -1)
+
+    def new_episode(self):
+        r = self.rng
+        self.prim = None
+        self.stage = "travel"
+        self.v_push = r.uniform(0.008, 0.014)
+        self.travel_speed = r.uniform(0.7, 1.0)
+        self.noise = r.uniform(0.0, 0.002)
+        self.rot_trigger = r.uniform(0.1, 0.16)
+
+    # ----------------------------------------------------------------- geometry helpers
+    def _pose(self):
+        s = self.base.state_arrays()
+        return np.array([*s.obj_pos[0, 0, :2], quat_yaw(s.obj_quat[0, 0])])
+
+    @staticmethod
+    def _to_world(pose, local_pt, local_dir):
+        c, s = np.cos(pose[2]), np.sin(pose[2])
+        rot = np.array([[c, -s], [s, c]])
+        return pose[:2] + rot @ np.asarray(local_pt), rot @ np.asarray(local_dir)
+
+    @staticmethod
+    def _to_local(pose, world_pts):
+        c, s = np.cos(pose[2]), np.sin(pose[2])
+        d = np.asarray(world_pts) - pose[:2]
+        return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
+
+    def _disk_hits(self, pose, centres, margin=0.006):
+        """(n,) True where a pusher disk centred at world ``centres`` (n, 2) overlaps the T."""
+        centres = np.atleast_2d(centres)
+        pts = centres[:, None] + (self.RADIUS + margin) * self._CIRCLE[None]
+        pts = np.concatenate([pts, centres[:, None]], axis=1)
+        return inside_t(self._to_local(pose, pts)).any(axis=1)
+
+    def _path_clear(self, pose, a, b):
+        ts = np.linspace(0, 1, 12)[:, None]
+        return not self._disk_hits(pose, a[None] * (1 - ts) + b[None] * ts, margin=0.003).any()
+
+    def _pre_point(self, pose, c_w, f_w):
+        for back in np.arange(0.008, 0.12, 0.004):
+            pre = c_w - f_w * (self.RADIUS + back)
+            if not self._disk_hits(pose, pre[None])[0]:
+                return pre
+        return c_w - f_w * 0.12
+
+    # ----------------------------------------------------------------- planning
+    def _plan(self, pose, e, eth, pusher):
+        if abs(eth) > 0.03 and (abs(eth) > self.rot_trigger or np.linalg.norm(e) < 0.004):
+            best, best_score = None, -np.inf
+            for pt, fd, sign in self.ROT:
+                if sign != np.sign(eth):
+                    continue
+                c_w, f_w = self._to_world(pose, pt, fd)
+                pre = self._pre_point(pose, c_w, f_w)
+                if np.any(np.abs(pre) > [0.26, 0.23]):
+                    continue
+                score = f_w @ e - 0.3 * np.linalg.norm(pre - pusher)
+                if score > best_score:
+                    best, best_score = ("rot", np.array(pt), np.array(fd)), score
+            if best is not None:
+                return best
+        if np.linalg.norm(e) < 1e-4:
+            return None
+        u_w = e / np.linalg.norm(e)
+        s = np.arange(0.0, 0.15, 0.0005)
+        local = self._to_local(pose, pose[:2] - s[:, None] * u_w)
+        s_max = s[inside_t(local)].max()
+        c_local = self._to_local(pose, (pose[:2] - s_max * u_w)[None])[0]
+        f_local = self._to_local(np.array([0.0, 0.0, pose[2]]), u_w[None])[0]
+        return ("trans", c_local, f_local)
+
+    def _done(self, prim, e, eth, u_w):
+        kind = prim[0]
+        if kind == "rot":
+            return abs(eth) < 0.015 or np.sign(eth) != self._rot_sign
+        if abs(eth) > self.rot_trigger + 0.05:
+            return True
+        along = e @ u_w
+        lateral = np.linalg.norm(e - along * u_w)
+        return along < 0.0015 or lateral > max(0.004, 0.4 * abs(along))
+
+    # ----------------------------------------------------------------- control
+    def compute_action(self):
+        pose = self._pose()
+        e = PUSH_T_GOAL[:2] - pose[:2]
+        eth = float(wrap_angle(PUSH_T_GOAL[2] - pose[2]))
+        tgt = self.base.target_pos
+        pusher = tgt[:2]
+        if self.prim is not None:
+            c_w, f_w = self._to_world(pose, self.prim[1], self.prim[2])
+            if self._done(self.prim, e, eth, f_w):
+                self.prim = None
+                if self.stage == "push":  # back off a little before re-planning
+                    self.stage = "travel"
+                    return self.move([*(pusher - f_w * 0.01), tgt[2]], 0.0, 1.0)
+        if self.prim is None:
+            self.prim = self._plan(pose, e, eth, pusher)
+            self.stage = "travel"
+            if self.prim is None:
+                return self.move(tgt, 0.0, 1.0)
+            self._rot_sign = np.sign(eth)
+        c_w, f_w = self._to_world(pose, self.prim[1], self.prim[2])
+        pre = self._pre_point(pose, c_w, f_w)
+        low = tgt[2] < self.Z_PUSH + 0.02
+        if self.stage == "travel":
+            if np.linalg.norm(pusher - pre) < 0.004:
+                self.stage = "descend"
+            elif low and not self._path_clear(pose, pusher, pre):
+                return self.move([*pusher, self.Z_HOVER], 0.0, 1.0, self.travel_speed)
+            else:
+                z = tgt[2] if low else self.Z_HOVER
+                return self.move([*pre, z], 0.0, 1.0, self.travel_speed, self.noise)
+        if self.stage == "descend":
+            if tgt[2] <= self.Z_PUSH + 0.002:
+                self.stage = "push"
+            else:
+                return self.move([*pre, self.Z_PUSH], 0.0, 1.0, self.travel_speed)
+        if self.prim[0] == "rot":
+            v = np.clip(abs(eth) * 0.05, 0.002, self.v_push)
+        else:
+            v = np.clip(e @ f_w, 0.0015, self.v_push)
+        goal = c_w + f_w * (v - self.RADIUS)
+        # never pull back towards the block's far side: limit the step to the push direction +- lateral correction
+        return self.move([*goal, self.Z_PUSH], 0.0, 1.0)
+
+
 def make_expert(task: str, env, seed: int = 0):
     """Scripted expert for ``task`` acting in ``env`` (a ``make_env`` env; state read via ``env.unwrapped``)."""
     if task == "lift_cube":
@@ -176,9 +323,3 @@ def make_expert(task: str, env, seed: int = 0):
         return PushTExpert(env, seed)
     raise KeyError(f"no expert for task {task!r}")
 
-
-class PushTExpert(_Expert):
-    """Placeholder replaced below."""
-
-    def compute_action(self):
-        return np.zeros(5)

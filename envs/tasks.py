@@ -250,7 +250,7 @@ T_HALF_HEIGHT = 0.015
 PUSH_T_GOAL = np.array([0.0, -0.02, np.pi / 4])  # goal pose (x, y, yaw) of the T on the table
 
 
-def t_points(spacing: float = 0.002) -> np.ndarray:
+def t_points(spacing: float = 0.001) -> np.ndarray:
     """Grid points (M, 2) covering the T footprint in its body frame (cell centres, ``spacing`` metres)."""
     pts = []
     for cx, cy, hx, hy in T_RECTS:
@@ -286,7 +286,7 @@ def t_coverage(block_pose: np.ndarray, goal_pose: np.ndarray, points: np.ndarray
 
 @dataclass
 class PushT(Task):
-    """Push the T block onto the green goal T. score = coverage of the goal region by the block (2 mm raster)."""
+    """Push the T block onto the green goal T. score = coverage of the goal region by the block (1 mm raster)."""
 
     name: str = "push_t"
     env_id: str = "s2robot/PushT-v0"
@@ -302,7 +302,7 @@ class PushT(Task):
         todo = np.arange(n)
         while len(todo):  # resample poses that start too close to the goal
             pose[todo] = rng.uniform([-0.15, -0.12, -np.pi], [0.15, 0.12, np.pi], size=(len(todo), 3))
-            cov = t_coverage(pose[todo], PUSH_T_GOAL, self.points[::7])
+            cov = t_coverage(pose[todo], PUSH_T_GOAL, self.points[::13])
             todo = todo[cov > 0.2]
         pos = np.concatenate([pose[:, None, :2], np.full((n, 1, 1), T_HALF_HEIGHT)], axis=-1)
         return pos, yaw_quat(pose[:, None, 2]), np.zeros((n, 0))

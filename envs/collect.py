@@ -1,0 +1,161 @@
+"""``s2robot collect task=<name> episodes=N out=PATH``: record scripted-expert demos into an ``EpisodeStore``.
+
+Per step ``t`` an episode holds the observation ``o_t`` (``<cam>_image`` uint8 (H, W, 3), ``proprio`` (P,)), the
+action ``a_t`` taken from it (A,), then ``reward`` / ``success`` observed after ``a_t``, the simulator state at
+``o_t`` (``sim_state``, layout in the store attrs) and the env seed of the episode (``episode_seed``, int64).
+
+Crash safety and resume: each finished episode is appended (data first, end last) before the next one starts, so
+an interrupted run keeps every finished episode. Attempt ``k`` uses env/expert seed ``seed + k``; a rerun with the
+same ``out`` reopens the store, counts its episodes and continues after the last recorded ``episode_seed`` until
+``episodes`` are stored, so an interrupted-then-resumed collection equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import make_env, robot
+from .experts import make_expert
+
+
+def record_episode(env, act: Callable[[dict], np.ndarray], seed: int, max_steps: int | None = None,
+                   record_sim_state: bool = True) -> tuple[dict[str, np.ndarray], bool]:
+    """Roll out ``act`` in ``env`` from ``reset(seed)``; return ({key: (T, ...) array}, success).
+
+    Works for any env returning the observation dict and ``info["success"]`` (e.g. ``adapter.ImageEnvAdapter``);
+    ``sim_state`` is recorded when ``env.unwrapped`` has ``get_sim_state``.
+    """
+    base = env.unwrapped
+    has_state = record_sim_state and hasattr(base, "get_sim_state")
+    obs, info = env.reset(seed=seed)
+    steps: dict[str, list] = {k: [] for k in obs}
+    steps.update(action=[], reward=[], success=[])
+    if has_state:
+        steps["sim_state"] = []
+    success, t = False, 0
+    while True:
+        if has_state:
+            steps["sim_state"].append(base.get_sim_state())
+        action = np.asarray(act(obs), dtype=np.float32)
+        for k, v in obs.items():
+            steps[k].append(v)
+        obs, reward, terminated, truncated, info = env.step(action)
+        steps["action"].append(action)
+        steps["reward"].append(np.float32(reward))
+        success = bool(info.get("success", False))
+        steps["success"].append(success)
+        t += 1
+        if terminated or truncated or (max_steps is not None and t >= max_steps):
+            break
+    episode = {k: np.stack(v) for k, v in steps.items()}
+    episode["proprio"] = episode["proprio"].astype(np.float32)
+    episode["episode_seed"] = np.full(t, seed, dtype=np.int64)
+    return episode, success
+
+
+def store_attrs(task_cfg: dict, env, image_size, cameras, seed: int) -> dict[str, Any]:
+    """JSON attrs describing how the demos were made (DESIGN.md: task, env_kwargs, fps, cameras, action_space)."""
+    base = env.unwrapped
+    low, high = env.action_space.low, env.action_space.high
+    return {
+        "task": task_cfg["name"],
+        "env_id": task_cfg["env_id"],
+        "env_kwargs": {**dict(task_cfg.get("env_kwargs") or {}), "image_size": image_size, "cameras": list(cameras)},
+        "fps": float(task_cfg.get("fps", 10)),
+        "cameras": list(cameras),
+        "action_space": {"low": low.tolist(), "high": high.tolist(), "layout": ["dx", "dy", "dz", "dyaw", "gripper"]},
+        "proprio_layout": ["ee_x", "ee_y", "ee_z", "gripper_width", *robot.ARM_JOINTS],
+        "sim_state_layout": dict(base.sim_state_layout),
+        "collect": {"seed": int(seed), "source": "scripted_expert", "max_episode_steps": int(task_cfg["max_episode_steps"])},
+    }
+
+
+def _resume_point(store, seed: int) -> int:
+    """Next attempt index: one after the last recorded episode's seed (0 for an empty store)."""
+    if store.n_episodes == 0:
+        return 0
+    last = int(store.array("episode_seed")[store.n_steps - 1])
+    return last - seed + 1
+
+
+def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0, only_success: bool = True,
+            image_size: int | None = None, cameras=None, max_attempts: int | None = None, overwrite: bool = False,
+            record_sim_state: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Record ``episodes`` expert demos of ``task_cfg`` (a ``configs/task/*.yaml`` dict) into the store at ``out``.
+
+    Returns a summary dict (path, episodes, steps, attempts, success_rate).
+    """
+    from tqdm.auto import tqdm
+
+    from s2robot.datasets.store import EpisodeStore
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    name = task_cfg["name"]
+    image_size = int(image_size or task_cfg.get("image_size", 224))
+    cameras = tuple(cameras or task_cfg.get("cameras", ("front", "wrist")))
+    max_attempts = int(max_attempts or 3 * episodes + 10)
+    env_kwargs = dict(task_cfg.get("env_kwargs") or {})
+    env = make_env(name, image_size=image_size, cameras=cameras,
+                   max_episode_steps=int(task_cfg["max_episode_steps"]), **env_kwargs)
+    attrs = store_attrs(task_cfg, env, image_size, cameras, seed)
+    out_path = Path(out)
+    try:
+        if out_path.exists() and not overwrite:
+            store = EpisodeStore.open(out_path, mode="a")
+            old = store.attrs
+            for key in ("task", "env_kwargs", "cameras"):
+                if old.get(key) != attrs[key]:
+                    raise ValueError(f"{out_path} holds a different collection ({key}={old.get(key)!r}, "
+                                     f"requested {attrs[key]!r}); choose another out= or overwrite=true")
+            if old.get("collect", {}).get("seed") != seed:
+                raise ValueError(f"{out_path} was collected with seed={old.get('collect', {}).get('seed')}, "
+                                 f"requested seed={seed}; resume with the same seed or choose another out=")
+        else:
+            store = EpisodeStore.create(out_path, attrs=attrs, overwrite=overwrite)
+        attempt = _resume_point(store, seed)
+        done0 = store.n_episodes
+        tried = ok = 0
+        bar = tqdm(total=episodes, initial=min(done0, episodes), desc=f"collect {name}", unit="ep",
+                   disable=not progress)
+        while store.n_episodes < episodes:
+            if tried >= max_attempts:
+                raise RuntimeError(f"collect {name}: only {store.n_episodes}/{episodes} episodes after {tried} "
+                                   f"attempts (expert success {ok}/{tried}); raise max_attempts")
+            ep_seed = seed + attempt
+            expert = make_expert(name, env, seed=ep_seed)
+            episode, success = record_episode(env, expert.act, ep_seed, record_sim_state=record_sim_state)
+            attempt += 1
+            tried += 1
+            ok += success
+            if success or not only_success:
+                store.append_episode(episode)
+                bar.update(1)
+            bar.set_postfix(success=f"{ok}/{tried}")
+        bar.close()
+        summary = {"path": str(out_path), "episodes": store.n_episodes, "steps": store.n_steps,
+                   "new_episodes": store.n_episodes - done0, "attempts": tried,
+                   "success_rate": ok / tried if tried else float("nan")}
+        store.close()
+        return summary
+    finally:
+        env.close()
+
+
+def run(cfg) -> int:
+    """CLI verb ``s2robot collect`` (``configs/collect.yaml``)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    summary = collect(c["task"], episodes=int(c["episodes"]), out=c["out"], seed=int(c["seed"]),
+                      only_success=bool(c["only_success"]), image_size=c.get("image_size"),
+                      cameras=c.get("cameras"), max_attempts=c.get("max_attempts"),
+                      overwrite=bool(c.get("overwrite", False)), record_sim_state=bool(c.get("record_sim_state", True)))
+    print(f"collect: {summary['episodes']} episodes ({summary['steps']} steps, {summary['new_episodes']} new, "
+          f"expert success {summary['success_rate']:.2f}) in {summary['path']}")
+    return 0
