@@ -201,12 +201,15 @@ class SimRobotServer:
     """
 
     def __init__(self, server: RosbridgeTestServer, env, cfg: RobotConfig, rate_hz: float | None = None,
-                 stamp_offset_s: float = 0.0, hold_action: np.ndarray | None = None):
+                 stamp_offset_s: float = 0.0, hold_action: np.ndarray | None = None,
+                 setpoint_fn: Callable[[], np.ndarray] | None = None):
         self.server = server
         self.env = env
         self.cfg = cfg
         self.rate_hz = rate_hz or cfg.rate_hz
         self.stamp_offset_s = stamp_offset_s
+        self.setpoint_fn = setpoint_fn  # the controller's current set-point (default: measured position)
+        self.state_lock = threading.Lock()  # held while the env steps (privileged experts read state under it)
         self.hold_action = np.zeros(cfg.action.dim, np.float32) if hold_action is None else hold_action
         self._lock = threading.Lock()
         self._target: np.ndarray | None = None  # absolute position target (len(position_indices),)
@@ -264,8 +267,8 @@ class SimRobotServer:
         if rest is not None:
             a[:] = rest
         if target is not None and acfg.position_indices:
-            measured = self.obs["proprio"][acfg.state_indices]
-            a[acfg.position_indices] = target - measured if acfg.mode == "delta" else target
+            base = self.setpoint_fn() if self.setpoint_fn is not None else self.obs["proprio"][acfg.state_indices]
+            a[acfg.position_indices] = target - base if acfg.mode == "delta" else target
         elif target is None and acfg.position_indices and acfg.mode == "absolute":
             a[acfg.position_indices] = self.obs["proprio"][acfg.state_indices]
         if grip is not None and acfg.gripper_index is not None:
@@ -312,19 +315,21 @@ class SimRobotServer:
 
     # ---------------------------------------------------------------------------------------------- running
     def reset(self, seed: int, max_steps: int) -> dict:
-        self.obs, self.info = self.env.reset(seed=seed)
+        with self.state_lock:
+            self.obs, self.info = self.env.reset(seed=seed)
         self.steps, self.success, self.max_steps = 0, False, max_steps
         self._target, self._cmd_rest, self._gripper, self._last_gripper = None, None, None, None
         self.done.clear()
         return self.obs
 
     def step_once(self):
-        a = self.env_action()
-        self.obs, _, term, trunc, self.info = self.env.step(a)
+        with self.state_lock:
+            a = self.env_action()
+            self.obs, _, term, trunc, self.info = self.env.step(a)
         self.steps += 1
         self.success = self.success or bool(self.info.get("success", False))
         self.command_log.append((time.monotonic(), a))
-        if term or trunc or self.success or self.steps >= self.max_steps:
+        if self.steps >= self.max_steps:  # a robot keeps running after success; only the step budget ends it
             self.done.set()
 
     def start(self):
@@ -350,3 +355,63 @@ class SimRobotServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class FakeReachEnv:
+    """Tiny gymnasium-style env for tests that must not depend on MuJoCo: move a point to a goal.
+
+    Action (4,): ``[dx, dy, dz, gripper]`` (deltas clipped to ``max_delta``). Proprio (4,): ``[x, y, z, width]``.
+    Images: ``front``/``wrist`` uint8 (size, size, 3) with the goal and the point drawn. Success: within 0.02.
+    """
+
+    def __init__(self, size: int = 16, max_delta: float = 0.05):
+        self.size, self.max_delta = size, max_delta
+        self.pos = np.zeros(3)
+        self.goal = np.zeros(3)
+        self.width = 0.08
+
+    def _obs(self):
+        img = np.zeros((self.size, self.size, 3), np.uint8)
+        for p, ch in ((self.goal, 1), (self.pos, 0)):
+            i, j = (np.clip((p[:2] + 0.5) * (self.size - 1), 0, self.size - 1)).astype(int)
+            img[i, j, ch] = 255
+        return {"front_image": img, "wrist_image": img[::-1].copy(),
+                "proprio": np.array([*self.pos, self.width], np.float32)}
+
+    def reset(self, seed=None):
+        rng = np.random.default_rng(seed)
+        self.pos = rng.uniform(-0.2, 0.2, 3) + np.array([0, 0, 0.3])
+        self.goal = rng.uniform(-0.2, 0.2, 3) + np.array([0, 0, 0.3])
+        self.width = 0.08
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        a = np.asarray(action, np.float64)
+        self.pos = self.pos + np.clip(a[:3], -self.max_delta, self.max_delta)
+        self.width = 0.08 * (1 - np.clip(a[3], -1, 1)) / 2
+        success = bool(np.linalg.norm(self.pos - self.goal) < 0.02)
+        return self._obs(), float(success), success, False, {"success": success}
+
+    def expert(self, obs):
+        """Privileged scripted expert: delta towards the goal (reads the goal from the env, the rest from obs)."""
+        d = np.clip(self.goal - obs["proprio"][:3], -self.max_delta, self.max_delta)
+        return np.array([*d, 0.0], np.float32)
+
+
+FAKE_ROBOT_CFG = {
+    "name": "fake_reach",
+    "rate_hz": 20.0,
+    "ros_version": 2,
+    "cameras": {"front": {"topic": "/front/image_raw", "type": "sensor_msgs/Image"},
+                "wrist": {"topic": "/wrist/image_raw/compressed", "type": "sensor_msgs/CompressedImage"}},
+    "joint_state_topic": "/joint_states",
+    "ee_pose_topic": "/ee_pose",
+    "proprio": [{"source": "ee_pose", "size": 3},
+                {"source": "joint_state", "names": ["finger_l", "finger_r"], "reduce": "sum"}],
+    "action": {"dim": 4, "space": "ee", "mode": "delta", "position_indices": [0, 1, 2],
+               "state_indices": [0, 1, 2], "gripper_index": 3},
+    "command": {"topic": "/s2robot/ee_target", "type": "geometry_msgs/PoseStamped"},
+    "gripper": {"topic": "/s2robot/gripper", "type": "std_msgs/Float64"},
+    "safety": {"low": [-0.5, -0.5, 0.0], "high": [0.5, 0.5, 0.6], "max_delta": 0.06, "max_velocity": 2.0,
+               "stale_periods": 3},
+}

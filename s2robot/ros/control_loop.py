@@ -92,6 +92,7 @@ class LoopConfig:
     n_action_steps: int | None = None  # execute at most this many actions of each chunk (None: the policy's)
     replan_margin: int = 1  # chunk mode: request the next chunk when <= this many actions remain
     late_tolerance: float = 0.5  # fraction of a period after its slot a tick counts as late
+    max_wait: float = 0.5  # fraction of a period a tick may wait for a running inference when nothing is planned
     reconnect_timeout_s: float = 10.0  # end the episode when the link stays down longer
     stop_on_success: bool = True
     realtime: bool = True  # False: no sleeping and inference inline (deterministic, for lockstep simulation)
@@ -176,9 +177,11 @@ class _Inference:
                 with self._cv:
                     if res[4] == self._generation:
                         self._results.append(res[:4])
+                        self._cv.notify_all()
             except BaseException as e:  # noqa: BLE001 - re-raised on the loop thread
                 with self._cv:
                     self._error = e
+                    self._cv.notify_all()
             finally:
                 with self._cv:
                     self._busy = False
@@ -196,6 +199,11 @@ class _Inference:
         with self._cv:
             self._request = req
             self._cv.notify()
+
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` s until a result (or error) is ready."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._results or self._error is not None, timeout=max(timeout, 0.0))
 
     def invalidate(self):
         """Drop pending requests and results (after a fault): in-flight results are discarded on arrival."""
@@ -235,6 +243,10 @@ class ActionQueue:
     def add(self, tick: int, chunk: np.ndarray, now_tick: int):
         if self.max_chunk is not None:
             chunk = chunk[: self.max_chunk]
+        if tick + len(chunk) <= now_tick:
+            # Every action is for a tick that already passed (inference took longer than the chunk): the freshest
+            # prediction is the chunk's last action; use it for this tick rather than nothing.
+            tick, chunk = now_tick, chunk[-1:]
         if self.m is None:
             self.plan = {tick + i: a for i, a in enumerate(chunk) if tick + i >= now_tick}
         else:
@@ -273,8 +285,14 @@ class ControlLoop:
     def _estopped(self) -> bool:
         return self.estop.latched or self.robot.estop_latched()
 
-    def run_episode(self, on_tick: Callable[[int, EpisodeReport], None] | None = None) -> EpisodeReport:
+    def run_episode(self, on_tick: Callable[[int, EpisodeReport], None] | None = None,
+                    start_after: float | None = None) -> EpisodeReport:
+        """Run one episode. ``start_after`` (monotonic s): only observations captured after it are used (e.g. the
+        moment the scene was reset), so a frame from the previous episode never drives the first command.
+        ``on_tick(k, report)`` is called at the end of every tick (progress display, tests)."""
         cfg, robot = self.cfg, self.robot
+        if start_after is not None:
+            self.watchdog.fault_time = start_after
         rep = EpisodeReport()
         n_obs = max(1, int(self.policy.n_obs_steps))
         history: deque[dict] = deque(maxlen=n_obs)
@@ -282,6 +300,7 @@ class ControlLoop:
         infer = _Inference(self.policy, inline=not cfg.realtime)
         self.policy.reset()
         self.safety.reset()
+        robot.reset_setpoint()
         chunk_obs_time: dict[int, float] = {}
         down_since: float | None = None
         was_ok = False
@@ -331,6 +350,7 @@ class ControlLoop:
                         infer.invalidate()
                         self.policy.reset()
                         self.safety.reset()
+                        robot.reset_setpoint()
                     was_ok = False
                     if on_tick:
                         on_tick(k, rep)
@@ -350,11 +370,13 @@ class ControlLoop:
                 need = queue.remaining(k) <= cfg.replan_margin if cfg.temporal_ensemble is None else True
                 if need and infer.idle:
                     infer.submit(history, k, obs_time)
-                    if not cfg.realtime:
-                        for tick, otime, chunk, dt in infer.poll():
-                            rep.inference_times.append(dt)
-                            chunk_obs_time[tick] = otime
-                            queue.add(tick, chunk, k)
+                if queue.action(k) is None and not infer.idle:
+                    # Nothing planned for this tick: give the running inference until ``max_wait`` of the period.
+                    infer.wait(slot + cfg.max_wait * self.period - time.monotonic())
+                for tick, otime, chunk, dt in infer.poll():
+                    rep.inference_times.append(dt)
+                    chunk_obs_time[tick] = otime
+                    queue.add(tick, chunk, k)
                 action = queue.action(k)
                 if action is None:
                     rep.holds["waiting_policy"] += 1

@@ -62,6 +62,10 @@ class Robot(abc.ABC):
         """Incremented every time the link drops; observations from an older epoch are never used again."""
         return 0
 
+    def reset_setpoint(self) -> None:
+        """Forget the set-point that delta actions integrate on (episode start, after a hold); the next delta
+        starts from the measured position. No-op for robots that take the action as is."""
+
     def estop_latched(self) -> bool:
         """True while a software e-stop received from the robot side is latched."""
         return False
@@ -136,8 +140,8 @@ class ActionConfig:
 
     ``space``: ``ee`` (Cartesian end-effector position; safety clamps to the workspace box), ``joint`` (joint
     positions; safety clamps to joint limits) or ``raw`` (sent as is, only finite/delta checks). ``mode``
-    ``delta``: ``action[position_indices]`` is an offset from the measured ``proprio[state_indices]``; ``absolute``:
-    it is the target itself. ``gripper_index``: the action entry commanding the gripper (None: no gripper).
+    ``delta``: ``action[position_indices]`` moves the position set-point (integrated like the env does, starting
+    from the measured ``proprio[state_indices]``); ``absolute``: it is the target itself. ``gripper_index``: the action entry commanding the gripper (None: no gripper).
     """
 
     dim: int

@@ -10,7 +10,7 @@ How the roslibpy 2.1 pitfalls are handled:
 * a publish made while disconnected is queued by roslibpy and replayed in a burst after the reconnect: motion
   commands never go through ``Topic.publish``. ``_publish_now`` sends only while the link is up, and the send is
   bound to the link *epoch* it was issued in, so a send that lost the race with a disconnect is discarded instead
-  of replayed. On a disconnect all cached observations are dropped; commanding resumes only from observations
+  of replayed. On a disconnect all cached observations (and the delta set-point) are dropped; commanding resumes only from observations
   received on the new link (and the watchdog additionally wants them captured after the fault).
 * ``Ros.get_time()`` only parses ROS 1 stamps: time is handled here (``messages.stamp_to_sec`` reads both).
 
@@ -64,6 +64,8 @@ class RosbridgeRobot(Robot):
         self._cmd_seq = 0
         self._offset: float | None = None  # stamp_clock=offset: min(recv_wall - stamp) on this link
         self._last_proprio: np.ndarray | None = None
+        self._setpoint: np.ndarray | None = None  # integrated target of delta actions
+        self._last_targets: np.ndarray | None = None
         self._topics: list[Any] = []
         self._pub_names: dict[str, tuple[str, str]] = {}
         self.sent = 0
@@ -108,6 +110,7 @@ class RosbridgeRobot(Robot):
             self._latest.clear()
             self._decoded.clear()
             self._offset = None
+            self._setpoint = None
         LOG.warning("rosbridge link lost; commanding stopped until fresh observations arrive")
 
     def _on_ready(self, *_):
@@ -298,11 +301,15 @@ class RosbridgeRobot(Robot):
         a = np.asarray(action, dtype=np.float64)
         pos = list(acfg.position_indices)
         if pos and acfg.mode == "delta":
-            if proprio is None:
-                raise RobotDisconnected("no measured state yet to turn a delta action into a target")
-            targets = a[pos] + np.asarray(proprio, dtype=np.float64)[acfg.state_indices]
+            base = self._setpoint
+            if base is None:
+                if proprio is None:
+                    raise RobotDisconnected("no measured state yet to turn a delta action into a target")
+                base = np.asarray(proprio, dtype=np.float64)[acfg.state_indices]
+            targets = a[pos] + base
         else:
             targets = a[pos]
+        self._last_targets = np.asarray(targets, dtype=np.float64)
         t_now = time.time()
         self._cmd_seq += 1
         header = M.make_header(t_now, cfg.command.frame_id, cfg.ros_version, self._cmd_seq)
@@ -330,4 +337,9 @@ class RosbridgeRobot(Robot):
         for key in ("gripper", "command"):
             if key in msgs:
                 ok = self._publish_now(key, msgs[key]) and ok
+        if ok and self.cfg.action.mode == "delta" and self.cfg.action.position_indices:
+            self._setpoint = self._last_targets
         return ok
+
+    def reset_setpoint(self) -> None:
+        self._setpoint = None

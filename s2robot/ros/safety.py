@@ -1,7 +1,8 @@
 """The safety layer: every command passes through here, whatever the policy does.
 
 * ``SafetyFilter.filter`` turns a policy action (A,) into a safe one, or rejects it:
-  non-finite actions (NaN/Inf) are rejected (the loop holds); position targets are clamped to the workspace box
+  non-finite actions (NaN/Inf) are rejected (the loop holds); position targets (for delta actions: the set-point
+  integrated from the previous target, as the env does) are clamped to the workspace box
   (``space: ee``) or joint limits (``space: joint``), to ``max_delta`` from the measured position and to
   ``max_velocity`` from the previous target; the gripper to its range.
 * ``Watchdog.check`` decides each tick whether commanding is allowed: not while the link is down, not while the
@@ -91,7 +92,10 @@ class SafetyFilter:
             if proprio is None or not np.all(np.isfinite(proprio[self.state])):
                 return self._reject("no_state")
             measured = np.asarray(proprio, dtype=np.float64)[self.state]
-            raw = a[self.pos] + measured if self.action_cfg.mode == "delta" else a[self.pos]
+            # Delta actions integrate on the set-point (the previous target), as the env and position controllers
+            # do; the first command after a reset starts from the measured position.
+            base = self.last_target if self.last_target is not None else measured
+            raw = a[self.pos] + base if self.action_cfg.mode == "delta" else a[self.pos]
             lo, hi = self.low.copy(), self.high.copy()
             if np.any((raw < lo) | (raw > hi)):
                 events.append("limit")
@@ -114,7 +118,7 @@ class SafetyFilter:
                 toward = np.clip(np.clip(measured, self.low, self.high), d_lo, d_hi)
                 lo, hi = np.where(empty, toward, lo), np.where(empty, toward, hi)
             target = np.clip(raw, lo, hi)
-            out[self.pos] = target - measured if self.action_cfg.mode == "delta" else target
+            out[self.pos] = target - base if self.action_cfg.mode == "delta" else target
             self.last_target, self.last_time = target, now
         if self.raw_low is not None:
             clipped = np.clip(out, self.raw_low, self.raw_high)
