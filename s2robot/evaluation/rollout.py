@@ -162,7 +162,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
     timers = _Timers()
     records: list[dict[str, Any] | None] = [None] * episodes
     pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
-    t_started = time.perf_counter()
+    t_started = t_begin
     video = None
     bar = None
     try:
@@ -238,6 +238,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
                     on_reset(k)
 
         refill()
+        t_started = time.perf_counter()  # startup = workers + first resets (GL contexts are created there)
         while any(s is not None for s in slots):
             active = [k for k in range(n_envs) if slots[k] is not None]
             need = [k for k in active if chunk_pos[k] >= chunk_len[k]]

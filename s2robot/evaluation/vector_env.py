@@ -83,7 +83,7 @@ def _obs_spec(space) -> dict[str, tuple[tuple[int, ...], str]]:
     return spec
 
 
-class _RenderClock:
+class RenderClock:
     """Accumulates the time an env spends in ``render_camera`` (duck-typed; the s2robot envs have it)."""
 
     def __init__(self, env):
@@ -117,7 +117,7 @@ def _worker(index: int, env_fn: Callable, pipe: Connection, mujoco_gl: str | Non
     try:
         try:
             env = env_fn()
-            clock = _RenderClock(env)
+            clock = RenderClock(env)
             spec = _obs_spec(env.observation_space)
             act = env.action_space
             max_steps = getattr(getattr(env, "spec", None), "max_episode_steps", None)

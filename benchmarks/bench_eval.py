@@ -1,0 +1,165 @@
+"""Evaluation throughput: batched evaluator (N = 1, 2, 4, 8 env workers) vs a plain sequential loop.
+
+Two policies: a fixed cheap policy (constant actions: the env-side ceiling) and the real S2 diffusion policy
+(frozen encoder inside ``predict_action``, random weights: speed does not depend on training). Prints env-steps/s,
+the speed-up over the sequential loop, and where the wall time goes (physics, rendering, policy inference).
+
+    python benchmarks/bench_eval.py [--task lift_cube] [--image-size 96] [--encoder mobilenet_v2] [--ns 1,2,4,8]
+
+Threads are pinned (1 BLAS/torch thread per process) so runs are comparable; on a shared machine the figures
+are noisy. Physics/render fractions come from the env's own ``render_camera`` timing (workers sum theirs).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+class ConstantPolicy(torch.nn.Module):
+    """The cheapest possible policy: a zero action chunk (B, n_action_steps, A)."""
+
+    n_obs_steps = 2
+    n_action_steps = 8
+
+    def __init__(self, action_dim: int):
+        super().__init__()
+        self.action_dim = action_dim
+
+    def predict_action(self, obs, generators=None):
+        return torch.zeros(obs["proprio"].shape[0], self.n_action_steps, self.action_dim)
+
+
+def build_s2_policy(task: str, image_size: int, encoder: str, device: str):
+    """The real S2 diffusion U-Net policy (random weights) on a frozen ``encoder`` reading raw images."""
+    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.encoders import build_encoder
+    from s2robot.envs import make_env
+    from s2robot.policies import ShapeMeta, build_policy
+
+    env = make_env(task, image_size=image_size)
+    cams = [k[: -len("_image")] for k in env.observation_space.spaces if k.endswith("_image")]
+    P, A = env.observation_space["proprio"].shape[0], env.action_space.shape[0]
+    enc = build_encoder(encoder, scales=(1, 2), device=device)
+    meta = ShapeMeta(cameras=cams, proprio_dim=P, action_dim=A, image_shape=[image_size, image_size, 3],
+                     token_shape=[enc.num_tokens, enc.out_dim], num_prefix=enc.num_prefix)
+    lo, hi = env.action_space.low, env.action_space.high
+    norm = Normalizer().fit({"action": np.stack([lo, hi]), "proprio": np.random.default_rng(0).normal(size=(64, P))})
+    env.close()
+    cfg = _policy_cfg("diffusion_unet")
+    torch.manual_seed(0)
+    return build_policy(cfg, meta, norm, enc).to(device).eval()
+
+
+def _policy_cfg(name: str):
+    """``configs/policy/<name>.yaml`` as a DictConfig."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(str(resources.files("s2robot.configs").joinpath("policy", f"{name}.yaml")))
+
+
+def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int, seed: int = 0) -> dict:
+    """Plain loop: one env in this process, a batch-1 forward whenever the chunk is used up."""
+    from s2robot.envs import make_env
+    from s2robot.evaluation.rollout import episode_generator
+    from s2robot.evaluation.vector_env import RenderClock
+
+    env = make_env(task, image_size=image_size)
+    clock = RenderClock(env)
+    env.reset(seed=seed)  # warm-up: the GL context and renderer are created on the first render
+    t_env = t_policy = t_render = 0.0
+    steps = 0
+    n_obs = policy.n_obs_steps
+    t0 = time.perf_counter()
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        clock.take()
+        hist = [obs] * n_obs
+        gen = episode_generator(seed, ep)
+        chunk, pos = None, 0
+        for _ in range(max_steps):
+            if chunk is None or pos >= len(chunk):
+                tp = time.perf_counter()
+                batch = {k: torch.from_numpy(np.stack([h[k] for h in hist]))[None] for k in obs}
+                with torch.inference_mode():
+                    chunk = policy.predict_action(batch, generators=[gen])[0].float().numpy()
+                pos = 0
+                t_policy += time.perf_counter() - tp
+            te = time.perf_counter()
+            obs, _, term, trunc, info = env.step(chunk[pos])
+            t_env += time.perf_counter() - te
+            t_render += clock.take()
+            pos += 1
+            steps += 1
+            hist = hist[1:] + [obs]
+            if term or trunc:
+                break
+    wall = time.perf_counter() - t0
+    env.close()
+    return {"steps": steps, "wall": wall, "sps": steps / wall, "physics": (t_env - t_render) / wall,
+            "render": t_render / wall, "policy": t_policy / wall}
+
+
+def batched(policy, task: str, image_size: int, n: int, episodes: int, max_steps: int) -> dict:
+    from s2robot.evaluation import evaluate
+
+    s = evaluate(policy, task=task, n_envs=n, episodes=episodes, seed=0, device="cpu", n_videos=0,
+                 env_kwargs={"image_size": image_size}, max_steps=max_steps, progress=False)
+    wall = s["wall_s"] - s["time_s"]["startup"]
+    busy = max(wall * n, 1e-9)  # worker-seconds available
+    return {"steps": s["env_steps"], "wall": wall, "sps": s["env_steps_per_s"],
+            "physics": s["time_s"].get("env_physics_and_task", 0.0) / busy,
+            "render": s["time_s"].get("env_render", 0.0) / busy, "policy": s["time_s"]["policy"] / wall,
+            "forwards": s["policy_forwards"], "batch": s["mean_forward_batch"], "startup": s["time_s"]["startup"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", default="lift_cube")
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--encoder", default="mobilenet_v2")
+    ap.add_argument("--ns", default="1,2,4,8")
+    ap.add_argument("--max-steps", type=int, default=40)
+    ap.add_argument("--episodes-per-env", type=int, default=2)
+    ap.add_argument("--policies", default="cheap,s2")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ns = [int(v) for v in args.ns.split(",")]
+    print(f"task={args.task} image={args.image_size}px max_steps={args.max_steps} cpus={os.cpu_count()} "
+          f"threads/process=1 (shared machine: figures are noisy)")
+    header = f"{'policy':<8} {'mode':<12} {'env-steps/s':>11} {'vs seq':>7} {'physics':>8} {'render':>7} {'policy':>7}"
+    for kind in args.policies.split(","):
+        if kind == "cheap":
+            from s2robot.envs import make_env
+
+            env = make_env(args.task, image_size=args.image_size)
+            policy = ConstantPolicy(env.action_space.shape[0])
+            env.close()
+            name = "cheap"
+        else:
+            policy = build_s2_policy(args.task, args.image_size, args.encoder, "cpu")
+            name = f"s2:{args.encoder}"
+        print(f"\n{header}")
+        seq = sequential(policy, args.task, args.image_size, max(2, args.episodes_per_env), args.max_steps)
+        print(f"{name:<8} {'sequential':<12} {seq['sps']:>11.1f} {1.0:>7.2f} {seq['physics']:>8.1%} "
+              f"{seq['render']:>7.1%} {seq['policy']:>7.1%}")
+        for n in ns:
+            r = batched(policy, args.task, args.image_size, n, n * args.episodes_per_env, args.max_steps)
+            print(f"{name:<8} {f'batched N={n}':<12} {r['sps']:>11.1f} {r['sps'] / seq['sps']:>7.2f} "
+                  f"{r['physics']:>8.1%} {r['render']:>7.1%} {r['policy']:>7.1%}   "
+                  f"(forwards {r['forwards']}, mean batch {r['batch']:.1f}, startup {r['startup']:.1f}s)")
+    print("\nphysics/render: share of worker time (batched) or of wall (sequential); policy: share of wall.")
+
+
+if __name__ == "__main__":
+    main()
