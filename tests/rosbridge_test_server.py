@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import random
 import threading
 import time
@@ -223,7 +224,9 @@ class SimRobotServer:
         self.max_steps: int | None = None
         self.commands_applied = 0
         self.publish_paused = False
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
+        self._tasks: queue.Queue = queue.Queue()
+        self._running: dict | None = None
         self._stop = threading.Event()
         self.done = threading.Event()
         self.step_times: list[float] = []
@@ -314,13 +317,42 @@ class SimRobotServer:
             self.server.publish(cfg.joint_state_topic, M.joint_state_msg(names, values, header))
 
     # ---------------------------------------------------------------------------------------------- running
+    # Every env call runs on one worker thread: an EGL rendering context belongs to the thread that made it.
+    def _call(self, fn, wait: bool = True):
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="sim-robot", daemon=True)
+            self._worker.start()
+        box = {"ev": threading.Event()}
+        self._tasks.put((fn, box))
+        if wait:
+            box["ev"].wait(30)
+            if "err" in box:
+                raise box["err"]
+            return box.get("out")
+        return box
+
+    def _work(self):
+        while True:
+            fn, box = self._tasks.get()
+            if fn is None:
+                return
+            try:
+                box["out"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box["err"] = e
+            finally:
+                box["ev"].set()
+
     def reset(self, seed: int, max_steps: int) -> dict:
-        with self.state_lock:
-            self.obs, self.info = self.env.reset(seed=seed)
-        self.steps, self.success, self.max_steps = 0, False, max_steps
-        self._target, self._cmd_rest, self._gripper, self._last_gripper = None, None, None, None
-        self.done.clear()
-        return self.obs
+        def _reset():
+            with self.state_lock:
+                self.obs, self.info = self.env.reset(seed=seed)
+            self.steps, self.success, self.max_steps = 0, False, max_steps
+            self._target, self._cmd_rest, self._gripper, self._last_gripper = None, None, None, None
+            self.done.clear()
+            return self.obs
+
+        return self._call(_reset)
 
     def step_once(self):
         with self.state_lock:
@@ -333,10 +365,9 @@ class SimRobotServer:
             self.done.set()
 
     def start(self):
-        """Publish the first observation, then step at ``rate_hz`` on a background thread until done/stop."""
+        """Publish the first observation, then step at ``rate_hz`` on the worker thread until done/stop."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="sim-robot", daemon=True)
-        self._thread.start()
+        self._running = self._call(self._run, wait=False)
 
     def _run(self):
         period = 1.0 / self.rate_hz
@@ -353,8 +384,19 @@ class SimRobotServer:
 
     def stop(self):
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._running is not None:
+            self._running["ev"].wait(10)
+            if "err" in self._running:
+                err, self._running = self._running["err"], None
+                raise err
+            self._running = None
+
+    def close(self):
+        self.stop()
+        if self._worker is not None:
+            self._tasks.put((None, None))
+            self._worker.join(timeout=10)
+            self._worker = None
 
 
 class FakeReachEnv:

@@ -66,7 +66,7 @@ class Rig:
             self.sim.stop()
 
     def close(self):
-        self.sim.stop()
+        self.sim.close()
         self.robot.close()
         self.server.stop()
 
