@@ -190,6 +190,7 @@ class PushTExpert(_Expert):
         r = self.rng
         self.prim = None
         self.stage = "travel"
+        self.push_steps = 0
         self.v_push = r.uniform(0.008, 0.014)
         self.travel_speed = r.uniform(0.7, 1.0)
         self.noise = r.uniform(0.0, 0.002)
@@ -239,16 +240,33 @@ class PushTExpert(_Expert):
                     continue
                 c_w, f_w = self._to_world(pose, pt, fd)
                 pre = self._pre_point(pose, c_w, f_w)
-                if np.any(np.abs(pre) > [0.26, 0.23]):
+                if not self._reachable(pre):
                     continue
                 score = f_w @ e - 0.3 * np.linalg.norm(pre - pusher)
                 if score > best_score:
-                    best, best_score = ("rot", np.array(pt), np.array(fd)), score
+                    best, best_score = ("rot", np.array(pt), np.array(fd), 0.0), score
             if best is not None:
                 return best
         if np.linalg.norm(e) < 1e-4:
             return None
-        u_w = e / np.linalg.norm(e)
+        # push through the centre of mass along the error; if that pre-contact point is out of reach, the
+        # reachable direction closest to it (the closed loop corrects the rest on later pushes)
+        base_angle = np.arctan2(e[1], e[0])
+        fallback = None
+        for off in (0.0, 0.3, -0.3, 0.6, -0.6, 0.9, -0.9, 1.2, -1.2):
+            u_w = np.array([np.cos(base_angle + off), np.sin(base_angle + off)])
+            prim = self._through_com(pose, u_w) + (abs(off),)
+            fallback = fallback or prim
+            c_w, f_w = self._to_world(pose, prim[1], prim[2])
+            if self._reachable(self._pre_point(pose, c_w, f_w)):
+                return prim
+        return fallback
+
+    @staticmethod
+    def _reachable(pt):
+        return bool(np.all(np.abs(pt) <= [0.265, 0.235]))
+
+    def _through_com(self, pose, u_w):
         s = np.arange(0.0, 0.15, 0.0005)
         local = self._to_local(pose, pose[:2] - s[:, None] * u_w)
         s_max = s[inside_t(local)].max()
@@ -264,7 +282,10 @@ class PushTExpert(_Expert):
             return True
         along = e @ u_w
         lateral = np.linalg.norm(e - along * u_w)
-        return along < 0.0015 or lateral > max(0.004, 0.4 * abs(along))
+        off = prim[3]
+        if off > 0 and self.push_steps > 6:  # detours are short; re-plan towards the goal
+            return True
+        return along < 0.0015 or lateral > max(0.004, (0.4 + np.tan(off)) * abs(along))
 
     # ----------------------------------------------------------------- control
     def compute_action(self):
@@ -299,13 +320,14 @@ class PushTExpert(_Expert):
                 return self.move([*pre, z], 0.0, 1.0, self.travel_speed, self.noise)
         if self.stage == "descend":
             if tgt[2] <= self.Z_PUSH + 0.002:
-                self.stage = "push"
+                self.stage, self.push_steps = "push", 0
             else:
                 return self.move([*pre, self.Z_PUSH], 0.0, 1.0, self.travel_speed)
         if self.prim[0] == "rot":
             v = np.clip(abs(eth) * 0.05, 0.002, self.v_push)
         else:
             v = np.clip(e @ f_w, 0.0015, self.v_push)
+        self.push_steps += 1
         goal = c_w + f_w * (v - self.RADIUS)
         # never pull back towards the block's far side: limit the step to the push direction +- lateral correction
         return self.move([*goal, self.Z_PUSH], 0.0, 1.0)

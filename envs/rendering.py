@@ -36,21 +36,36 @@ def _loadable(names: tuple[str, ...]) -> str | None:
 
 
 def _egl_initialises(lib: str) -> bool:
-    """True if EGL can initialise a display (cheap probe; a driverless libEGL loads but fails here)."""
+    """True if EGL can initialise a display the way MuJoCo does (device platform, else the default display).
+
+    A libEGL without a usable driver loads fine but fails here, so we can fall back to OSMesa in time.
+    """
     try:
         egl = ctypes.CDLL(lib)
-        egl.eglGetDisplay.restype = ctypes.c_void_p
-        egl.eglGetDisplay.argtypes = [ctypes.c_void_p]
+        egl.eglGetProcAddress.restype = ctypes.c_void_p
+        egl.eglGetProcAddress.argtypes = [ctypes.c_char_p]
         egl.eglInitialize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         egl.eglTerminate.argtypes = [ctypes.c_void_p]
-        display = egl.eglGetDisplay(None)
-        if not display:
-            return False
-        ok = bool(egl.eglInitialize(display, None, None))
-        if ok:
-            egl.eglTerminate(display)
-        return ok
-    except (OSError, AttributeError):
+        egl.eglGetDisplay.restype = ctypes.c_void_p
+        egl.eglGetDisplay.argtypes = [ctypes.c_void_p]
+        displays = []
+        query = egl.eglGetProcAddress(b"eglQueryDevicesEXT")
+        get_platform = egl.eglGetProcAddress(b"eglGetPlatformDisplayEXT")
+        if query and get_platform:
+            query_fn = ctypes.CFUNCTYPE(ctypes.c_uint, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
+                                        ctypes.POINTER(ctypes.c_int))(query)
+            platform_fn = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p)(get_platform)
+            devices = (ctypes.c_void_p * 8)()
+            n = ctypes.c_int(0)
+            if query_fn(8, devices, ctypes.byref(n)):
+                displays += [platform_fn(0x313F, devices[i], None) for i in range(n.value)]  # EGL_PLATFORM_DEVICE_EXT
+        displays.append(egl.eglGetDisplay(None))
+        for display in displays:
+            if display and egl.eglInitialize(display, None, None):
+                egl.eglTerminate(display)
+                return True
+        return False
+    except (OSError, AttributeError, TypeError):
         return False
 
 
