@@ -9,8 +9,9 @@ Resumable: tokens are written batch by batch and ``attrs["progress"][camera]`` (
 batch, so a rerun after an interruption starts from the last finished batch. Episodes appended after caching are
 picked up by a rerun (the arrays grow to the store's length).
 
-Storage: tokens are sharded in zarr v3 (``shards`` of ``SHARD_FRAMES`` frames, one frame per inner chunk): batches
-aligned with shards are written once, and a training window reads just its frames' byte ranges.
+Storage: one frame per chunk (Blosc lz4 with byte shuffle), so a training window decodes exactly its frames; the
+sampler's ``FrameReader`` reads these chunk files directly. (zarr sharding would cut the file count, but reads of
+sharded arrays go through zarr's slower general path; see docs/datasets.md.)
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 
 from .store import DatasetError, EpisodeStore, StoreLike, describe
 
-SHARD_FRAMES = 256
 TOKEN_CODEC = dict(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
 CACHE_FORMAT = 1
 
@@ -120,11 +120,10 @@ def cache_features(
     group = _feature_group(store, key, encoder, pool_grid, n_tok)
     n = store.n_steps
     done = {c: min(int(group.attrs.get("progress", {}).get(c, 0)), n) for c in cams}
-    shard = max(1, min(SHARD_FRAMES, batch_size))
     for c in cams:
         if c not in group:
             group.create_array(
-                c, shape=(n, n_tok, d), dtype="float16", chunks=(1, n_tok, d), shards=(shard, n_tok, d),
+                c, shape=(n, n_tok, d), dtype="float16", chunks=(1, n_tok, d),
                 compressors=BloscCodec(**TOKEN_CODEC), fill_value=0,
             )
         elif group[c].shape[0] != n:

@@ -5,11 +5,11 @@ A window starting at step ``s`` of an episode of length ``L`` covers steps ``s .
 ``pad_after = n_action_steps - 1``; steps outside the episode repeat its first/last frame (edge padding).
 Observation keys are read only for the first ``n_obs_steps`` steps of a window; ``action`` for all ``horizon``.
 
-All window indices are computed once with numpy (no Python loop over episodes). Reads are batched: a window's
-frames are one contiguous slice per key, and a list of indices (``ds[[i, j, ...]]`` or ``__getitems__``) reads
-every needed frame of a key in one zarr call, letting zarr fetch and decode the chunks concurrently. Small low-dim
-arrays are held in RAM (loaded lazily in each process); images and cached tokens stay in the store. The store is
-opened lazily per process, so DataLoader workers never receive a copy of it.
+All window indices are computed once with numpy (no Python loop over episodes). Reads are batched: a batch of
+windows (``get_batch``, ``__getitems__``) gathers every needed frame of a key in one call, each chunk read and
+decoded once (:class:`~s2robot.datasets.reader.FrameReader`, which bypasses zarr's ~1 ms per-call indexing
+overhead for local stores). Small low-dim arrays are held in RAM (loaded lazily in each process); images and cached
+tokens stay in the store. The store is opened lazily per process, so DataLoader workers never receive a copy.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from .reader import FrameReader
 from .store import DatasetError, EpisodeStore, StoreLike, describe, is_image_key
 
 LOWDIM_CACHE_BYTES = 256 << 20
@@ -58,21 +58,6 @@ def window_frames(windows: np.ndarray, length: int) -> np.ndarray:
     """Global step indices, int64 (W, length), of the first ``length`` steps of each window, edge-padded."""
     t = windows[:, 2:3] + np.arange(length, dtype=np.int64)[None]
     return windows[:, 0:1] + np.clip(t, 0, windows[:, 1:2] - 1)
-
-
-def read_frames(arr: zarr.Array | np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """``arr[frames]`` for any int index array, with one contiguous slice or one orthogonal read per call."""
-    flat = frames.reshape(-1)
-    if isinstance(arr, np.ndarray):
-        return arr[flat].reshape(*frames.shape, *arr.shape[1:])
-    uniq, inverse = np.unique(flat, return_inverse=True)
-    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-    if hi - lo == len(uniq) or hi - lo <= 2 * len(uniq):  # (nearly) contiguous: one slice beats a gather
-        block = np.asarray(arr[lo:hi])
-        out = block[flat - lo]
-    else:
-        out = np.asarray(arr.get_orthogonal_selection((uniq,)))[inverse]
-    return out.reshape(*frames.shape, *arr.shape[1:])
 
 
 class SequenceDataset(Dataset):
@@ -179,7 +164,7 @@ class SequenceDataset(Dataset):
         state["_store"], state["_arrays"] = None, {}
         return state
 
-    def _array(self, key: str) -> zarr.Array | np.ndarray:
+    def _array(self, key: str) -> FrameReader | np.ndarray:
         if self._pid != os.getpid():  # forked worker: never reuse the parent's handles
             self._store, self._arrays, self._pid = None, {}, os.getpid()
         arr = self._arrays.get(key)
@@ -189,6 +174,8 @@ class SequenceDataset(Dataset):
             arr = self._store.group[self._sources[key]]
             if self._cache_lowdim and self._sources[key].startswith("data/") and not is_image_key(key):
                 arr = np.asarray(arr[: self.n_steps])
+            else:
+                arr = FrameReader(arr)
             self._arrays[key] = arr
         return arr
 
@@ -238,9 +225,16 @@ class SequenceDataset(Dataset):
             np.zeros(0, dtype=np.int64)
         out = {}
         for k in keys:
-            arr = store.array(k) if k not in self._sources else self._array(k)
+            arr = store.array(k) if k not in self._sources else store.group[self._sources[k]]
             out[k] = np.asarray(arr[: self.n_steps], dtype=np.float32)[steps]
         return out
+
+
+def read_frames(source: FrameReader | np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``source[frames]`` for an int index array of any shape (a RAM array or a :class:`FrameReader`)."""
+    if isinstance(source, np.ndarray):
+        return source[frames.reshape(-1)].reshape(*frames.shape, *source.shape[1:])
+    return source.read(frames)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -40,9 +40,9 @@ ENDS_FILL = -1  # fill value of meta/episode_ends: a trailing -1 is an end whose
 _KEY_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 # Chunking/compression, chosen with benchmarks/bench_dataset.py (figures in docs/datasets.md).
-IMAGE_CHUNK_FRAMES = 1  # images: one frame per chunk; a window reads only the frames it needs
+IMAGE_CHUNK_FRAMES = 4  # images: 4 frames per chunk (a 2-frame obs window touches 1-2 chunks)
 LOWDIM_CHUNK_BYTES = 1 << 20  # low-dim: ~1 MiB chunks (tens of thousands of steps), loaded whole into RAM
-IMAGE_CODEC = dict(cname="lz4", clevel=5, shuffle="noshuffle")
+IMAGE_CODEC = dict(cname="zstd", clevel=5, shuffle="noshuffle")  # ~5x on render-like frames
 LOWDIM_CODEC = dict(cname="zstd", clevel=3, shuffle="shuffle")
 
 StoreLike = str | Path | Store

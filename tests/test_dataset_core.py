@@ -195,3 +195,30 @@ def test_normalizer_modes_constant_dims_and_state_dict():
     torch.testing.assert_close(alone.unnormalize("proprio", x[..., :3]), norm.unnormalize("proprio", x[..., :3]))
     with pytest.raises(KeyError, match="no key 'missing'"):
         norm.normalize("missing", x)
+
+
+@pytest.mark.parametrize("frames_per_chunk", [1, 3])
+def test_frame_reader_matches_zarr(tmp_path, frames_per_chunk):
+    from s2robot.datasets.reader import FrameReader
+    from zarr.codecs import BloscCodec
+
+    data = np.random.default_rng(0).integers(0, 255, (20, 4, 5, 3), dtype=np.uint8)
+    for name, store, codecs in [("local", str(tmp_path / "a.zarr"), [BloscCodec(cname="lz4")]),
+                                ("raw", str(tmp_path / "b.zarr"), None),
+                                ("memory", zarr.storage.MemoryStore(), [BloscCodec(cname="zstd")])]:
+        arr = zarr.create_array(store=store, shape=(24, 4, 5, 3), dtype="uint8", chunks=(frames_per_chunk, 4, 5, 3),
+                                compressors=codecs, fill_value=7)
+        arr[:20] = data  # the last frames stay unwritten: fill value
+        reader = FrameReader(arr)
+        assert reader.fast == (name != "memory")
+        idx = np.array([[19, 0, 0], [5, 23, 6]])
+        want = np.concatenate([data, np.full((4, 4, 5, 3), 7, np.uint8)])[idx]
+        np.testing.assert_array_equal(reader.read(idx), want)
+        np.testing.assert_array_equal(reader.read(idx), np.asarray(arr.get_orthogonal_selection((idx.reshape(-1),))).reshape(want.shape))
+        with pytest.raises(IndexError):
+            reader.read(np.array([24]))
+    f16 = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(6, 3, 2), dtype="float16", chunks=(1, 3, 2),
+                            compressors=[BloscCodec(cname="lz4", shuffle="shuffle", typesize=2)])
+    vals = np.random.default_rng(1).normal(size=(6, 3, 2)).astype(np.float16)
+    f16[:] = vals
+    np.testing.assert_array_equal(FrameReader(f16).read(np.array([4, 1])), vals[[4, 1]])
