@@ -392,8 +392,11 @@ class SimRobotServer:
             self._running = None
 
     def close(self):
+        """Stop stepping, close the env on the worker thread (its GL context lives there), end the worker."""
         self.stop()
         if self._worker is not None:
+            if hasattr(self.env, "close"):
+                self._call(self.env.close)
             self._tasks.put((None, None))
             self._worker.join(timeout=10)
             self._worker = None
