@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -69,17 +70,10 @@ def _egl_initialises(lib: str) -> bool:
         return False
 
 
-def configure_gl() -> str:
-    """Pick the headless GL backend (sets ``MUJOCO_GL`` and ``PYOPENGL_PLATFORM``) and return its name.
-
-    Respects an explicit ``MUJOCO_GL``. Must run before ``import mujoco``; if mujoco is already imported the
-    current setting is returned unchanged.
-    """
-    if not sys.platform.startswith("linux"):
-        return os.environ.get("MUJOCO_GL", "")
-    requested = os.environ.get("MUJOCO_GL", "").lower()
-    if "mujoco" in sys.modules:
-        return requested
+def select_backend(requested: str = "") -> str:
+    """The GL backend to use for ``requested`` (a ``MUJOCO_GL`` value, "" for automatic); RuntimeError naming the
+    missing library when none is usable."""
+    requested = requested.lower()
     if requested == "egl":
         if _loadable(_EGL_LIBS) is None:
             raise RuntimeError(f"MUJOCO_GL=egl but libEGL.so.1 cannot be loaded; {_INSTALL_HINT}")
@@ -99,7 +93,26 @@ def configure_gl() -> str:
                 "no headless OpenGL for MuJoCo rendering: neither libEGL.so.1 (EGL) nor libOSMesa.so (OSMesa) "
                 f"could be loaded; {_INSTALL_HINT}"
             )
-        os.environ["MUJOCO_GL"] = requested
+    return requested
+
+
+def configure_gl() -> str:
+    """Pick the headless GL backend (sets ``MUJOCO_GL`` and ``PYOPENGL_PLATFORM``) and return its name.
+
+    Respects an explicit ``MUJOCO_GL``. Must run before ``import mujoco``; if mujoco is already imported the
+    current setting is returned unchanged.
+    """
+    if not sys.platform.startswith("linux"):
+        return os.environ.get("MUJOCO_GL", "")
+    requested = os.environ.get("MUJOCO_GL", "").lower()
+    if "mujoco" in sys.modules:
+        if not requested:
+            warnings.warn("mujoco was imported before s2robot.envs with MUJOCO_GL unset, so it uses its default "
+                          "(windowed GLFW) backend; headless rendering needs MUJOCO_GL=egl or osmesa set before "
+                          "mujoco is imported", RuntimeWarning, stacklevel=2)
+        return requested
+    requested = select_backend(requested)
+    os.environ["MUJOCO_GL"] = requested
     os.environ.setdefault("PYOPENGL_PLATFORM", requested)
     return requested
 

@@ -176,3 +176,24 @@ def test_expert_succeeds_on_a_few_seeds(task):
         wins += info["success"]
     e.close()
     assert wins == 3
+
+
+def test_gl_backend_selection_names_missing_libraries(monkeypatch):
+    from s2robot.envs import rendering
+
+    monkeypatch.setattr(rendering, "_loadable", lambda names: None)
+    with pytest.raises(RuntimeError, match=r"libEGL\.so\.1.*libOSMesa\.so"):
+        rendering.select_backend("")
+    with pytest.raises(RuntimeError, match=r"libOSMesa\.so"):
+        rendering.select_backend("osmesa")
+    monkeypatch.setattr(rendering, "_loadable", lambda names: names[0] if "OSMesa" in names[0] else None)
+    assert rendering.select_backend("") == "osmesa"  # EGL missing -> OSMesa fallback
+
+
+def test_renderer_closed_on_close():
+    e = make_env("lift_cube", image_size=16, cameras=("front",))
+    e.reset(seed=0)
+    assert e.unwrapped._renderer is not None
+    e.close()
+    assert e.unwrapped._renderer is None
+    e.close()  # idempotent
