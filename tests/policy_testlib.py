@@ -49,11 +49,11 @@ def make_store(path: Path, episodes: int = 4, length: int = 20, seed: int = 0) -
     return path
 
 
-def train_cfg(store: Path, out_dir: Path, policy: str = "diffusion_unet", steps: int = 6, **over: Any) -> dict:
+def train_cfg(store: Path, out_dir: Path, policy_name: str = "diffusion_unet", steps: int = 6, **over: Any) -> dict:
     """A plain-dict training config (what hydra composes from configs/train.yaml) with tiny settings."""
     cfg = {
         "task": {"name": "synthetic", "cameras": list(CAMERAS)},
-        "policy": copy.deepcopy(TINY_POLICIES[policy]),
+        "policy": copy.deepcopy(TINY_POLICIES[policy_name]),
         "encoder": dict(TINY_ENCODER),
         "dataset": {"path": str(store), "val_ratio": 0.25, "seed": 0, "use_cached_features": True, "num_workers": 0},
         "seed": 0, "device": "cpu", "out_dir": str(out_dir), "resume": False, "pool_grid": None,
@@ -64,7 +64,7 @@ def train_cfg(store: Path, out_dir: Path, policy: str = "diffusion_unet", steps:
         "ema": {"enabled": True},
     }
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict) and k != "policy":
             cfg[k].update(v)
         else:
             cfg[k] = v

@@ -431,6 +431,7 @@ def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, 
         _log(info, "periodic rollouts disabled: no task config (pass task=<name>)")
         return False
     with _ema_weights(policy, ema):
+        policy.eval()
         summary = evaluate(policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
                            seed=int(c.get("seed", 0)) + 100_000, device=device,
                            out_dir=out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,

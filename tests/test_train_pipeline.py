@@ -1,0 +1,203 @@
+"""Training pipeline: exact resume, cached features, checkpoints + load_policy, DDP with torchrun, CLI configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, make_store, train_cfg
+from s2robot.training.train import train
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("data") / "demo.zarr")
+
+
+@pytest.fixture(scope="module")
+def cached_store(tmp_path_factory):
+    from s2robot.datasets.feature_cache import cache_features
+    from s2robot.encoders import build_encoder
+
+    path = make_store(tmp_path_factory.mktemp("cached") / "demo.zarr")
+    key = cache_features(path, build_encoder(**TINY_ENCODER), device="cpu", progress=False)
+    return path, key
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def test_resume_continues_exactly(tmp_path, cached_store):
+    """2N steps straight == N steps, resume, N steps (weights, EMA and optimiser moments)."""
+    path, _ = cached_store
+    over = dict(train={"save_every": 3})  # N = 3: a checkpoint mid-run, and 3 is not a multiple of batches/epoch
+    straight = train(train_cfg(path, tmp_path / "a", "diffusion_unet", steps=6, **over))
+    mid = tmp_path / "a" / "checkpoints" / "step_0000003"
+    assert mid.is_dir()
+    # a fresh process state: resume from the step-3 checkpoint into a new run directory
+    resumed = train(train_cfg(path, tmp_path / "b", "diffusion_unet", steps=6, resume=str(mid), **over))
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+    oa, ob = load_file(str(straight / "optimizer.safetensors")), load_file(str(resumed / "optimizer.safetensors"))
+    for k in oa:
+        torch.testing.assert_close(oa[k], ob[k], atol=1e-6, rtol=0, msg=k)
+    sa, sb = (json.loads((p / "state.json").read_text()) for p in (straight, resumed))
+    assert sa["step"] == sb["step"] == 6 and sa["lr_scheduler"] == sb["lr_scheduler"]
+    # a third run with another seed differs (the test can fail)
+    other = train(train_cfg(path, tmp_path / "c", "diffusion_unet", steps=6, seed=1, **over))
+    assert any(not torch.allclose(a[k], _weights(other)[k]) for k in a if k.startswith("denoiser"))
+    # resume=true in a run directory continues from its latest checkpoint; the CSV is cut back to that step
+    (tmp_path / "a" / "checkpoints" / "step_0000006").rename(tmp_path / "a" / "step_6_moved")
+    again = train(train_cfg(path, tmp_path / "a", "diffusion_unet", steps=6, resume=True, **over))
+    for k in a:
+        torch.testing.assert_close(a[k], _weights(again)[k], atol=1e-6, rtol=0, msg=k)
+    with open(tmp_path / "a" / "train.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 4, 6]
+
+
+def test_cached_features_checkpoint_and_load_policy(tmp_path, cached_store, capsys):
+    import s2robot
+
+    path, key = cached_store
+    ckpt = train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=4, train={"val_every": 2}))
+    out = capsys.readouterr().out
+    assert f"using cached features {path}/features/{key}" in out
+    files = sorted(p.name for p in ckpt.iterdir())
+    assert files == ["config.yaml", "encoder.safetensors", "model.safetensors", "optimizer.safetensors",
+                     "state.json"]
+    assert not list(ckpt.glob("*.pt*")) and not list(ckpt.glob("*.pkl"))
+    assert (tmp_path / "run" / "val.csv").is_file()
+    policy = s2robot.load_policy(ckpt)  # a run directory works too
+    assert not policy.training and policy.shape_meta.feature_hash == key
+    assert s2robot.load_policy(tmp_path / "run").shape_meta.feature_hash == key
+    # EMA weights are what load_policy returns
+    ema = {k[4:]: v for k, v in _weights(ckpt).items() if k.startswith("ema.")}
+    params = dict(policy.named_parameters())
+    assert ema and all(torch.equal(params[k], v) for k, v in ema.items())
+    # the loaded policy acts from raw images (frozen encoder restored from encoder.safetensors) like from tokens
+    from s2robot.datasets.sampler import SequenceDataset
+
+    kw = dict(horizon=policy.horizon, n_obs_steps=2, n_action_steps=4, split="all",
+              obs_keys=["front_image", "wrist_image", "proprio"])
+    bi = SequenceDataset(path, **kw).get_batch([0, 7])
+    bt = SequenceDataset(path, feature_hash=key, **kw).get_batch([0, 7])
+    act = policy.predict_action({k: v for k, v in bi.items() if k != "action"})
+    assert act.shape == (2, 4, ACTION)
+    torch.testing.assert_close(act, policy.predict_action(bt), atol=1e-5, rtol=1e-5)
+
+
+def test_online_encoding_when_no_cache(tmp_path, store, capsys):
+    ckpt = train(train_cfg(store, tmp_path / "run", "bc_gmm", steps=2))
+    assert "no cached features for encoder 'vit_tiny_test'" in capsys.readouterr().out
+    from s2robot.training.checkpoint import read_config
+
+    assert read_config(ckpt).shape_meta.feature_hash is None
+
+
+def test_periodic_rollouts_call_the_evaluator(tmp_path, cached_store, monkeypatch):
+    import s2robot.evaluation.rollout as rollout
+
+    calls = []
+
+    def fake_evaluate(policy, task, n_envs, episodes, seed, device, out_dir, n_videos, env_kwargs, progress):
+        assert not policy.training and task == "synthetic" and episodes == 10
+        calls.append(out_dir)
+        return {"success_rate": 0.5, "mean_max_score": 0.7, "n_episodes": episodes}
+
+    monkeypatch.setattr(rollout, "evaluate", fake_evaluate)
+    train(train_cfg(cached_store[0], tmp_path / "run", "bc_mlp", steps=4, train={"eval_every": 2}))
+    assert [Path(p).name for p in calls] == ["step_0000002", "step_0000004"]
+    with open(tmp_path / "run" / "eval.csv") as f:
+        assert [float(r["success_rate"]) for r in csv.DictReader(f)] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        (dict(train={"steps": 0}), "train.steps"),
+        (dict(train={"stepz": 3}), "unknown key"),
+        (dict(optim={"scheduler": "cosine_restarts_x"}), "optim.scheduler"),
+        (dict(ema={"max_decay": 1.5}), "ema needs"),
+        (dict(dataset={"path": None}), "dataset=PATH"),
+        (dict(task={"name": "synthetic", "cameras": ["left"]}), "no images for camera"),
+        (dict(train={"batch_size": 4096}), "fewer than train.batch_size"),
+        (dict(policy={"name": "x", "type": "bc", "head": "svm"}), "policy.head"),
+    ],
+)
+def test_bad_training_config_is_a_clear_error(tmp_path, store, over, match):
+    with pytest.raises(ValueError, match=match):
+        train(train_cfg(store, tmp_path / "run", "bc_mlp", steps=2, **over))
+
+
+def test_ddp_two_processes_with_torchrun(tmp_path, cached_store):
+    """torchrun --nproc_per_node 2 on CPU (gloo): both ranks train on disjoint shards and rank 0 checkpoints."""
+    path, key = cached_store
+    cfg = train_cfg(path, tmp_path / "run", "bc_mlp", steps=4, train={"batch_size": 4})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        "import json, sys, torch.distributed as dist\n"
+        "from s2robot.training.train import train, ResumableSampler\n"
+        "cfg = json.load(open(sys.argv[1]))\n"
+        "print('result', train(cfg))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "cfg.json")]
+    if not torchrun.exists():
+        cmd = [sys.executable, "-m", "torch.distributed.run"] + cmd[1:]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("result ") == 2
+    assert "world size 2" in res.stdout
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000004"
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 4
+    import s2robot
+
+    assert s2robot.load_policy(ckpt).predict_action(
+        {f"{c}_image": torch.zeros(1, 2, IMG, IMG, 3, dtype=torch.uint8) for c in CAMERAS}
+        | {"proprio": torch.zeros(1, 2, PROPRIO)}).shape == (1, 4, ACTION)
+
+
+def test_ddp_sampler_shards_are_disjoint_and_resumable():
+    from s2robot.training.train import ResumableSampler
+
+    data = list(range(23))
+    shards = [list(ResumableSampler(data, 2, r, seed=3)) for r in range(2)]
+    assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 11
+    s = ResumableSampler(data, 2, 0, seed=3)
+    s.set_position(0, 4)
+    assert list(s) == shards[0][4:] and len(s) == 7
+    s.set_position(1, 0)
+    assert list(s) != shards[0]
+
+
+def test_cli_composes_train_config_for_every_policy():
+    from s2robot.cli import compose
+    from s2robot.policies.factory import parse_policy_config
+
+    folder = Path(__file__).parents[1] / "configs" / "policy"
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    assert {"bc_mlp", "bc_gmm", "bc_transformer", "diffusion_unet", "diffusion_transformer"} <= set(names)
+    for name in names:
+        cfg = compose("train", [f"policy={name}", "task=push_t", "encoder=vit_tiny_test", "dataset=/data/x.zarr",
+                                "train.steps=7"])
+        assert cfg.dataset.path == "/data/x.zarr" and cfg.train.steps == 7 and cfg.policy.name == name
+        ptype, head, obs = parse_policy_config(cfg.policy)
+        assert head.n_obs_steps >= 1 and obs.d_model >= 1
+    with pytest.raises(SystemExit, match="not a known policy"):
+        compose("train", ["policy=bc_svm"])
