@@ -334,7 +334,10 @@ class PushTExpert(_Expert):
 
 
 def make_expert(task: str, env, seed: int = 0):
-    """Scripted expert for ``task`` acting in ``env`` (a ``make_env`` env; state read via ``env.unwrapped``)."""
+    """Scripted expert for ``task`` (name or gymnasium id) acting in ``env`` (state read via ``env.unwrapped``)."""
+    from . import TASKS
+
+    task = {v: k for k, v in TASKS.items()}.get(task, task)
     if task == "lift_cube":
         return PickPlaceExpert(env, seed, pick_index=0)
     if task == "stack_cubes":
@@ -343,5 +346,5 @@ def make_expert(task: str, env, seed: int = 0):
         return PickPlaceExpert(env, seed, pick_index=None)
     if task == "push_t":
         return PushTExpert(env, seed)
-    raise KeyError(f"no expert for task {task!r}")
+    raise KeyError(f"no expert for task {task!r}; experts exist for {sorted(TASKS)}")
 

@@ -77,6 +77,8 @@ def test_bad_actions_rejected(bad, msg):
     e = make_env("lift_cube", image_size=16, cameras=())
     e.reset(seed=0)
     with pytest.raises(ValueError, match=msg):
+        e.step(bad)  # through gymnasium's wrappers
+    with pytest.raises(ValueError, match=msg):
         e.unwrapped.step(bad)
     e.close()
 
@@ -166,6 +168,7 @@ def test_match_marker_patterns_need_the_inner_square():
 def test_expert_succeeds_on_a_few_seeds(task):
     e = make_env(task, cameras=())
     expert = make_expert(task, e, seed=0)
+    assert type(make_expert(TASKS[task], e)) is type(expert)  # gymnasium id works too
     wins = 0
     for seed in range(3):
         obs, info = e.reset(seed=seed)
