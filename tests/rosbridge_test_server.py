@@ -410,7 +410,10 @@ class FakeReachEnv:
     """
 
     def __init__(self, size: int = 16, max_delta: float = 0.05):
+        import gymnasium as gym
+
         self.size, self.max_delta = size, max_delta
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.pos = np.zeros(3)
         self.goal = np.zeros(3)
         self.width = 0.08
