@@ -83,7 +83,7 @@ class ManipulationEnv(gym.Env):
         self.action_space = spaces.Box(low=low, high=high, dtype=np.float32)
         h, w = self.image_hw
         obs_spaces = {f"{c}_image": spaces.Box(0, 255, (h, w, 3), np.uint8) for c in self.cameras}
-        obs_spaces["proprio"] = spaces.Box(-np.inf, np.inf, (robot.PROPRIO_DIM,), np.float32)
+        obs_spaces["proprio"] = spaces.Box(robot.PROPRIO_LOW, robot.PROPRIO_HIGH, dtype=np.float32)
         self.observation_space = spaces.Dict(obs_spaces)
         self._renderer: CameraRenderer | None = None
         self._target_pos = np.zeros(3)

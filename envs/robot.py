@@ -41,6 +41,10 @@ DEFAULT_MAX_DELTA = 0.03
 DEFAULT_MAX_DYAW = 0.2
 
 
+PROPRIO_LOW = np.array([-1.0, -1.0, -1.0, -0.01] + [-2 * np.pi] * 5, dtype=np.float32)
+PROPRIO_HIGH = np.array([1.0, 1.0, 1.0, 0.1] + [2 * np.pi] * 5, dtype=np.float32)
+
+
 def action_bounds(max_delta: float = DEFAULT_MAX_DELTA, max_dyaw: float = DEFAULT_MAX_DYAW):
     """Low/high float32 (A,) bounds of the action box."""
     high = np.array([max_delta, max_delta, max_delta, max_dyaw, 1.0], dtype=np.float32)

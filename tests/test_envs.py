@@ -176,6 +176,7 @@ def test_expert_succeeds_on_a_few_seeds(task):
         while not done:
             obs, _, term, trunc, info = e.step(expert.act(obs))
             done = term or trunc
+            assert e.observation_space.contains(obs)
         wins += info["success"]
     e.close()
     assert wins == 3
@@ -200,3 +201,11 @@ def test_renderer_closed_on_close():
     e.close()
     assert e.unwrapped._renderer is None
     e.close()  # idempotent
+
+
+def test_gymnasium_env_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    e = make_env("stack_cubes", image_size=16)
+    check_env(e.unwrapped, skip_render_check=True)
+    e.close()
