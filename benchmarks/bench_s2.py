@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 
@@ -51,41 +50,56 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def timed(fn) -> float:
+    def timed(fn) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds); CPU time is less disturbed by other jobs on a shared host."""
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.inference_mode(), autocast_for(device):
             fn()
         sync()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    with torch.inference_mode(), autocast_for(device):  # cached backbone outputs for a zero-cost stand-in model
+        cached = {B: backbone(images), 4 * B: backbone(tiles)}
+
+    def stub(x: torch.Tensor) -> torch.Tensor:
+        return cached[x.shape[0]]
+
+    stub.num_prefix_tokens = enc.num_prefix_model  # type: ignore[attr-defined]
 
     cases = {
         "backbone_224": lambda: backbone(images),
         "backbone_tiles": lambda: backbone(tiles),
         "s2_forward": lambda: s2_forward(backbone, images, scales=(1, 2), num_prefix=enc.num_prefix_model),
         "encode_uint8": lambda: enc.encode(raw),
+        "s2_own_work": lambda: s2_forward(stub, images, scales=(1, 2), num_prefix=enc.num_prefix_model),
     }
     for fn in cases.values():  # warm-up (allocator, kernels)
         timed(fn)
-    times: dict[str, list[float]] = {k: [] for k in cases}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
     for _ in range(args.repeats):  # interleaved so that load changes hit every case alike
         for k, fn in cases.items():
             times[k].append(timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base_sum = med["backbone_224"] + med["backbone_tiles"]
-    ratios = [s / (a + t) for s, a, t in zip(times["s2_forward"], times["backbone_224"], times["backbone_tiles"])]
+    # best of the repeats: the least disturbed measurement of each case (the host may be shared)
+    wall = {k: min(t[0] for t in v) for k, v in times.items()}
+    cpu = {k: min(t[1] for t in v) for k, v in times.items()}
 
     print(f"device={device} ({torch.get_num_threads()} threads)  encoder={args.encoder} scales=(1, 2) "
-          f"batch={B} repeats={args.repeats} tokens={tuple(enc.encode(raw[:1]).shape[1:])}")
-    print(f"{'case':<32}{'median s':>10}{'images/s':>10}")
-    rows = [("plain backbone @224", med["backbone_224"]), ("backbone on the 4B tiles @224", med["backbone_tiles"]),
-            ("S2 s2_forward (1,2)", med["s2_forward"]), ("encoder.encode uint8 (1,2)", med["encode_uint8"])]
-    for name, t in rows:
-        print(f"{name:<32}{t:>10.4f}{B / t:>10.2f}")
-    print(f"S2 / plain backbone time: {med['s2_forward'] / med['backbone_224']:.2f}x (ideal 5.00x: 1 + 4 tiles)")
-    print(f"S2 overhead ratio = S2 / (same backbone calls): {med['s2_forward'] / base_sum:.3f} "
-          f"(per-repeat min {min(ratios):.3f}, max {max(ratios):.3f}; target <= 1.05)")
-
+          f"batch={B} repeats={args.repeats} (best of)  tokens={tuple(enc.encode(raw[:1]).shape[1:])}")
+    print(f"{'case':<32}{'wall s':>9}{'images/s':>10}{'cpu s':>9}")
+    rows = [("plain backbone @224", "backbone_224"), ("backbone on the 4B tiles @224", "backbone_tiles"),
+            ("S2 s2_forward (1,2)", "s2_forward"), ("encoder.encode uint8 (1,2)", "encode_uint8"),
+            ("S2 own work (zero-cost model)", "s2_own_work")]
+    for name, k in rows:
+        print(f"{name:<32}{wall[k]:>9.4f}{B / wall[k]:>10.2f}{cpu[k]:>9.3f}")
+    for label, t in (("wall", wall), ("cpu", cpu)):
+        same_calls = t["backbone_224"] + t["backbone_tiles"]
+        print(f"[{label}] S2 / plain backbone: {t['s2_forward'] / t['backbone_224']:.2f}x (5 backbone passes); "
+              f"S2 overhead ratio = S2 / (same backbone calls) = {t['s2_forward'] / same_calls:.3f} "
+              f"(target <= 1.05); encode / S2 = {t['encode_uint8'] / t['s2_forward']:.3f}")
+    same_calls = wall["backbone_224"] + wall["backbone_tiles"]
+    print(f"[isolated] S2's own work (resize, split, stitch, pool, concat) = {wall['s2_own_work'] * 1e3:.1f} ms -> "
+          f"overhead ratio (same calls + own work) / same calls = {1 + wall['s2_own_work'] / same_calls:.4f}")
 
 if __name__ == "__main__":
     main()

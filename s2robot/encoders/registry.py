@@ -11,11 +11,11 @@ from s2robot.device import resolve_device
 from s2robot.encoders import cnn, clip, vit
 from s2robot.encoders.base import S2Encoder, checkpoint_digest, warn_random
 
-# name -> (family, builder(name, checkpoint, input_size, **kw) -> (adapter, input_size, mean, std), needs_ckpt)
-Builder = Callable[..., tuple]
+Builder = Callable[..., tuple]  # (name, checkpoint=, input_size=, seed=, arch=) -> (adapter, size, mean, std)
 
 
-def _entry(fn: Callable, needs_checkpoint: bool = False, warn_if_random: bool = True) -> tuple:
+def _entry(fn: Builder, needs_checkpoint: bool = False, warn_if_random: bool = True) -> tuple[Builder, bool, bool]:
+    """A registry entry: the builder, whether a checkpoint is mandatory, whether random weights warn."""
     return (fn, needs_checkpoint, warn_if_random)
 
 
