@@ -121,6 +121,7 @@ class EpisodeReport:
     tick_times: list[float] = field(default_factory=list)  # monotonic start of each tick
     tick_errors: list[float] = field(default_factory=list)  # actual - scheduled start
     latencies: list[float] = field(default_factory=list)  # observation capture -> command sent
+    tick_compute: list[float] = field(default_factory=list)  # tick start -> command sent (the loop's own share)
     inference_times: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -136,6 +137,8 @@ class EpisodeReport:
             "jitter_ms": float(periods.std() * 1e3) if periods.size else float("nan"),
             "tick_error_p99_ms": pct(self.tick_errors, 99) * 1e3,
             "latency_ms_p50": pct(self.latencies, 50) * 1e3, "latency_ms_p99": pct(self.latencies, 99) * 1e3,
+            "tick_compute_ms_p50": pct(self.tick_compute, 50) * 1e3,
+            "tick_compute_ms_p99": pct(self.tick_compute, 99) * 1e3,
             "inference_ms_p50": pct(self.inference_times, 50) * 1e3,
         }
 
@@ -368,10 +371,12 @@ class ControlLoop:
                     chunk_obs_time[tick] = otime
                     queue.add(tick, chunk, k)
                 need = queue.remaining(k) <= cfg.replan_margin if cfg.temporal_ensemble is None else True
-                if need and infer.idle:
+                submitted = need and infer.idle
+                if submitted:
                     infer.submit(history, k, obs_time)
-                if queue.action(k) is None and not infer.idle:
-                    # Nothing planned for this tick: give the running inference until ``max_wait`` of the period.
+                if (submitted or queue.action(k) is None) and not infer.idle:
+                    # A fresher chunk is being computed (or nothing is planned): give it until ``max_wait`` of the
+                    # period; a slower policy leaves this tick to the current plan (or a hold).
                     infer.wait(slot + cfg.max_wait * self.period - time.monotonic())
                 for tick, otime, chunk, dt in infer.poll():
                     rep.inference_times.append(dt)
@@ -388,6 +393,7 @@ class ControlLoop:
                         rep.holds["rejected"] += 1
                     elif robot.send_action(decision.action):
                         rep.commands += 1
+                        rep.tick_compute.append(time.monotonic() - now)
                         src = max((t for t in chunk_obs_time if t <= k), default=None)
                         if src is not None:
                             rep.latencies.append(time.monotonic() - chunk_obs_time[src])
