@@ -211,3 +211,10 @@ def test_encoder_configs_hold_build_kwargs():
     enc = build_encoder(**tiny)  # a DictConfig works directly
     assert enc.config_hash == build_encoder("vit_tiny_test").config_hash
     assert enc.config == OmegaConf.to_container(tiny)
+
+
+def test_config_hash_is_stable(enc):
+    # a literal: the hash must not drift between processes, machines or refactors (it names cached features);
+    # change it only together with PIPELINE_VERSION when encode() changes numerically
+    assert enc.config_hash == "2645e2970961452a"
+    assert build_encoder("vit_tiny_test", scales=[1.0, 2.0]).config_hash == enc.config_hash
