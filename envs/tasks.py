@@ -293,7 +293,7 @@ class PushT(Task):
     xml: str = "push_t.xml"
     objects: tuple[str, ...] = ("t_block",)
     max_episode_steps: int = 300
-    success_threshold: float = 0.9
+    success_threshold: float = 0.95  # Diffusion Policy's; the scripted expert reaches it in 96% (docs/envs.md)
     description: str = "Push the grey T block onto the green goal T (coverage >= threshold)."
     points: np.ndarray = field(default_factory=t_points, repr=False)
 
