@@ -18,7 +18,13 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import time  # noqa: E402
+
+# This process renders (the sequential baseline) and later builds torchvision models, which import triton. Mesa's
+# llvmpipe and triton each bring an LLVM; loading triton's first avoids a segfault at that later import.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: E402,F401
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -124,7 +124,7 @@ def eval_stage(cfg: DictConfig, checkpoint: Path, eval_dir: Path, device: str) -
     import json
 
     import s2robot
-    from s2robot.evaluation.cli import env_kwargs_for, print_summary
+    from s2robot.evaluation.cli import env_kwargs_for, match_policy, print_summary
     from s2robot.evaluation.rollout import evaluate
 
     summary_path = eval_dir / "summary.json"
@@ -139,7 +139,8 @@ def eval_stage(cfg: DictConfig, checkpoint: Path, eval_dir: Path, device: str) -
     _say(f"4/4 eval: {c.episodes} seeded episodes on {c.n_envs} envs (one batched policy forward per step)")
     policy = s2robot.load_policy(checkpoint, device=device)
     summary = evaluate(policy, task=task["name"], n_envs=int(c.n_envs), episodes=int(c.episodes), seed=int(c.seed),
-                       device=device, out_dir=eval_dir, n_videos=int(c.n_videos), env_kwargs=env_kwargs_for(task),
+                       device=device, out_dir=eval_dir, n_videos=int(c.n_videos),
+                       env_kwargs=match_policy(env_kwargs_for(task), policy, {}),
                        max_steps=c.get("max_steps") or task.get("max_episode_steps"))
     summary.pop("episodes", None)
     summary["checkpoint"] = str(checkpoint)

@@ -11,18 +11,6 @@ def exit_code(summary: dict[str, Any]) -> int:
     return 1 if summary.get("all_errored") else 0
 
 
-def task_from_checkpoint(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The ``task`` section of a checkpoint's resolved ``config.yaml`` (name, image_size, cameras, env_kwargs...)."""
-    from omegaconf import OmegaConf
-
-    path = Path(checkpoint) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint!s} has no config.yaml (is it a checkpoint directory?)")
-    cfg = OmegaConf.load(path)
-    task = cfg.get("task")
-    return None if task is None else OmegaConf.to_container(task, resolve=True)
-
-
 def env_kwargs_for(task_cfg: dict[str, Any]) -> dict[str, Any]:
     """``make_env`` keyword arguments from a task config section: image_size, cameras and its env_kwargs."""
     kw = dict(task_cfg.get("env_kwargs") or {})
@@ -50,6 +38,28 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"[eval] video: {v}")
 
 
+def match_policy(env_kwargs: dict[str, Any], policy, explicit: dict[str, Any]) -> dict[str, Any]:
+    """Render what the policy was trained on: its ``shape_meta`` image size and cameras, unless set explicitly.
+
+    A task config says 224 px while the demos were collected at 96 px (``collect image_size=96``): the policy's
+    ``shape_meta.image_shape`` records what it actually saw, so evaluation renders that.
+    """
+    meta = getattr(policy, "shape_meta", None)
+    out = dict(env_kwargs)
+    if meta is None:
+        return out
+    if getattr(meta, "image_shape", None) and "image_size" not in explicit:
+        h, w = int(meta.image_shape[0]), int(meta.image_shape[1])
+        size = h if h == w else (h, w)
+        if out.get("image_size") not in (None, size):
+            print(f"[eval] rendering {size} px images as the policy was trained on (task config says "
+                  f"{out['image_size']}); pass env_kwargs.image_size=... to override")
+        out["image_size"] = size
+    if getattr(meta, "cameras", None) and "cameras" not in explicit:
+        out["cameras"] = tuple(meta.cameras)
+    return out
+
+
 def run(cfg) -> int:
     """CLI verb: load the checkpoint's policy, evaluate it, print the summary and where the files are."""
     from omegaconf import OmegaConf
@@ -57,21 +67,25 @@ def run(cfg) -> int:
     import s2robot
     from s2robot.device import resolve_device
     from s2robot.evaluation.rollout import evaluate
+    from s2robot.training.checkpoint import read_config, resolve_checkpoint
 
     if not cfg.get("checkpoint"):
-        raise SystemExit("s2robot eval: checkpoint=PATH is required (a directory holding model.safetensors)")
-    ckpt = Path(str(cfg.checkpoint))
-    if not ckpt.is_dir():
-        raise SystemExit(f"s2robot eval: checkpoint {ckpt} is not a directory")
+        raise SystemExit("s2robot eval: checkpoint=PATH is required (a checkpoint directory or a training run)")
+    try:
+        ckpt = resolve_checkpoint(str(cfg.checkpoint))
+    except FileNotFoundError as e:
+        raise SystemExit(f"s2robot eval: {e}") from None
     task_cfg = cfg.get("task")
-    task_cfg = OmegaConf.to_container(task_cfg, resolve=True) if task_cfg is not None else task_from_checkpoint(ckpt)
+    if task_cfg is None:
+        task_cfg = read_config(ckpt).get("task")
+    task_cfg = OmegaConf.to_container(task_cfg, resolve=True) if task_cfg is not None else None
     if not task_cfg or not task_cfg.get("name"):
         raise SystemExit("s2robot eval: no task given and the checkpoint's config.yaml names none; pass task=<name>")
-    env_kwargs = env_kwargs_for(task_cfg)
-    env_kwargs.update(OmegaConf.to_container(cfg.get("env_kwargs") or {}, resolve=True))
+    explicit = OmegaConf.to_container(cfg.get("env_kwargs") or OmegaConf.create({}), resolve=True)
     device = resolve_device(cfg.get("device", "auto"))
     policy = s2robot.load_policy(ckpt, device=str(device))
-    out = cfg.get("out") or str(ckpt.parent / f"eval_{task_cfg['name']}")
+    env_kwargs = {**match_policy(env_kwargs_for(task_cfg), policy, explicit), **explicit}
+    out = cfg.get("out") or str(ckpt.parent.parent / f"eval_{task_cfg['name']}_{ckpt.name}")
     summary = evaluate(policy, task=task_cfg["name"], n_envs=int(cfg.n_envs), episodes=int(cfg.episodes),
                        seed=int(cfg.seed), device=device, out_dir=out, n_videos=int(cfg.n_videos),
                        env_kwargs=env_kwargs, backend=str(cfg.get("backend", "cpu")),
