@@ -271,8 +271,6 @@ def test_disconnect_too_long_ends_episode(rig_factory):
 
 
 def test_estop_latches_until_reset(rig_factory):
-    import roslibpy  # noqa: F401
-
     rig = rig_factory(max_steps=60)
     marks = {}
 

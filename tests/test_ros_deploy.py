@@ -66,7 +66,6 @@ def test_deploy_rosbridge_dry_run_publishes_shadow_only(tiny_ckpt, tmp_path):
 
     from s2robot.envs import make_env
     from s2robot.ros.robot import RobotConfig
-    from s2robot.ros.rosbridge import RosbridgeRobot  # noqa: F401
 
     env = make_env("lift_cube", image_size=IMG)
     with RosbridgeTestServer(max_lifetime_s=100) as server:

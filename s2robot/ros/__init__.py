@@ -1,1 +1,3 @@
-"""s2robot/ros."""
+"""Deployment on robots: the Robot interface, the rosbridge backend (roslibpy), the safety layer, the fixed-rate
+control loop, a simulated robot and episode recording. ``s2robot deploy`` is ``s2robot.ros.deploy.run``.
+See docs/ros.md."""
