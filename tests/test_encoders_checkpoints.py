@@ -288,3 +288,24 @@ def test_torchvision_wrong_file(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="does not match the model"):
         build_encoder("resnet18", checkpoint=str(tmp_path / "bad.pth"))
+
+
+def test_timm_cnn_maps():
+    with pytest.warns(UserWarning, match="random weights"):
+        enc = build_encoder("timm:resnet18", input_size=64, scales=(1, 2))
+    assert enc.num_prefix == 0 and enc.grid == 2 and enc.out_dim == 1024
+    assert enc.encode(_uint8(size=64)).shape == (2, 4, 1024)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_encoder_on_cuda_with_autocast():
+    from s2robot.device import autocast_for
+
+    cpu = build_encoder("vit_tiny_test")
+    gpu = build_encoder("vit_tiny_test", device="cuda")
+    x = _uint8()
+    with torch.inference_mode(), autocast_for(gpu.device):
+        out = gpu.encode(x)
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    assert (out.cpu() - cpu.encode(x)).abs().max() < 0.1
+    assert gpu.config_hash == cpu.config_hash

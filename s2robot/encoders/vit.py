@@ -133,14 +133,15 @@ def build_timm(model_name: str, checkpoint: str | None, input_size: int | None, 
         kw["img_size"] = int(input_size)
     try:
         with seeded(seed):
-            model = timm.create_model(model_name, **kw)
+            try:
+                model = timm.create_model(model_name, **kw)
+            except TypeError as e:  # convolutional timm models take any size but no img_size argument
+                if "img_size" not in kw or "img_size" not in str(e):
+                    raise
+                model = timm.create_model(model_name, **{k: v for k, v in kw.items() if k != "img_size"})
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise ValueError(f"unknown timm model {model_name!r}") from e
-        raise
-    except TypeError as e:
-        if "img_size" in kw:
-            raise ValueError(f"timm model {model_name!r} does not take img_size; leave input_size=None") from e
         raise
     if input_size is None:
         input_size = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
