@@ -253,6 +253,9 @@ class WarpBatchEnv:
         cameras: camera names (``front``, ``wrist``); empty for physics only (no ``*_image`` keys).
         device: ``"cpu"`` or ``"cuda[:i]"`` (``"auto"``: CUDA if present); physics, images and proprio live there.
         use_graph: replay captured graphs for step/render (CUDA graphs on GPU, warp CPU graphs on CPU).
+        nconmax, njmax: per-world contact / constraint-row capacity. Default 16 (K + 1) contacts and
+            4 nconmax + 32 rows for K task objects (the experts peak at 20 contacts / 86 rows in match_marker on
+            CPU MuJoCo; mujoco_warp's own default of 64 rows overflows there).
         **env_kwargs: ``ManipulationEnv`` options (``control_hz``, ``max_delta``, ``max_dyaw``, ...).
 
     Observation dict (torch, leading dim N): ``"<cam>_image"`` uint8 (N, H, W, 3) upright RGB and ``"proprio"``
@@ -260,7 +263,8 @@ class WarpBatchEnv:
     """
 
     def __init__(self, task: str, n_worlds: int, image_size: int = 84, cameras: Sequence[str] = ("front", "wrist"),
-                 device: str | torch.device = "cpu", use_graph: bool = True, **env_kwargs) -> None:
+                 device: str | torch.device = "cpu", use_graph: bool = True, nconmax: int | None = None,
+                 njmax: int | None = None, **env_kwargs) -> None:
         from s2robot.device import resolve_device
 
         from .base import ManipulationEnv
@@ -282,9 +286,12 @@ class WarpBatchEnv:
         self.action_space = self.reference.action_space
         self.max_episode_steps = self.task.max_episode_steps
         self._scratch = self._copy_model() if self.task.n_params else None
+        n_obj = len(self.task.objects)
+        nconmax = int(nconmax) if nconmax is not None else 16 * (n_obj + 1)
+        njmax = int(njmax) if njmax is not None else 4 * nconmax + 32
         self.sim = WarpSim(self.model, self.n_worlds, resolve_device(device), n_substeps=self.n_substeps,
                            cameras=self.cameras, image_size=self.image_size, use_graph=use_graph,
-                           per_world_rgba=self.task.n_params > 0)
+                           per_world_rgba=self.task.n_params > 0, nconmax=nconmax, njmax=njmax)
         self.device = self.sim.device
         n, dev = self.n_worlds, self.device
         self.target_pos = torch.zeros(n, 3, dtype=torch.float64, device=dev)
@@ -416,7 +423,45 @@ class WarpBatchEnv:
         obs["proprio"] = self.proprio()
         return obs
 
+    def world(self, i: int) -> "WorldView":
+        """A single-world view with the attributes ``s2robot.envs.experts`` reads (for scripted experts)."""
+        if not 0 <= int(i) < self.n_worlds:
+            raise IndexError(f"world {i} out of range [0, {self.n_worlds})")
+        return WorldView(self, int(i))
+
     def close(self) -> None:
         """Release the warp arrays and the reference env."""
         self.reference.close()
         self.sim = None
+
+
+class WorldView:
+    """World ``i`` of a ``WarpBatchEnv`` seen as one env by the scripted experts (``make_expert(task, view)``).
+
+    Exposes what ``ManipulationEnv`` exposes to them: ``unwrapped``, ``task``, ``max_delta``, ``max_dyaw``,
+    ``episode_steps``, ``target_pos`` (3,), ``target_yaw`` and ``state_arrays()`` (batch of 1), read from the
+    batched state (host copies of a few numbers).
+    """
+
+    def __init__(self, env: WarpBatchEnv, i: int) -> None:
+        self.env, self.i = env, i
+        self.task, self.max_delta, self.max_dyaw = env.task, env.max_delta, env.max_dyaw
+
+    @property
+    def unwrapped(self) -> "WorldView":
+        return self
+
+    @property
+    def episode_steps(self) -> int:
+        return int(self.env.episode_steps[self.i])
+
+    @property
+    def target_pos(self) -> np.ndarray:
+        return _host(self.env.target_pos[self.i]).copy()
+
+    @property
+    def target_yaw(self) -> float:
+        return float(self.env.target_yaw[self.i])
+
+    def state_arrays(self):
+        return self.env.state_arrays([self.i])
