@@ -5,6 +5,7 @@ Two policies: a fixed cheap policy (constant actions: the env-side ceiling) and 
 the speed-up over the sequential loop, and where the wall time goes (physics, rendering, policy inference).
 
     python benchmarks/bench_eval.py [--task lift_cube] [--image-size 96] [--encoder mobilenet_v2] [--ns 1,2,4,8]
+    python benchmarks/bench_eval.py --device cuda --ns 16,32,64 --policies s2     # the GPU check
 
 Threads are pinned (1 BLAS/torch thread per process) so runs are comparable; on a shared machine the figures
 are noisy. Physics/render fractions come from the env's own ``render_camera`` timing (workers sum theirs).
@@ -44,7 +45,7 @@ class ConstantPolicy(torch.nn.Module):
         return torch.zeros(obs["proprio"].shape[0], self.n_action_steps, self.action_dim)
 
 
-def build_s2_policy(task: str, image_size: int, encoder: str, device: str):
+def build_s2_policy(task: str, image_size: int, encoder: str, device: str, input_size: int | None = None):
     """The real S2 diffusion U-Net policy (random weights) on a frozen ``encoder`` reading raw images."""
     from s2robot.datasets.normalizer import Normalizer
     from s2robot.encoders import build_encoder
@@ -54,7 +55,7 @@ def build_s2_policy(task: str, image_size: int, encoder: str, device: str):
     env = make_env(task, image_size=image_size)
     cams = [k[: -len("_image")] for k in env.observation_space.spaces if k.endswith("_image")]
     P, A = env.observation_space["proprio"].shape[0], env.action_space.shape[0]
-    enc = build_encoder(encoder, scales=(1, 2), device=device)
+    enc = build_encoder(encoder, scales=(1, 2), input_size=input_size, device=device)
     meta = ShapeMeta(cameras=cams, proprio_dim=P, action_dim=A, image_shape=[image_size, image_size, 3],
                      token_shape=[enc.num_tokens, enc.out_dim], num_prefix=enc.num_prefix)
     lo, hi = env.action_space.low, env.action_space.high
@@ -74,8 +75,10 @@ def _policy_cfg(name: str):
     return OmegaConf.load(str(resources.files("s2robot.configs").joinpath("policy", f"{name}.yaml")))
 
 
-def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int, seed: int = 0) -> dict:
+def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int, seed: int = 0,
+               device: str = "cpu") -> dict:
     """Plain loop: one env in this process, a batch-1 forward whenever the chunk is used up."""
+    from s2robot.device import autocast_for
     from s2robot.envs import make_env
     from s2robot.evaluation.rollout import episode_generator
     from s2robot.evaluation.vector_env import RenderClock
@@ -96,9 +99,9 @@ def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int
         for _ in range(max_steps):
             if chunk is None or pos >= len(chunk):
                 tp = time.perf_counter()
-                batch = {k: torch.from_numpy(np.stack([h[k] for h in hist]))[None] for k in obs}
-                with torch.inference_mode():
-                    chunk = policy.predict_action(batch, generators=[gen])[0].float().numpy()
+                batch = {k: torch.from_numpy(np.stack([h[k] for h in hist]))[None].to(device) for k in obs}
+                with torch.inference_mode(), autocast_for(torch.device(device)):
+                    chunk = policy.predict_action(batch, generators=[gen])[0].float().cpu().numpy()
                 pos = 0
                 t_policy += time.perf_counter() - tp
             te = time.perf_counter()
@@ -116,17 +119,18 @@ def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int
             "render": t_render / wall, "policy": t_policy / wall}
 
 
-def batched(policy, task: str, image_size: int, n: int, episodes: int, max_steps: int) -> dict:
+def batched(policy, task: str, image_size: int, n: int, episodes: int, max_steps: int, device: str = "cpu") -> dict:
     from s2robot.evaluation import evaluate
 
-    s = evaluate(policy, task=task, n_envs=n, episodes=episodes, seed=0, device="cpu", n_videos=0,
+    s = evaluate(policy, task=task, n_envs=n, episodes=episodes, seed=0, device=device, n_videos=0,
                  env_kwargs={"image_size": image_size}, max_steps=max_steps, progress=False)
-    wall = s["wall_s"] - s["time_s"]["startup"]
+    wall = s["time_s"]["loop"]  # steady state: no worker start-up / shutdown
     busy = max(wall * n, 1e-9)  # worker-seconds available
     return {"steps": s["env_steps"], "wall": wall, "sps": s["env_steps_per_s"],
             "physics": s["time_s"].get("env_physics_and_task", 0.0) / busy,
             "render": s["time_s"].get("env_render", 0.0) / busy, "policy": s["time_s"]["policy"] / wall,
-            "forwards": s["policy_forwards"], "batch": s["mean_forward_batch"], "startup": s["time_s"]["startup"]}
+            "forwards": s["policy_forwards"], "batch": s["mean_forward_batch"], "startup": s["time_s"]["startup"],
+            "latency_ms": 1e3 * s["time_s"]["policy"] / max(1, s["policy_forwards"])}
 
 
 def main() -> None:
@@ -138,11 +142,16 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--episodes-per-env", type=int, default=2)
     ap.add_argument("--policies", default="cheap,s2")
+    ap.add_argument("--input-size", type=int, default=96, help="encoder base tile size (the demo uses 96)")
+    ap.add_argument("--device", default="cpu", help="policy device (cuda for the GPU check)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available")
     ns = [int(v) for v in args.ns.split(",")]
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
     print(f"task={args.task} image={args.image_size}px max_steps={args.max_steps} cpus={os.cpu_count()} "
-          f"threads/process=1 (shared machine: figures are noisy)")
+          f"threads/process=1 policy device={args.device} gpu={gpu}")
     header = f"{'policy':<8} {'mode':<12} {'env-steps/s':>11} {'vs seq':>7} {'physics':>8} {'render':>7} {'policy':>7}"
     for kind in args.policies.split(","):
         if kind == "cheap":
@@ -153,17 +162,20 @@ def main() -> None:
             env.close()
             name = "cheap"
         else:
-            policy = build_s2_policy(args.task, args.image_size, args.encoder, "cpu")
+            policy = build_s2_policy(args.task, args.image_size, args.encoder, args.device, args.input_size)
             name = f"s2:{args.encoder}"
         print(f"\n{header}")
-        seq = sequential(policy, args.task, args.image_size, max(2, args.episodes_per_env), args.max_steps)
+        seq = sequential(policy, args.task, args.image_size, max(2, args.episodes_per_env), args.max_steps,
+                         device=args.device if kind != "cheap" else "cpu")
         print(f"{name:<8} {'sequential':<12} {seq['sps']:>11.1f} {1.0:>7.2f} {seq['physics']:>8.1%} "
               f"{seq['render']:>7.1%} {seq['policy']:>7.1%}")
         for n in ns:
-            r = batched(policy, args.task, args.image_size, n, n * args.episodes_per_env, args.max_steps)
+            r = batched(policy, args.task, args.image_size, n, n * args.episodes_per_env, args.max_steps,
+                        device=args.device if kind != "cheap" else "cpu")
             print(f"{name:<8} {f'batched N={n}':<12} {r['sps']:>11.1f} {r['sps'] / seq['sps']:>7.2f} "
                   f"{r['physics']:>8.1%} {r['render']:>7.1%} {r['policy']:>7.1%}   "
-                  f"(forwards {r['forwards']}, mean batch {r['batch']:.1f}, startup {r['startup']:.1f}s)")
+                  f"(forwards {r['forwards']}, mean batch {r['batch']:.1f}, "
+                  f"{r['latency_ms']:.1f} ms/forward, startup {r['startup']:.1f}s)")
     print("\nphysics/render: share of worker time (batched) or of wall (sequential); policy: share of wall.")
 
 

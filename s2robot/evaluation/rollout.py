@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,6 +95,18 @@ def _policy_obs_keys(policy, obs_spec: dict) -> list[str]:
             raise KeyError(f"policy needs observation keys {missing} that the env does not provide "
                            f"(env gives {sorted(obs_spec)})")
     return keys
+
+
+def _warn_image_mismatch(policy, image_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Warn when the env renders images of another size than the policy was trained on (``shape_meta``)."""
+    trained = getattr(getattr(policy, "shape_meta", None), "image_shape", None)
+    if not trained:
+        return
+    wrong = {k: s for k, s in image_shapes.items() if tuple(s) != tuple(trained)}
+    if wrong:
+        warnings.warn(f"the env renders {wrong} but the policy was trained on {tuple(trained)} images; pass "
+                      f"env_kwargs={{'image_size': {trained[0]}}} (s2robot.evaluation.cli.match_policy does this)",
+                      stacklevel=3)
 
 
 def _forward(policy, hist: dict[str, np.ndarray], rows: list[int], gens: list[torch.Generator],
@@ -172,6 +185,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         limit = int(limit)
         keys = _policy_obs_keys(policy, pool.obs_spec)
         image_keys = [k for k in pool.obs_spec if k.endswith("_image")]
+        _warn_image_mismatch(policy, {k: pool.obs_spec[k][0] for k in image_keys})
         hist = {k: np.zeros((n_envs, n_obs, *shape), dtype=np.dtype(dt))
                 for k, (shape, dt) in pool.obs_spec.items() if k in keys}
         video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos",
@@ -239,6 +253,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
 
         refill()
         t_started = time.perf_counter()  # startup = workers + first resets (GL contexts are created there)
+        timers.env_wait, timers.env_inner, timers.env_parts = 0.0, 0.0, {}  # timings below: steady state only
         while any(s is not None for s in slots):
             active = [k for k in range(n_envs) if slots[k] is not None]
             need = [k for k in active if chunk_pos[k] >= chunk_len[k]]
@@ -296,6 +311,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
                     elif results[k].truncated or ep.length >= limit:
                         finish(k, "time_limit")
             refill()
+        t_loop_end = time.perf_counter()
         fps_used = video.fps
         video_paths = [video.paths[i] for i in sorted(video.paths)]
     finally:
@@ -309,7 +325,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             policy.train()
 
     wall = time.perf_counter() - t_begin
-    loop_wall = time.perf_counter() - t_started
+    loop_wall = t_loop_end - t_started  # steady state: without worker start-up, first resets and shutdown
     summary: dict[str, Any] = {"task": task_name, "n_envs": n_envs, "seed": seed, "device": str(dev),
                                "max_steps": limit, **summarize_episodes(records)}
     summary["all_errored"] = summary["n_errors"] == len(records)
@@ -320,7 +336,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         "policy_forwards": timers.forwards,
         "mean_forward_batch": timers.forward_rows / max(1, timers.forwards),
         "worker_restarts": restarts,
-        "time_s": {"startup": round(t_started - t_begin, 3), "policy": round(timers.policy, 3),
+        "time_s": {"startup": round(t_started - t_begin, 3), "loop": round(loop_wall, 3),
+                   "policy": round(timers.policy, 3),
                    "env_wait": round(timers.env_wait, 3), "env_inside_workers": round(timers.env_inner, 3),
                    **{f"env_{k}": round(v, 3) for k, v in sorted(timers.env_parts.items())}},
         "files": {"videos": video_paths},
