@@ -153,12 +153,11 @@ def training_rows(path: Path, real, cached_key: str, batch: int) -> list[tuple[s
             (f"cached float16 tokens, B={batch}", rate(cached, batch))]
 
 
-def sweep(root: Path, episodes: int, steps: int) -> list[str]:
+def sweep(root: Path, episodes: int, steps: int):
     """Image chunk frames x codec: write s, compression ratio, random window reads/s."""
     from s2robot.datasets import store as store_mod
     from s2robot.datasets.sampler import SequenceDataset
 
-    rows = []
     defaults = (store_mod.IMAGE_CHUNK_FRAMES, dict(store_mod.IMAGE_CODEC))
     try:
         for frames in (1, 4, 16):
@@ -174,11 +173,10 @@ def sweep(root: Path, episodes: int, steps: int) -> list[str]:
                 rng = np.random.default_rng(0)
                 r = rate(lambda: ds.get_batch(rng.integers(0, len(ds), 64)), 64, min_time=1.5)
                 mb = 2 * a.nbytes / 2**20
-                rows.append(f"| {frames} | {codec['cname']} {codec['clevel']} | {mb / wt:.0f} | {ratio:.2f}x | {r:.0f} |")
                 shutil.rmtree(p)
+                yield f"| {frames} | {codec['cname']} {codec['clevel']} | {mb / wt:.0f} | {ratio:.2f}x | {r:.0f} |"
     finally:
         store_mod.IMAGE_CHUNK_FRAMES, store_mod.IMAGE_CODEC = defaults
-    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\n## 3. image chunking sweep (20 episodes; write MiB/s raw, ratio, batched windows/s)")
             print("| frames/chunk | codec | write MiB/s | ratio | windows/s |")
             for row in sweep(root, 20, args.steps):
-                print(row)
+                print(row, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
