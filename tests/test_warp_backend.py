@@ -187,3 +187,26 @@ def test_bad_inputs_raise_clear_errors(envs):
         WarpBatchEnv("lift_cube", 1, cameras=("top",))
     with pytest.raises(KeyError, match="unknown task"):
         WarpBatchEnv("fold_laundry", 1)
+
+
+def test_pool_adapter_matches_env_pool_interface():
+    """WarpEnvPool: same obs spec as the CPU env, subset stepping holds the other worlds, StepResults filled."""
+    from s2robot.envs.warp_backend import WarpEnvPool
+
+    with WarpEnvPool("lift_cube", 2, image_size=IMG, cameras=("front",), device="cpu") as pool:
+        cpu = make_env("lift_cube", image_size=IMG, cameras=("front",))
+        assert pool.obs_spec == {k: (tuple(s.shape), np.dtype(s.dtype).str)
+                                 for k, s in cpu.observation_space.spaces.items()}
+        assert pool.action_shape == (5,) and pool.max_episode_steps == 80 and pool.fps == pytest.approx(10.0)
+        res = pool.reset([0, 1], [3, 4])
+        cobs, _ = cpu.reset(seed=4)
+        np.testing.assert_allclose(pool.obs["proprio"][1], cobs["proprio"], atol=1e-5)
+        target0 = pool.env.target_pos[0].clone()
+        res = pool.step([1], np.array([[0.01, 0.0, 0.0, 0.0, 1.0]], dtype=np.float32))
+        assert set(res) == {1} and res[1].ok and res[1].score is not None
+        assert torch.equal(pool.env.target_pos[0], target0), "world 0 was not held"
+        cobs, *_ = cpu.step(np.array([0.01, 0.0, 0.0, 0.0, 1.0], dtype=np.float32))
+        np.testing.assert_allclose(pool.obs["proprio"][1], cobs["proprio"], atol=1e-4)
+        with pytest.raises(ValueError, match="explicit seeds"):
+            pool.reset([0], [None])
+        cpu.close()
