@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -22,11 +23,12 @@ class ToyReachEnv(gym.Env):
     ``scripted_length``: succeed exactly at step ``2 + seed % 4`` whatever the actions (episode accounting).
     ``crash_seed``: the worker process dies (``os._exit``) at step 2 of that seed's episode.
     ``raise_seed``: ``step`` raises at step 1 of that seed's episode.
+    ``hang_seed``: ``step`` blocks for a minute at step 1 of that seed's episode.
     """
 
     metadata = {"render_fps": 5}
 
-    def __init__(self, scripted_length=False, crash_seed=None, raise_seed=None):
+    def __init__(self, scripted_length=False, crash_seed=None, raise_seed=None, hang_seed=None):
         self.observation_space = gym.spaces.Dict({
             "front_image": gym.spaces.Box(0, 255, (IMG, IMG, 3), np.uint8),
             "wrist_image": gym.spaces.Box(0, 255, (IMG, IMG, 3), np.uint8),
@@ -34,6 +36,7 @@ class ToyReachEnv(gym.Env):
         })
         self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
         self.scripted_length, self.crash_seed, self.raise_seed = scripted_length, crash_seed, raise_seed
+        self.hang_seed = hang_seed
 
     def _obs(self):
         img = np.full((IMG, IMG, 3), self.t % 256, np.uint8)
@@ -57,6 +60,8 @@ class ToyReachEnv(gym.Env):
             os._exit(3)
         if self.seed == self.raise_seed and self.t == 1:
             raise RuntimeError("toy env exploded")
+        if self.seed == self.hang_seed and self.t == 1:
+            time.sleep(60)
         self.x = self.x + np.clip(np.asarray(action, np.float64), -0.3, 0.3)
         self.t += 1
         return self._obs(), 0.0, False, False, self._info()
@@ -162,14 +167,15 @@ def test_nan_action_aborts_only_that_episode():
     assert s["n_errors"] == 1 and not s["all_errored"]
 
 
-def test_crashed_and_raising_workers_are_recorded_and_restarted():
-    s = _run(CountingPolicy(gain=0.0, noise=0.0), n_envs=2, episodes=5,
-             env_kw={"crash_seed": 11, "raise_seed": 13})
+def test_crashed_hung_and_raising_workers_are_recorded_and_restarted():
+    s = _run(CountingPolicy(gain=0.0, noise=0.0), n_envs=2, episodes=6, step_timeout=8.0,
+             env_kw={"crash_seed": 11, "raise_seed": 13, "hang_seed": 14})
     eps = s["episodes"]
     assert "died" in eps[1]["error"] and "exit code 3" in eps[1]["error"] and eps[1]["length"] == 2
     assert "toy env exploded" in eps[3]["error"]
-    assert [e["end"] for e in eps] == ["time_limit", "error", "time_limit", "error", "time_limit"]
-    assert s["worker_restarts"] == 1 and s["n_errors"] == 2
+    assert "did not answer" in eps[4]["error"] and eps[4]["length"] == 1
+    assert [e["end"] for e in eps] == ["time_limit", "error", "time_limit", "error", "error", "time_limit"]
+    assert s["worker_restarts"] == 2 and s["n_errors"] == 3
 
 
 def test_all_errored_flag_and_cli_exit_code():
