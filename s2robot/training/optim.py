@@ -1,4 +1,4 @@
-"""AdamW with decoupled weight decay on weight matrices only, and a warm-up + cosine (or constant) LR schedule
+"""AdamW (fused kernel) with decoupled weight decay on weight matrices only, and a warm-up + cosine (or constant) LR schedule
 from ``diffusers.optimization.get_scheduler``."""
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg: OptimConf
         else:
             no_decay.append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    try:  # the fused kernel (CPU and CUDA): about 10x faster than the per-tensor loop on CPU
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
