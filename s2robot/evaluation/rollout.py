@@ -121,6 +121,147 @@ def _forward(policy, hist: dict[str, np.ndarray], rows: list[int], gens: list[to
     return out.float().cpu().numpy()
 
 
+class _BatchedRollout:
+    """The control loop over an :class:`EnvPool` (see the module docstring); ``run()`` fills ``records``."""
+
+    def __init__(self, policy, pool: EnvPool, device: torch.device, episodes: int, seed: int, limit: int,
+                 video: VideoRecorder, bar, timers: _Timers):
+        self.policy, self.pool, self.device = policy, pool, device
+        self.episodes, self.seed, self.limit = episodes, seed, limit
+        self.video, self.bar, self.timers = video, bar, timers
+        n, n_obs = pool.n_envs, int(getattr(policy, "n_obs_steps", 1))
+        keys = _policy_obs_keys(policy, pool.obs_spec)
+        self.image_keys = [k for k in pool.obs_spec if k.endswith("_image")]
+        _warn_image_mismatch(policy, {k: pool.obs_spec[k][0] for k in self.image_keys})
+        # per env: the last n_obs observations of every key the policy reads, (n_envs, n_obs, *shape)
+        self.hist = {k: np.zeros((n, n_obs, *shape), dtype=np.dtype(dt))
+                     for k, (shape, dt) in pool.obs_spec.items() if k in keys}
+        self.act_shape = pool.action_shape
+        self.chunks = np.zeros((n, 0, *self.act_shape), dtype=np.float32)  # (n_envs, L, *A) current chunks
+        self.chunk_len = np.zeros(n, dtype=np.int64)
+        self.chunk_pos = np.zeros(n, dtype=np.int64)
+        self.slots: list[_Episode | None] = [None] * n
+        self.records: list[dict[str, Any] | None] = [None] * episodes
+        self.next_episode = 0
+        self.n_success = 0
+
+    # -- episode life cycle ----------------------------------------------------------------------------------------
+    def finish(self, k: int, end: str, error: str | None = None) -> None:
+        ep = self.slots[k]
+        rec = ep.record(end, error)
+        rec["wall_s"] = round(time.perf_counter() - ep.t_start, 4)
+        self.records[ep.index] = rec
+        self.n_success += int(rec["success"])
+        self.video.finish(ep.index)
+        self.slots[k] = None
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"success {self.n_success}/{self.bar.n}")
+
+    def _fail(self, k: int, message: str) -> None:
+        """Abort slot ``k``'s episode with ``message``; restart its worker if the process is gone."""
+        self.finish(k, "error", message)
+        if not self.pool.alive(k):
+            self.pool.restart(k)
+
+    def _frame(self, k: int) -> np.ndarray:
+        return side_by_side([self.pool.obs[key][k] for key in self.image_keys])
+
+    def refill(self) -> None:
+        """Claim the next episodes for all free slots and reset their envs with those episodes' seeds."""
+        while self.next_episode < self.episodes:
+            free = [k for k, slot in enumerate(self.slots) if slot is None]
+            if not free:
+                return
+            claimed = free[: self.episodes - self.next_episode]
+            for k in claimed:
+                i = self.next_episode
+                self.slots[k] = _Episode(i, self.seed + i, episode_generator(self.seed, i), t_start=time.perf_counter())
+                self.next_episode += 1
+            t0 = time.perf_counter()
+            results = self.pool.reset(claimed, [self.slots[k].seed for k in claimed])
+            self.timers.env_wait += time.perf_counter() - t0
+            for k in claimed:
+                res, ep = results[k], self.slots[k]
+                self.timers.add_env(res)
+                if not res.ok:
+                    self._fail(k, f"reset(seed={ep.seed}) of episode {ep.index} failed: {res.error}")
+                    continue
+                ep.observe(res)
+                for key, buf in self.hist.items():
+                    buf[k] = self.pool.obs[key][k]  # pad the history by repeating the first observation
+                self.chunk_len[k] = self.chunk_pos[k] = 0
+                if self.video.wants(ep.index):
+                    self.video.add(ep.index, self._frame(k))
+
+    # -- one control step ------------------------------------------------------------------------------------------
+    def plan(self, need: list[int]) -> None:
+        """One batched forward for the envs in ``need``; rows with non-finite actions abort their episode."""
+        t0 = time.perf_counter()
+        out = _forward(self.policy, self.hist, need, [self.slots[k].generator for k in need], self.device)
+        self.timers.policy += time.perf_counter() - t0
+        self.timers.forwards += 1
+        self.timers.forward_rows += len(need)
+        if out.ndim != 2 + len(self.act_shape) or out.shape[0] != len(need) or out.shape[2:] != self.act_shape:
+            raise ValueError(f"policy.predict_action returned shape {tuple(out.shape)}; expected "
+                             f"({len(need)}, n_action_steps, {', '.join(map(str, self.act_shape))})")
+        if self.chunks.shape[1] != out.shape[1]:
+            self.chunks = np.zeros((self.pool.n_envs, out.shape[1], *self.act_shape), dtype=np.float32)
+        self.chunks[need] = out
+        self.chunk_len[need] = out.shape[1]
+        self.chunk_pos[need] = 0
+        finite = np.isfinite(out.reshape(len(need), -1)).all(axis=1)
+        for row in np.flatnonzero(~finite):
+            k = need[row]
+            self.finish(k, "error", f"policy returned a non-finite action (NaN/Inf) at step {self.slots[k].length} "
+                                    f"of episode {self.slots[k].index}; episode aborted")
+
+    def act(self, active: list[int]) -> None:
+        """Step every env in ``active`` with the next action of its chunk; record episodes that end."""
+        actions = self.chunks[active, self.chunk_pos[active]]
+        self.chunk_pos[active] += 1
+        t0 = time.perf_counter()
+        results = self.pool.step(active, actions)
+        self.timers.env_wait += time.perf_counter() - t0
+        stepped = []
+        for k in active:
+            res, ep = results[k], self.slots[k]
+            self.timers.add_env(res)
+            if not res.ok:
+                self._fail(k, f"step {ep.length} of episode {ep.index} failed: {res.error}")
+                continue
+            self.timers.env_steps += 1
+            ep.length += 1
+            ep.observe(res)
+            stepped.append(k)
+        if stepped:
+            for key, buf in self.hist.items():  # roll the stepped envs' histories by one, batched
+                buf[stepped, :-1] = buf[stepped, 1:]
+                buf[stepped, -1] = self.pool.obs[key][stepped]
+        for k in stepped:
+            ep = self.slots[k]
+            if self.video.wants(ep.index):
+                self.video.add(ep.index, self._frame(k))
+            if ep.success:
+                self.finish(k, "success")
+            elif results[k].terminated:
+                self.finish(k, "terminated")
+            elif results[k].truncated or ep.length >= self.limit:
+                self.finish(k, "time_limit")
+
+    def step(self) -> None:
+        active = [k for k, slot in enumerate(self.slots) if slot is not None]
+        need = [k for k in active if self.chunk_pos[k] >= self.chunk_len[k]]
+        if need:
+            self.plan(need)
+            active = [k for k in active if self.slots[k] is not None]
+        if active:
+            self.act(active)
+        self.refill()
+
+    def busy(self) -> bool:
+        return any(slot is not None for slot in self.slots)
+
+
 def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 20, seed: int = 0,
              device: str | torch.device = "auto", out_dir: str | Path | None = None, n_videos: int = 2,
              env_kwargs: dict | None = None, backend: str = "cpu", env_fn: Callable | None = None,
@@ -158,11 +299,11 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         if not task:
             raise ValueError("evaluate needs a task name or an env_fn")
         env_fn = TaskEnvFactory(task, dict(env_kwargs or {}))
+    from tqdm.auto import tqdm
+
     task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
     dev = resolve_device(device)
     n_envs = min(int(n_envs), int(episodes))
-    n_obs = int(getattr(policy, "n_obs_steps", 1))
-
     was_training = bool(getattr(policy, "training", False))
     if hasattr(policy, "to"):
         policy.to(dev)
@@ -173,175 +314,51 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
 
     t_begin = time.perf_counter()
     timers = _Timers()
-    records: list[dict[str, Any] | None] = [None] * episodes
     pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
-    t_started = t_begin
-    video = None
-    bar = None
+    video = bar = None
     try:
         limit = max_steps if max_steps is not None else pool.max_episode_steps
         if limit is None:
             raise ValueError("the env has no time limit (max_episode_steps); pass max_steps=")
-        limit = int(limit)
-        keys = _policy_obs_keys(policy, pool.obs_spec)
-        image_keys = [k for k in pool.obs_spec if k.endswith("_image")]
-        _warn_image_mismatch(policy, {k: pool.obs_spec[k][0] for k in image_keys})
-        hist = {k: np.zeros((n_envs, n_obs, *shape), dtype=np.dtype(dt))
-                for k, (shape, dt) in pool.obs_spec.items() if k in keys}
+        has_images = any(k.endswith("_image") for k in pool.obs_spec)
         video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos",
-                              range(min(n_videos, episodes)) if image_keys else [], fps or pool.fps or 10.0)
-        act_shape = pool.action_shape
-        chunks = np.zeros((n_envs, 0, *act_shape), dtype=np.float32)
-        chunk_len = np.zeros(n_envs, dtype=np.int64)
-        chunk_pos = np.zeros(n_envs, dtype=np.int64)
-        slots: list[_Episode | None] = [None] * n_envs
-        next_episode = 0
-
-        from tqdm.auto import tqdm
-
+                              range(min(n_videos, episodes)) if has_images else [], fps or pool.fps or 10.0)
         bar = tqdm(total=episodes, desc=f"eval {task_name}", unit="ep", disable=not progress, dynamic_ncols=True)
-        n_done_success = 0
-
-        def finish(k: int, end: str, error: str | None = None) -> None:
-            nonlocal n_done_success
-            ep = slots[k]
-            rec = ep.record(end, error)
-            rec["wall_s"] = round(time.perf_counter() - ep.t_start, 4)
-            records[ep.index] = rec
-            n_done_success += int(rec["success"])
-            video.finish(ep.index)
-            slots[k] = None
-            bar.update(1)
-            bar.set_postfix_str(f"success {n_done_success}/{bar.n}")
-
-        def frame(k: int) -> np.ndarray:
-            return side_by_side([pool.obs[key][k] for key in image_keys])
-
-        def on_reset(k: int) -> None:
-            for key, buf in hist.items():
-                buf[k] = pool.obs[key][k]  # pad the history by repeating the first observation
-            chunk_len[k] = chunk_pos[k] = 0
-            if video.wants(slots[k].index):
-                video.add(slots[k].index, frame(k))
-
-        def refill() -> None:
-            """Claim the next episodes for all free slots and reset them (restarting workers that died)."""
-            nonlocal next_episode
-            while next_episode < episodes:
-                free = [k for k in range(n_envs) if slots[k] is None]
-                if not free:
-                    return
-                claimed = []
-                for k in free[: episodes - next_episode]:
-                    slots[k] = _Episode(next_episode, seed + next_episode, episode_generator(seed, next_episode),
-                                        t_start=time.perf_counter())
-                    claimed.append(k)
-                    next_episode += 1
-                t0 = time.perf_counter()
-                results = pool.reset(claimed, [slots[k].seed for k in claimed])
-                timers.env_wait += time.perf_counter() - t0
-                for k in claimed:
-                    res = results[k]
-                    timers.add_env(res)
-                    if not res.ok:
-                        finish(k, "error", f"reset(seed={seed + slots[k].index}) failed: {res.error}")
-                        if not pool.alive(k):
-                            pool.restart(k)
-                        continue
-                    slots[k].observe(res)
-                    on_reset(k)
-
-        refill()
+        loop = _BatchedRollout(policy, pool, dev, episodes, seed, int(limit), video, bar, timers)
+        loop.refill()
         t_started = time.perf_counter()  # startup = workers + first resets (GL contexts are created there)
         timers.env_wait, timers.env_inner, timers.env_parts = 0.0, 0.0, {}  # timings below: steady state only
-        while any(s is not None for s in slots):
-            active = [k for k in range(n_envs) if slots[k] is not None]
-            need = [k for k in active if chunk_pos[k] >= chunk_len[k]]
-            if need:
-                t0 = time.perf_counter()
-                out = _forward(policy, hist, need, [slots[k].generator for k in need], dev)
-                timers.policy += time.perf_counter() - t0
-                timers.forwards += 1
-                timers.forward_rows += len(need)
-                if out.ndim != 2 + len(act_shape) or out.shape[0] != len(need) or out.shape[2:] != act_shape:
-                    raise ValueError(f"policy.predict_action returned shape {tuple(out.shape)}; expected "
-                                     f"({len(need)}, n_action_steps, {', '.join(map(str, act_shape))})")
-                if chunks.shape[1] != out.shape[1]:
-                    chunks = np.zeros((n_envs, out.shape[1], *act_shape), dtype=np.float32)
-                chunks[need] = out
-                chunk_len[need] = out.shape[1]
-                chunk_pos[need] = 0
-                finite = np.isfinite(out.reshape(len(need), -1)).all(axis=1)
-                for row in np.flatnonzero(~finite):
-                    k = need[row]
-                    finish(k, "error", f"policy returned a non-finite action (NaN/Inf) at step {slots[k].length} "
-                                       f"of episode {slots[k].index}; episode aborted")
-                active = [k for k in active if slots[k] is not None]
-            if active:
-                actions = chunks[active, chunk_pos[active]]
-                chunk_pos[active] += 1
-                t0 = time.perf_counter()
-                results = pool.step(active, actions)
-                timers.env_wait += time.perf_counter() - t0
-                stepped = []
-                for k in active:
-                    res, ep = results[k], slots[k]
-                    timers.add_env(res)
-                    if not res.ok:
-                        finish(k, "error", f"step {ep.length} of episode {ep.index} failed: {res.error}")
-                        if not pool.alive(k):
-                            pool.restart(k)
-                        continue
-                    timers.env_steps += 1
-                    ep.length += 1
-                    ep.observe(res)
-                    stepped.append(k)
-                if stepped:
-                    for key, buf in hist.items():  # roll each stepped env's history by one, batched
-                        buf[stepped, :-1] = buf[stepped, 1:]
-                        buf[stepped, -1] = pool.obs[key][stepped]
-                for k in stepped:
-                    ep = slots[k]
-                    if video.wants(ep.index):
-                        video.add(ep.index, frame(k))
-                    if ep.success:
-                        finish(k, "success")
-                    elif results[k].terminated:
-                        finish(k, "terminated")
-                    elif results[k].truncated or ep.length >= limit:
-                        finish(k, "time_limit")
-            refill()
+        while loop.busy():
+            loop.step()
         t_loop_end = time.perf_counter()
-        fps_used = video.fps
         video_paths = [video.paths[i] for i in sorted(video.paths)]
     finally:
         if video is not None:
             video.close()
         if bar is not None:
             bar.close()
-        restarts = pool.restarts
         pool.close()
         if was_training and hasattr(policy, "train"):
             policy.train()
 
-    wall = time.perf_counter() - t_begin
+    records = loop.records
     loop_wall = t_loop_end - t_started  # steady state: without worker start-up, first resets and shutdown
     summary: dict[str, Any] = {"task": task_name, "n_envs": n_envs, "seed": seed, "device": str(dev),
-                               "max_steps": limit, **summarize_episodes(records)}
+                               "max_steps": int(limit), **summarize_episodes(records)}
     summary["all_errored"] = summary["n_errors"] == len(records)
     summary.update({
         "env_steps": timers.env_steps,
-        "wall_s": round(wall, 3),
+        "wall_s": round(time.perf_counter() - t_begin, 3),
         "env_steps_per_s": timers.env_steps / loop_wall if loop_wall > 0 else 0.0,
         "policy_forwards": timers.forwards,
         "mean_forward_batch": timers.forward_rows / max(1, timers.forwards),
-        "worker_restarts": restarts,
+        "worker_restarts": pool.restarts,
         "time_s": {"startup": round(t_started - t_begin, 3), "loop": round(loop_wall, 3),
-                   "policy": round(timers.policy, 3),
-                   "env_wait": round(timers.env_wait, 3), "env_inside_workers": round(timers.env_inner, 3),
+                   "policy": round(timers.policy, 3), "env_wait": round(timers.env_wait, 3),
+                   "env_inside_workers": round(timers.env_inner, 3),
                    **{f"env_{k}": round(v, 3) for k, v in sorted(timers.env_parts.items())}},
         "files": {"videos": video_paths},
-        "video_fps": fps_used,
+        "video_fps": video.fps,
     })
     if out_dir is not None:
         summary["files"].update(write_report(out_dir, records, summary))
