@@ -1,7 +1,7 @@
 """Policy benchmark (CPU): training steps/s on cached features vs online encoding, and the latency of one action
 chunk (diffusion U-Net with DDIM 10 / 100 steps, BC-MLP), measured side by side in one run.
 
-    python benchmarks/bench_policy.py [--encoder mobilenet_v2] [--image-size 96] [--batch 32] [--threads 2]
+    python benchmarks/bench_policy.py [--encoder mobilenet_v2] [--image-size 96] [--batch 16] [--threads 1]
 
 Training steps use the real pipeline pieces: ``SequenceDataset.get_batch`` from a synthetic zarr store (cached
 ``features/<hash>`` vs ``<cam>_image``), ``compute_loss``, backward, AdamW step. Policies use the shipped
@@ -36,9 +36,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", default="mobilenet_v2")
     ap.add_argument("--image-size", type=int, default=96)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per mode")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (1: stable on a shared CPU)")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)

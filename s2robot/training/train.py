@@ -49,6 +49,7 @@ class TrainConfig:
     eval_episodes: int = 10
     eval_n_envs: int = 2
     eval_videos: int = 1
+    eval_max_steps: int | None = None  # episode limit for these rollouts (None: the task's max_episode_steps)
     tensorboard: bool = True
     progress: bool = True
 
@@ -298,6 +299,12 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
             _log(info, f"resumed from {src} at step {start_step}")
 
     saved_cfg = {**c, "shape_meta": meta.to_dict()}
+    size = meta.image_shape[0]
+    if task_cfg and task_cfg.get("image_size") not in (None, size):
+        # evaluation renders at the task's image_size: record the resolution the policy was trained on
+        _log(info, f"the store's images are {size} px, task.image_size is {task_cfg['image_size']}: the checkpoint "
+                   f"records image_size={size} so evaluation renders what the policy was trained on")
+        saved_cfg["task"] = task_cfg = {**task_cfg, "image_size": size}
     saved_cfg.pop("resume", None)
     model = policy
     if info.distributed:
@@ -435,7 +442,8 @@ def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, 
         summary = evaluate(policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
                            seed=int(c.get("seed", 0)) + 100_000, device=device,
                            out_dir=out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
-                           env_kwargs=env_kwargs_for(task_cfg), progress=False)
+                           env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps,
+                           progress=False)
     policy.train()
     logger.log("eval", step, {"success_rate": summary["success_rate"],
                               "mean_max_score": summary.get("mean_max_score")})
