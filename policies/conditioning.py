@@ -224,7 +224,9 @@ class ObsConditioner(nn.Module):
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """obs with (B, T, ...) entries (proprio already normalised) -> (B, T, M, d_model)."""
-        ref = next(v for k, v in obs.items() if k.endswith(("_tokens", "_image")) or k == "proprio")
+        ref = next((v for k, v in obs.items() if k.endswith(("_tokens", "_image")) or k == "proprio"), None)
+        if ref is None:
+            raise KeyError(f"observation has no '<cam>_tokens', '<cam>_image' or 'proprio' entry; got {sorted(obs)}")
         B, T = ref.shape[:2]
         if self.cfg.backbone == "tokens":
             per_cam = self._camera_tokens(obs, B, T)

@@ -7,7 +7,8 @@ safetensors next to the raw weights (``ema.<name>``) and restored exactly.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from diffusers.training_utils import EMAModel
@@ -34,17 +35,29 @@ class PolicyEMA:
             use_ema_warmup=True, inv_gamma=inv_gamma, power=power,
         )
 
-    def _params(self, policy: nn.Module) -> list[nn.Parameter]:
+    def params(self, policy: nn.Module) -> list[nn.Parameter]:
+        """``policy``'s parameters in the order of the shadow weights."""
         named = dict(policy.trainable_named_parameters())
         return [named[n] for n in self.names]
 
+    @contextlib.contextmanager
+    def applied(self, policy: nn.Module) -> Iterator[None]:
+        """Temporarily put the averaged weights into ``policy`` (validation, rollouts); restores them after."""
+        params = self.params(policy)
+        self.model.store(params)
+        self.model.copy_to(params)
+        try:
+            yield
+        finally:
+            self.model.restore(params)
+
     @torch.no_grad()
     def step(self, policy: nn.Module) -> None:
-        self.model.step(self._params(policy))
+        self.model.step(self.params(policy))
 
     def copy_to(self, policy: nn.Module) -> None:
         """Write the averaged weights into ``policy``'s parameters."""
-        self.model.copy_to(self._params(policy))
+        self.model.copy_to(self.params(policy))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """``{"ema.<param name>": shadow tensor}`` for safetensors."""

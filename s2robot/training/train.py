@@ -156,19 +156,9 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
     return {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
 
 
-@contextlib.contextmanager
-def _ema_weights(policy: torch.nn.Module, ema: Any) -> Iterator[None]:
-    """Temporarily swap the EMA weights into ``policy`` (no-op without EMA)."""
-    if ema is None:
-        yield
-        return
-    params = ema._params(policy)
-    ema.model.store(params)
-    ema.copy_to(policy)
-    try:
-        yield
-    finally:
-        ema.model.restore(params)
+def _ema_weights(policy: torch.nn.Module, ema: Any):
+    """The EMA weights swapped into ``policy`` for the duration of a ``with`` (no-op without EMA)."""
+    return ema.applied(policy) if ema is not None else contextlib.nullcontext()
 
 
 def _prune(ckpt_dir: Path, keep_last: int) -> None:
@@ -279,8 +269,8 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
                     ecfg.update_after_step).to(device) if ecfg.enabled else None
 
     task_name = task_cfg.get("name") or store.attrs.get("task") or "task"
-    out_dir = Path(c.get("out_dir") or f"outputs/train/{task_name}-{pcfg.get('name', 'policy')}-"
-                   f"{(c.get('encoder') or {}).get('name', obs_cfg.backbone)}")
+    vision = (c.get("encoder") or {}).get("name") if encoder is not None else obs_cfg.backbone
+    out_dir = Path(c.get("out_dir") or f"outputs/train/{task_name}-{pcfg.get('name', 'policy')}-{vision}")
     ckpt_dir = out_dir / "checkpoints"
     start_step = 0
     resume = c.get("resume", False)
