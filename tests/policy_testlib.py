@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 CAMERAS = ("front", "wrist")
 PROPRIO, ACTION, IMG = 4, 2, 32
@@ -69,3 +70,14 @@ def train_cfg(store: Path, out_dir: Path, policy_name: str = "diffusion_unet", s
         else:
             cfg[k] = v
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; with 2 threads on a busy 2-core CPU the tests ran 9x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

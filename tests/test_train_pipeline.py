@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from policy_testlib import one_torch_thread  # noqa: F401  (autouse fixture)
 from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, make_store, train_cfg
 from s2robot.training.train import train
 
