@@ -67,6 +67,10 @@ def test_resume_continues_exactly(tmp_path, cached_store):
         torch.testing.assert_close(a[k], _weights(again)[k], atol=1e-6, rtol=0, msg=k)
     with open(tmp_path / "a" / "train.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 4, 6]
+    # a fresh run into a run directory with checkpoints is refused; a finished run resumes to a no-op
+    with pytest.raises(FileExistsError, match="resume=true"):
+        train(train_cfg(path, tmp_path / "a", "diffusion_unet", steps=6, **over))
+    assert train(train_cfg(path, tmp_path / "a", "diffusion_unet", steps=6, resume=True, **over)) == again
 
 
 def test_cached_features_checkpoint_and_load_policy(tmp_path, cached_store, capsys):

@@ -187,31 +187,15 @@ def train(cfg: Any) -> Path:
         shutdown_distributed()
 
 
-def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
-    from s2robot.datasets.normalizer import Normalizer
+def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any, tcfg: TrainConfig):
+    """Open the store, build the frozen encoder, pick cached features, make the train/val windows and the shape
+    metadata -> (store, encoder or None, train_ds, val_ds or None, ShapeMeta)."""
     from s2robot.datasets.sampler import SequenceDataset
     from s2robot.datasets.store import EpisodeStore
-    from s2robot.policies import build_policy
     from s2robot.policies.base import ShapeMeta
-    from s2robot.policies.ema import PolicyEMA
-    from s2robot.policies.factory import parse_policy_config
-    from s2robot.training.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
-    from s2robot.training.logger import RunLogger
 
-    tcfg = dataclass_from(TrainConfig, c.get("train"), "train")
-    ocfg = dataclass_from(OptimConfig, c.get("optim"), "optim")
-    ecfg = dataclass_from(EMAConfig, c.get("ema"), "ema")
-    pcfg = c.get("policy") or {}
-    _, head_cfg, obs_cfg = parse_policy_config(pcfg)  # validate before any heavy work
-    dcfg = c.get("dataset") or {}
-    if not dcfg.get("path"):
-        raise ValueError("no dataset: pass dataset=PATH (a zarr store written by `s2robot collect` or imported)")
-    seed = int(c.get("seed", 0))
-    torch.manual_seed(seed)  # model init: identical on every rank (DDP also broadcasts rank 0's weights)
-    np.random.seed(seed)
-
+    task_cfg, dcfg = c.get("task") or {}, c.get("dataset") or {}
     store = EpisodeStore.open(dcfg["path"], mode="r")
-    task_cfg = c.get("task") or {}
     cameras = list(task_cfg.get("cameras") or store.cameras)
     missing = [cam for cam in cameras if f"{cam}_image" not in store.spec]
     if missing:
@@ -249,9 +233,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
 
     shapes = train_ds.shapes
     proprio_dim = int(shapes["proprio"][0]) if "proprio" in shapes else 0
-    stats = train_ds.lowdim_data(["action"] + (["proprio"] if proprio_dim else []))
-    norm_modes = dict(c.get("normalizer") or {})
-    normalizer = Normalizer().fit(stats, modes={k: norm_modes.get(k, "minmax") for k in stats})
     tok_shape = None
     if encoder is not None:
         tok_shape = list(shapes[f"{cameras[0]}_tokens"]) if feature_key else [encoder.num_tokens, encoder.out_dim]
@@ -261,7 +242,40 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
         num_prefix=int(encoder.num_prefix) if encoder is not None else 0,
         token_pool_grid=feature_attrs.get("pool_grid"), feature_hash=feature_key,
     )
-    policy = build_policy(pcfg, meta, normalizer, encoder).to(device)
+    return store, encoder, train_ds, val_ds, meta
+
+
+def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
+    """Normaliser for ``action`` (+ ``proprio``) fitted on the training split, modes from ``normalizer:``."""
+    from s2robot.datasets.normalizer import Normalizer
+
+    stats = train_ds.lowdim_data(["action"] + (["proprio"] if meta.proprio_dim else []))
+    modes = dict(c.get("normalizer") or {})
+    return Normalizer().fit(stats, modes={k: modes.get(k, "minmax") for k in stats})
+
+
+def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
+    from s2robot.policies import build_policy
+    from s2robot.policies.ema import PolicyEMA
+    from s2robot.policies.factory import parse_policy_config
+    from s2robot.training.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
+    from s2robot.training.logger import RunLogger
+
+    tcfg = dataclass_from(TrainConfig, c.get("train"), "train")
+    ocfg = dataclass_from(OptimConfig, c.get("optim"), "optim")
+    ecfg = dataclass_from(EMAConfig, c.get("ema"), "ema")
+    pcfg = c.get("policy") or {}
+    _, head_cfg, obs_cfg = parse_policy_config(pcfg)  # validate before any heavy work
+    dcfg = c.get("dataset") or {}
+    if not dcfg.get("path"):
+        raise ValueError("no dataset: pass dataset=PATH (a zarr store written by `s2robot collect` or imported)")
+    seed = int(c.get("seed", 0))
+    torch.manual_seed(seed)  # model init: identical on every rank (DDP also broadcasts rank 0's weights)
+    np.random.seed(seed)
+
+    store, encoder, train_ds, val_ds, meta = _prepare_data(c, info, obs_cfg, head_cfg, tcfg)
+    task_cfg = c.get("task") or {}
+    policy = build_policy(pcfg, meta, _fit_normalizer(c, train_ds, meta), encoder).to(device)
     named = policy.trainable_named_parameters()
     optimizer = build_optimizer(named, ocfg)
     lr_scheduler = build_lr_scheduler(optimizer, ocfg, tcfg.steps)
@@ -274,6 +288,10 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
     ckpt_dir = out_dir / "checkpoints"
     start_step = 0
     resume = c.get("resume", False)
+    if not resume and info.is_main and any(ckpt_dir.glob("step_*")):
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints of an earlier run; pass resume=true to continue it, or choose "
+            "another out_dir=")
     if resume:
         src = None
         if resume is True or str(resume).lower() in ("true", "auto"):
@@ -321,6 +339,10 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
     from s2robot.device import autocast_for
     from tqdm.auto import tqdm
 
+    if start_step >= tcfg.steps:
+        _log(info, f"nothing to do: the checkpoint is at step {start_step} >= train.steps={tcfg.steps}")
+        logger.close()
+        return resolve_checkpoint(out_dir)
     epoch, in_epoch = divmod(start_step, per_epoch)
     sampler.set_position(epoch, in_epoch * tcfg.batch_size)
     batches = iter(loader)
