@@ -206,3 +206,14 @@ def test_cli_composes_train_config_for_every_policy():
         assert head.n_obs_steps >= 1 and obs.d_model >= 1
     with pytest.raises(SystemExit, match="not a known policy"):
         compose("train", ["policy=bc_svm"])
+
+
+def test_cli_verb_reports_errors_without_traceback(tmp_path, store):
+    from omegaconf import OmegaConf
+
+    from s2robot.training.train import run
+
+    cfg = train_cfg(store, tmp_path / "run", "bc_mlp", steps=2, dataset={"path": str(tmp_path / "missing.zarr")})
+    with pytest.raises(SystemExit, match="s2robot train: .*missing.zarr"):
+        run(OmegaConf.create(cfg))
+    assert Path(run(OmegaConf.create(train_cfg(store, tmp_path / "ok", "bc_mlp", steps=2)))).is_dir()

@@ -464,5 +464,13 @@ def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, 
 
 
 def run(cfg: Any) -> str:
-    """CLI verb ``s2robot train task=... policy=... encoder=... dataset=PATH [train.steps=...]``."""
-    return str(train(cfg))
+    """CLI verb ``s2robot train task=... policy=... encoder=... dataset=PATH [train.steps=...]``.
+
+    Configuration and input errors end the command with their message instead of a traceback.
+    """
+    from s2robot.datasets.store import DatasetError
+
+    try:
+        return str(train(cfg))
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError, DatasetError) as e:
+        raise SystemExit(f"s2robot train: {e}") from e
