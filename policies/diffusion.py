@@ -126,7 +126,7 @@ class DiffusionPolicy(BasePolicy):
         B = cond.shape[0]
         sched = self.inference_scheduler
         if sched.num_inference_steps != self.num_inference_steps:
-            sched.set_timesteps(self.num_inference_steps, device=cond.device)
+            sched.set_timesteps(self.num_inference_steps)  # CPU timesteps: the scheduler indexes CPU tables with them
         x = randn_rows((B, self.horizon, self.action_dim), generators, cond.device, cond.dtype)
         for t in sched.timesteps:
             eps = self.denoiser(x, t.to(cond.device).expand(B), cond)

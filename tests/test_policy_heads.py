@@ -237,3 +237,15 @@ def test_missing_observation_keys_are_named(meta, normalizer):
         policy.predict_action({k: v[:, :1] for k, v in batch.items() if k != "action"})
     with pytest.raises(ValueError, match="batch\\['action'\\]"):
         policy.compute_loss({**batch, "action": batch["action"][:, :3]})
+
+
+def test_ddim_step_count_is_configurable_at_inference(meta, normalizer):
+    policy = make("diffusion_unet", meta, normalizer).eval()
+    obs = {k: v for k, v in token_batch(meta, policy.horizon, 2).items() if k != "action"}
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
+    a5 = policy.predict_action(obs, gens())
+    policy.num_inference_steps = 2
+    a2 = policy.predict_action(obs, gens())
+    assert len(policy.inference_scheduler.timesteps) == 2 and not torch.allclose(a2, a5)
+    policy.num_inference_steps = 5
+    torch.testing.assert_close(policy.predict_action(obs, gens()), a5)
