@@ -1,7 +1,8 @@
 """Observation conditioning: per-camera S2 tokens (or images) + proprio -> conditioning tokens.
 
 Per camera and time step the input is a token set (N, D) — cached ``"<cam>_tokens"`` or ``"<cam>_image"`` frames
-sent through the frozen encoder held here (under ``torch.no_grad``). A pooler maps the set to K vectors of width
+sent through the frozen encoder held here (under ``torch.no_grad``; an encoder built with ``trainable="norm"`` or
+``"last_k:<k>"`` is fine-tuned instead, and never matches a feature cache). A pooler maps the set to K vectors of width
 ``d_model``:
 
 - ``"attention"``: K learned queries cross-attend to the projected tokens (+ learned position embedding).
@@ -132,8 +133,8 @@ class TokenPooler(nn.Module):
 class ObsConditioner(nn.Module):
     """Observation dict -> conditioning tokens (B, T, M, d_model).
 
-    ``frozen_encoder``: the frozen token encoder (``build_encoder`` output) used for ``"<cam>_image"`` inputs; may be
-    None when only cached tokens are fed. It is kept in eval mode and never receives gradients.
+    ``frozen_encoder``: the token encoder (``build_encoder`` output) used for ``"<cam>_image"`` inputs; may be None
+    when only cached tokens are fed. It is kept in eval mode; with ``trainable="frozen"`` it gets no gradients.
     """
 
     def __init__(self, cfg: ConditioningConfig, shape_meta: ShapeMeta, frozen_encoder: nn.Module | None = None) -> None:
@@ -149,8 +150,9 @@ class ObsConditioner(nn.Module):
         if cfg.backbone == "tokens":
             if frozen_encoder is not None:
                 frozen_encoder.eval()
-                for p in frozen_encoder.parameters():
-                    p.requires_grad_(False)
+                if getattr(frozen_encoder, "trainable", "frozen") == "frozen":
+                    frozen_encoder.requires_grad_(False)
+                # else: build_encoder(trainable="norm" | "last_k:<k>") chose which parameters train
                 self.frozen_encoder = frozen_encoder
             if shape_meta.token_shape is None:
                 raise ValueError("backbone='tokens' needs shape_meta.token_shape (N, D) from the encoder or the cache")
@@ -177,7 +179,6 @@ class ObsConditioner(nn.Module):
     def out_dim(self) -> int:
         return self.cfg.d_model
 
-    @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) frames -> tokens (B, N', D) exactly as the feature cache stores them.
 
@@ -189,7 +190,8 @@ class ObsConditioner(nn.Module):
         from s2robot.datasets.feature_cache import pool_tokens
         from s2robot.device import autocast_for
 
-        with autocast_for(images.device):
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.frozen_encoder.parameters())
+        with torch.set_grad_enabled(grad), autocast_for(images.device):
             tokens = self.frozen_encoder.encode(images)
         tokens = tokens.float()
         if self.token_pool_grid:

@@ -249,3 +249,18 @@ def test_ddim_step_count_is_configurable_at_inference(meta, normalizer):
     assert len(policy.inference_scheduler.timesteps) == 2 and not torch.allclose(a2, a5)
     policy.num_inference_steps = 5
     torch.testing.assert_close(policy.predict_action(obs, gens()), a5)
+
+
+def test_partly_trainable_encoder_is_fine_tuned(meta, normalizer):
+    from s2robot.encoders import build_encoder
+
+    enc = build_encoder(**dict(TINY_ENCODER, trainable="norm"))
+    policy = make("bc_mlp", meta, normalizer, enc)
+    trainable = [n for n, _ in policy.trainable_named_parameters() if n.startswith("obs_encoder.frozen_encoder.")]
+    assert trainable and all("norm" in n for n in trainable)
+    g = torch.Generator().manual_seed(0)
+    batch = {f"{c}_image": torch.randint(0, 256, (2, 2, IMG, IMG, 3), dtype=torch.uint8, generator=g) for c in CAMERAS}
+    batch.update(proprio=torch.randn(2, 2, PROPRIO, generator=g), action=torch.randn(2, policy.horizon, ACTION))
+    policy.compute_loss(batch).backward()
+    params = dict(policy.named_parameters())
+    assert all(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in trainable)
