@@ -217,3 +217,30 @@ def test_cli_verb_reports_errors_without_traceback(tmp_path, store):
     with pytest.raises(SystemExit, match="s2robot train: .*missing.zarr"):
         run(OmegaConf.create(cfg))
     assert Path(run(OmegaConf.create(train_cfg(store, tmp_path / "ok", "bc_mlp", steps=2)))).is_dir()
+
+
+def test_select_features_prefers_unpooled_and_honours_pool_grid(tmp_path):
+    from s2robot.datasets.feature_cache import cache_features
+    from s2robot.datasets.store import EpisodeStore
+    from s2robot.encoders import build_encoder
+    from s2robot.training.train import select_features
+
+    path = make_store(tmp_path / "d.zarr", episodes=2, length=8)
+    enc = build_encoder(**TINY_ENCODER)
+    pooled = cache_features(path, enc, pool_grid=2, device="cpu", progress=False)
+    store = EpisodeStore.open(path, mode="r")
+    assert select_features(store, enc, list(CAMERAS), None)[0] == pooled  # the only set
+    full = cache_features(path, enc, device="cpu", progress=False)
+    store = EpisodeStore.open(path, mode="r")
+    assert select_features(store, enc, list(CAMERAS), None)[0] == full
+    key, attrs = select_features(store, enc, list(CAMERAS), 2)
+    assert key == pooled and attrs["pool_grid"] == 2
+    assert select_features(store, enc, list(CAMERAS), 3) == (None, {})
+    other = build_encoder(**dict(TINY_ENCODER, seed=1))  # different weights -> different hash -> no match
+    assert select_features(store, other, list(CAMERAS), None) == (None, {})
+    ckpt = train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=2, pool_grid=2,
+                           train={"batch_size": 4}))
+    from s2robot.training.checkpoint import read_config
+
+    meta = read_config(ckpt).shape_meta
+    assert meta.feature_hash == pooled and meta.token_pool_grid == 2 and list(meta.token_shape)[0] == 1 + 4
