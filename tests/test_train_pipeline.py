@@ -154,21 +154,23 @@ def test_ddp_two_processes_with_torchrun(tmp_path, cached_store):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     script = tmp_path / "ddp_train.py"
     script.write_text(
-        "import json, sys, torch.distributed as dist\n"
-        "from s2robot.training.train import train, ResumableSampler\n"
-        "cfg = json.load(open(sys.argv[1]))\n"
-        "print('result', train(cfg))\n"
+        "import json, os, sys\n"
+        "from s2robot.training.train import train\n"
+        "out = train(json.load(open(sys.argv[1])))\n"
+        "open(os.path.join(sys.argv[2], 'rank%s.txt' % os.environ['RANK']), 'w').write(str(out))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS))
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "cfg.json")]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "cfg.json"),
+           str(tmp_path)]
     if not torchrun.exists():
         cmd = [sys.executable, "-m", "torch.distributed.run"] + cmd[1:]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.stdout.count("result ") == 2
-    assert "world size 2" in res.stdout
+    log = res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == 0, log
     ckpt = tmp_path / "run" / "checkpoints" / "step_0000004"
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == [str(ckpt)] * 2, log
+    assert "world size 2" in res.stdout, log
     state = json.loads((ckpt / "state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 4
     import s2robot
