@@ -106,8 +106,10 @@ class RenderClock:
         return t
 
 
-def _worker(index: int, env_fn: Callable, pipe: Connection, mujoco_gl: str | None) -> None:
+def _worker(index: int, env_fn: Callable, pipe: Connection, mujoco_gl: str | None, render_threads: int) -> None:
     """Worker main loop. Builds the env, reports its spaces, attaches shared memory, then serves commands."""
+    # Mesa's llvmpipe rasteriser starts one thread per core in every process; N workers would oversubscribe.
+    os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
     if mujoco_gl:
         os.environ["MUJOCO_GL"] = mujoco_gl
         os.environ["PYOPENGL_PLATFORM"] = mujoco_gl
@@ -178,13 +180,16 @@ def _nbytes(shape: Sequence[int], dtype: str) -> int:
 class EnvPool:
     """``n_envs`` env worker processes; observations in shared memory, any subset reset/stepped at once.
 
+    ``render_threads``: ``LP_NUM_THREADS`` for Mesa's llvmpipe in each worker (default cores // n_envs; an
+    ``LP_NUM_THREADS`` already in the environment wins).
+
     Attributes after construction: ``obs_spec`` {key: (shape, dtype)}, ``action_shape``, ``max_episode_steps``
     (from the env's TimeLimit spec, may be None), ``fps`` (from ``env.metadata``, may be None), ``obs`` {key:
     ndarray (n_envs, *shape)} views of the shared blocks (valid until the next call that writes that env).
     """
 
     def __init__(self, env_fn: Callable, n_envs: int, step_timeout: float | None = 300.0,
-                 start_timeout: float = 300.0, mujoco_gl: str | None = None):
+                 start_timeout: float = 300.0, mujoco_gl: str | None = None, render_threads: int | None = None):
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         self.env_fn = env_fn
@@ -192,6 +197,7 @@ class EnvPool:
         self.step_timeout = step_timeout
         self.start_timeout = start_timeout
         self.mujoco_gl = mujoco_gl
+        self.render_threads = int(render_threads or max(1, (os.cpu_count() or 1) // self.n_envs))
         self._ctx = mp.get_context("spawn")
         self._procs: list[mp.process.BaseProcess | None] = [None] * self.n_envs
         self._pipes: list[Connection | None] = [None] * self.n_envs
@@ -224,8 +230,8 @@ class EnvPool:
     # -- process management -------------------------------------------------------------------------------------
     def _spawn(self, i: int) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker, args=(i, self.env_fn, child, self.mujoco_gl), daemon=True,
-                                 name=f"s2robot-env-{i}")
+        proc = self._ctx.Process(target=_worker, args=(i, self.env_fn, child, self.mujoco_gl, self.render_threads),
+                                 daemon=True, name=f"s2robot-env-{i}")
         proc.start()
         child.close()
         self._procs[i], self._pipes[i] = proc, parent
