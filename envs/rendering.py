@@ -96,6 +96,24 @@ def select_backend(requested: str = "") -> str:
     return requested
 
 
+def _preload_triton() -> None:
+    """Import triton (if installed) before Mesa is touched.
+
+    Mesa's llvmpipe and triton each bring their own LLVM; once Mesa has initialised (even just by the EGL probe
+    below), a later ``import triton`` -- which ``torchvision.models`` and ``torch._dynamo`` do -- segfaults the
+    process (seen with Mesa 22 + triton 3.x). Loading triton first is safe, so do it here, once.
+    """
+    if "triton" in sys.modules:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # a broken triton must not break rendering; torch imports it lazily anyway
+            pass
+
+
 def configure_gl() -> str:
     """Pick the headless GL backend (sets ``MUJOCO_GL`` and ``PYOPENGL_PLATFORM``) and return its name.
 
@@ -104,6 +122,7 @@ def configure_gl() -> str:
     """
     if not sys.platform.startswith("linux"):
         return os.environ.get("MUJOCO_GL", "")
+    _preload_triton()
     requested = os.environ.get("MUJOCO_GL", "").lower()
     if "mujoco" in sys.modules:
         if not requested:
