@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's policy results (issue 5), reproduced on CPU:  bash scripts/study.sh [stage ...]
-# Stages: data (collect + cache), main (diffusion + BC on lift_cube and push_t), s2 (the fine-detail S2 table).
+# Stages: lift_cube, push_t (diffusion + BC on cached S2 tokens), s2 (fine-detail S2 table), s2_resnet (baseline).
 # Every command is a plain `s2robot` call; outputs go under $OUT (default outputs/study). Sized for 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,52 +8,48 @@ OUT=${OUT:-outputs/study}
 S2=${S2ROBOT:-$(bash scripts/setup_env.sh | tail -n 1)/bin/s2robot}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 DEMOS=${DEMOS:-100}
-STEPS=${STEPS:-2000}          # training steps per run (same budget for every row of a table)
-EVAL_EPISODES=${EVAL_EPISODES:-50}
+STEPS=${STEPS:-1500}          # training steps per run (same budget for every row of a table)
+EVAL_EPISODES=${EVAL_EPISODES:-30}
 mkdir -p "$OUT"
-stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(data main s2)
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(lift_cube s2 push_t s2_resnet)
+S2_POLICY=${S2_POLICY:-bc_mlp}
 
 run() { echo "+ $*" | tee -a "$OUT/commands.log"; "$@"; }
 
+task_data() {  # task image_size cameras
+  run $S2 collect task=$1 episodes=$DEMOS image_size=$2 "cameras=$3" out=$OUT/$1.zarr
+}
+train_eval() {  # run-name task dataset [overrides...]
+  local d=$OUT/runs/$1 task=$2 data=$3; shift 3
+  run $S2 train task=$task dataset=$data "$@" train.steps=$STEPS train.tensorboard=false train.progress=false out_dir=$d
+  run $S2 eval checkpoint=$d episodes=$EVAL_EPISODES n_envs=2 out=$d/eval
+}
+MNV2_96=(encoder=mobilenet_v2 encoder.input_size=96)
+
 for stage in "${stages[@]}"; do case $stage in
-data)
-  run $S2 collect task=lift_cube episodes=$DEMOS image_size=96 out=$OUT/lift_cube.zarr
-  run $S2 collect task=push_t episodes=$DEMOS image_size=96 out=$OUT/push_t.zarr
-  # fine-detail task: front camera only, 224 px, so the marker (2-3 px) must be read from the fixed view
-  run $S2 collect task=match_marker episodes=$DEMOS image_size=224 'cameras=[front]' out=$OUT/match_marker.zarr
-  run $S2 cache dataset=$OUT/lift_cube.zarr encoder=mobilenet_v2 encoder.input_size=96
-  run $S2 cache dataset=$OUT/push_t.zarr encoder=mobilenet_v2 encoder.input_size=96
-  run $S2 cache dataset=$OUT/match_marker.zarr encoder=mobilenet_v2 'encoder.scales=[1]'
-  run $S2 cache dataset=$OUT/match_marker.zarr encoder=mobilenet_v2 'encoder.scales=[1,2]'
-  run $S2 cache dataset=$OUT/match_marker.zarr encoder=mvp_vit_s16 encoder.input_size=112 'encoder.scales=[1,2]'
+lift_cube|push_t)   # the main results: diffusion and BC on cached MobileNetV2-S2(1,2) tokens, 96 px cameras
+  task_data $stage 96 '[front,wrist]'
+  run $S2 cache dataset=$OUT/$stage.zarr "${MNV2_96[@]}"
+  train_eval $stage-diffusion_unet $stage $OUT/$stage.zarr "${MNV2_96[@]}" policy=diffusion_unet
+  train_eval $stage-bc_mlp $stage $OUT/$stage.zarr "${MNV2_96[@]}" policy=bc_mlp
   ;;
-main)
-  for task in lift_cube push_t; do
-    for policy in diffusion_unet bc_mlp; do
-      d=$OUT/runs/$task-$policy
-      run $S2 train task=$task policy=$policy encoder=mobilenet_v2 encoder.input_size=96 dataset=$OUT/$task.zarr \
-        train.steps=$STEPS train.tensorboard=false train.progress=false out_dir=$d
-      run $S2 eval checkpoint=$d episodes=$EVAL_EPISODES n_envs=2 out=$d/eval
-    done
+s2)   # the S2 question on the fine-detail task: front camera only, 224 px, markers 2-3 px wide
+  task_data match_marker 224 '[front]'
+  MNV2_S1=(encoder=mobilenet_v2 'encoder.scales=[1]')
+  MNV2_S12=(encoder=mobilenet_v2 'encoder.scales=[1,2]')
+  VITS_S12=(encoder=mvp_vit_s16 encoder.input_size=112 'encoder.scales=[1,2]')   # random init (no MVP weights here)
+  for enc in MNV2_S1 MNV2_S12 VITS_S12; do
+    declare -n args=$enc
+    run $S2 cache dataset=$OUT/match_marker.zarr "${args[@]}"
   done
+  train_eval match_marker-mnv2_s1 match_marker $OUT/match_marker.zarr "${MNV2_S1[@]}" policy=$S2_POLICY
+  train_eval match_marker-mnv2_s12 match_marker $OUT/match_marker.zarr "${MNV2_S12[@]}" policy=$S2_POLICY
+  train_eval match_marker-vits_random_s12 match_marker $OUT/match_marker.zarr "${VITS_S12[@]}" policy=$S2_POLICY
   ;;
-s2)
-  enc_s1=(encoder=mobilenet_v2 'encoder.scales=[1]')
-  enc_s12=(encoder=mobilenet_v2 'encoder.scales=[1,2]')
-  enc_vit=(encoder=mvp_vit_s16 encoder.input_size=112 'encoder.scales=[1,2]')
-  for name in mnv2_s1 mnv2_s12 vits_random_s12 resnet18_trainable; do
-    case $name in
-      mnv2_s1) args=("${enc_s1[@]}" policy=bc_mlp) ;;
-      mnv2_s12) args=("${enc_s12[@]}" policy=bc_mlp) ;;
-      vits_random_s12) args=("${enc_vit[@]}" policy=bc_mlp) ;;
-      resnet18_trainable) args=(policy=bc_mlp policy.obs.backbone=resnet18) ;;
-    esac
-    d=$OUT/runs/match_marker-$name
-    run $S2 train task=match_marker dataset=$OUT/match_marker.zarr "${args[@]}" \
-      train.steps=$STEPS train.tensorboard=false train.progress=false out_dir=$d
-    run $S2 eval checkpoint=$d episodes=$EVAL_EPISODES n_envs=2 out=$d/eval
-  done
+s2_resnet)   # trainable ResNet-18 baseline (robomimic ResNet18Conv + SpatialSoftmax, GroupNorm, random crop)
+  train_eval match_marker-resnet18_trainable match_marker $OUT/match_marker.zarr policy=$S2_POLICY \
+    policy.obs.backbone=resnet18 train.batch_size=${RESNET_BATCH:-64}
   ;;
-*) echo "unknown stage $stage" >&2; exit 2 ;;
+*) echo "unknown stage $stage (lift_cube | push_t | s2 | s2_resnet)" >&2; exit 2 ;;
 esac; done
 echo "study outputs in $OUT"
