@@ -279,7 +279,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         device: where the policy runs ("auto": cuda if present). The policy is moved there.
         out_dir: if given, ``episodes.json``, ``summary.json``, ``eval_plot.png`` and ``videos/episode_<i>.mp4``
             for the first ``n_videos`` episodes are written there.
-        backend: physics backend; only "cpu" (MuJoCo in worker processes) is implemented.
+        backend: physics backend: "cpu" (MuJoCo in spawn worker processes) or "warp" (all envs as worlds of one
+            MuJoCo-Warp model on ``device``; built-in tasks only, needs the ``warp`` extra).
         env_fn: a picklable zero-argument env factory overriding ``task`` (tests, custom envs).
         max_steps: episode time limit; default the env's own ``max_episode_steps``.
         step_timeout: seconds a worker may take for one reset/step before it is killed as hung.
@@ -293,8 +294,10 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-    if backend != "cpu":
-        raise NotImplementedError(f"backend={backend!r}: only 'cpu' (MuJoCo in worker processes) is implemented")
+    if backend not in ("cpu", "warp"):
+        raise ValueError(f"backend={backend!r}: choose 'cpu' (MuJoCo in worker processes) or 'warp' (MuJoCo-Warp)")
+    if backend == "warp" and (env_fn is not None or not task):
+        raise ValueError("backend='warp' runs the built-in tasks only: pass task=<name>, not env_fn")
     if env_fn is None:
         if not task:
             raise ValueError("evaluate needs a task name or an env_fn")
@@ -314,7 +317,12 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
 
     t_begin = time.perf_counter()
     timers = _Timers()
-    pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
+    if backend == "warp":
+        from s2robot.envs.warp_backend import WarpEnvPool
+
+        pool = WarpEnvPool(task, n_envs, device=dev, **dict(env_kwargs or {}))
+    else:
+        pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
     video = bar = None
     try:
         limit = max_steps if max_steps is not None else pool.max_episode_steps

@@ -1,0 +1,54 @@
+"""`evaluate(backend="warp")`: the same evaluator, reports and seeds on MuJoCo-Warp worlds (Warp CPU device here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("mujoco_warp")
+
+from s2robot.evaluation import evaluate  # noqa: E402
+
+
+class LiftUpPolicy(torch.nn.Module):
+    """Moves the hand straight up with the gripper open: never succeeds, so every episode hits the time limit."""
+
+    n_obs_steps = 1
+    n_action_steps = 4
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[int] = []
+
+    def predict_action(self, obs, generators=None):
+        B = obs["proprio"].shape[0]
+        self.calls.append(B)
+        act = torch.zeros(B, self.n_action_steps, 5)
+        act[..., 2] = 0.01
+        act[..., 4] = -1.0
+        return act
+
+
+def test_warp_backend_runs_the_evaluator_with_reports(tmp_path):
+    policy = LiftUpPolicy()
+    env_kwargs = {"image_size": 32, "cameras": ["front"]}
+    warp = evaluate(policy, task="lift_cube", n_envs=2, episodes=3, seed=5, device="cpu", out_dir=tmp_path / "w",
+                    n_videos=1, env_kwargs=env_kwargs, backend="warp", max_steps=6, progress=False)
+    cpu = evaluate(LiftUpPolicy(), task="lift_cube", n_envs=2, episodes=3, seed=5, device="cpu",
+                   out_dir=tmp_path / "c", n_videos=0, env_kwargs=env_kwargs, backend="cpu", max_steps=6,
+                   progress=False)
+    assert [e["seed"] for e in warp["episodes"]] == [5, 6, 7]
+    assert [(e["length"], e["success"], e["end"]) for e in warp["episodes"]] == \
+        [(e["length"], e["success"], e["end"]) for e in cpu["episodes"]]
+    assert all(e["error"] is None for e in warp["episodes"])
+    assert max(policy.calls) == 2  # one batched forward for both worlds
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["success_rate"] == 0.0 and (tmp_path / "w" / "eval_plot.png").is_file()
+    assert (tmp_path / "w" / "videos" / "episode_000.mp4").stat().st_size > 0
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        evaluate(LiftUpPolicy(), task="lift_cube", n_envs=1, episodes=1, backend="gpu", progress=False)
