@@ -211,7 +211,9 @@ def test_bad_inputs_are_named():
 
     with pytest.raises(ValueError, match="episodes"):
         evaluate(CountingPolicy(), task="toy", episodes=0, env_fn=ToyEnvFactory())
-    with pytest.raises(NotImplementedError, match="backend"):
+    with pytest.raises(ValueError, match="backend='warp' runs the built-in tasks only"):
         evaluate(CountingPolicy(), task="toy", backend="warp", env_fn=ToyEnvFactory())
+    with pytest.raises(ValueError, match="backend='mjx'"):
+        evaluate(CountingPolicy(), task="toy", backend="mjx", env_fn=ToyEnvFactory())
     with pytest.raises(ValueError, match="task name or an env_fn"):
         evaluate(CountingPolicy())
