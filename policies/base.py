@@ -72,38 +72,31 @@ def _check_generators(generators: Sequence[torch.Generator] | None, batch: int) 
         raise ValueError(f"got {len(generators)} generators for a batch of {batch} rows; pass one per row or None")
 
 
-def randn_rows(
-    shape: Sequence[int],
-    generators: Sequence[torch.Generator] | None,
-    device: torch.device | str,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Standard normal (shape) with row ``i`` drawn from ``generators[i]`` (global RNG when None).
+def _rows(draw, shape: Sequence[int], generators: Sequence[torch.Generator] | None, device: torch.device | str,
+          dtype: torch.dtype) -> torch.Tensor:
+    """``draw(shape)`` (e.g. ``torch.randn``) with row ``i`` drawn from ``generators[i]`` (global RNG when None).
 
     Drawing row-wise makes a row's sample independent of the batch size and of the other rows, which the batched
     evaluator relies on. Each row is drawn on its generator's device, then moved to ``device``.
     """
     shape = tuple(int(s) for s in shape)
     if generators is None:
-        return torch.randn(shape, device=device, dtype=dtype)
+        return draw(shape, device=device, dtype=dtype)
     _check_generators(generators, shape[0])
-    rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generators]
+    rows = [draw(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generators]
     return torch.stack(rows).to(device)
 
 
-def rand_rows(
-    shape: Sequence[int],
-    generators: Sequence[torch.Generator] | None,
-    device: torch.device | str,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Uniform [0, 1) counterpart of :func:`randn_rows`."""
-    shape = tuple(int(s) for s in shape)
-    if generators is None:
-        return torch.rand(shape, device=device, dtype=dtype)
-    _check_generators(generators, shape[0])
-    rows = [torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generators]
-    return torch.stack(rows).to(device)
+def randn_rows(shape: Sequence[int], generators: Sequence[torch.Generator] | None, device: torch.device | str,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal of ``shape``, row-wise from ``generators`` (see :func:`_rows`)."""
+    return _rows(torch.randn, shape, generators, device, dtype)
+
+
+def rand_rows(shape: Sequence[int], generators: Sequence[torch.Generator] | None, device: torch.device | str,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform [0, 1) of ``shape``, row-wise from ``generators`` (see :func:`_rows`)."""
+    return _rows(torch.rand, shape, generators, device, dtype)
 
 
 class BasePolicy(nn.Module):

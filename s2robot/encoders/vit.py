@@ -95,28 +95,28 @@ def load_mvp_checkpoint(model: nn.Module, path: str) -> None:
     load_strict(model, state, f"MVP checkpoint {path}")
 
 
-def build_vit_tiny_test(checkpoint: str | None, input_size: int | None, seed: int = 0,
-                        arch: dict[str, Any] | None = None) -> tuple[nn.Module, int, tuple, tuple]:
-    """The seeded tiny ViT every test uses: 32 px, patch 8 (4x4 grid), dim 32, depth 2, 2 heads, CLS."""
-    cfg = {**TINY_TEST_ARCH, **(arch or {})}
+def _build_vit(base: dict[str, Any], checkpoint: str | None, input_size: int | None, seed: int,
+               arch: dict[str, Any] | None) -> tuple[nn.Module, int, tuple, tuple]:
+    """A seeded timm VisionTransformer from ``base`` (+ ``arch`` overrides), optionally loading an MVP ``.pth``."""
+    cfg = {**base, **(arch or {})}
     if input_size is not None:
         cfg["img_size"] = int(input_size)
     model = _timm_vit(cfg, seed)
     if checkpoint is not None:
         load_mvp_checkpoint(model, checkpoint)
     return TimmAdapter(model, cfg["img_size"]), cfg["img_size"], IMAGENET_MEAN, IMAGENET_STD
+
+
+def build_vit_tiny_test(checkpoint: str | None, input_size: int | None, seed: int = 0,
+                        arch: dict[str, Any] | None = None) -> tuple[nn.Module, int, tuple, tuple]:
+    """The seeded tiny ViT every test uses: 32 px, patch 8 (4x4 grid), dim 32, depth 2, 2 heads, CLS."""
+    return _build_vit(TINY_TEST_ARCH, checkpoint, input_size, seed, arch)
 
 
 def build_mvp(name: str, checkpoint: str | None, input_size: int | None, seed: int = 0,
               arch: dict[str, Any] | None = None) -> tuple[nn.Module, int, tuple, tuple]:
     """MVP ViT (``mvp_vit_s16``/``b16``/``l16``) as a timm VisionTransformer, loading an MVP ``.pth``."""
-    cfg = {**MVP_ARCHS[name], **(arch or {})}
-    if input_size is not None:
-        cfg["img_size"] = int(input_size)
-    model = _timm_vit(cfg, seed)
-    if checkpoint is not None:
-        load_mvp_checkpoint(model, checkpoint)
-    return TimmAdapter(model, cfg["img_size"]), cfg["img_size"], IMAGENET_MEAN, IMAGENET_STD
+    return _build_vit(MVP_ARCHS[name], checkpoint, input_size, seed, arch)
 
 
 def build_timm(model_name: str, checkpoint: str | None, input_size: int | None, seed: int = 0,
