@@ -246,3 +246,25 @@ def test_select_features_prefers_unpooled_and_honours_pool_grid(tmp_path):
 
     meta = read_config(ckpt).shape_meta
     assert meta.feature_hash == pooled and meta.token_pool_grid == 2 and list(meta.token_shape)[0] == 1 + 4
+
+
+def test_load_policy_without_the_original_encoder_file(tmp_path, store):
+    """A robot computer has the checkpoint but not the encoder's .pth: weights come from encoder.safetensors and the
+    encoder keeps its training-time config_hash (so cached-feature lookups still match)."""
+    import s2robot
+    from s2robot.encoders.vit import TINY_TEST_ARCH, _timm_vit
+
+    pth = tmp_path / "mvp_tiny.pth"
+    torch.save({"model": _timm_vit(dict(TINY_TEST_ARCH), 5).state_dict()}, pth)
+    enc_cfg = {**TINY_ENCODER, "checkpoint": str(pth)}
+    ckpt = train(train_cfg(store, tmp_path / "run", "bc_mlp", steps=2, encoder=enc_cfg))
+    before = s2robot.load_policy(ckpt)
+    pth.unlink()
+    after = s2robot.load_policy(ckpt)
+    assert after.obs_encoder.frozen_encoder.config_hash == before.obs_encoder.frozen_encoder.config_hash
+    from s2robot.datasets.sampler import SequenceDataset
+
+    batch = SequenceDataset(store, horizon=before.horizon, n_obs_steps=2, n_action_steps=4, split="all",
+                            obs_keys=["front_image", "wrist_image", "proprio"]).get_batch([0, 3])
+    obs = {k: v for k, v in batch.items() if k != "action"}
+    torch.testing.assert_close(after.predict_action(obs), before.predict_action(obs), atol=0, rtol=0)

@@ -149,20 +149,29 @@ def read_config(path: str | Path):
     return OmegaConf.load(p)
 
 
-def _build_encoder_for_load(enc_cfg: Mapping[str, Any], ckpt: Path, device: torch.device):
-    """Rebuild the frozen encoder's architecture, then load its weights from ``encoder.safetensors``."""
+def _build_encoder_for_load(enc_cfg: Mapping[str, Any], ckpt: Path, device: torch.device,
+                            recorded_hash: str | None = None):
+    """Rebuild the frozen encoder's architecture, then load its weights from ``encoder.safetensors``.
+
+    When the original weights file is gone (a robot computer), the encoder is rebuilt without it and gets its
+    weights from the checkpoint; ``config_hash`` is then restored to ``recorded_hash``, the training-time value,
+    since the weights are the same ones. (HF CLIP directories are also the architecture: they must stay present.)
+    """
     from s2robot.encoders import build_encoder
     from s2robot.encoders.base import load_strict
 
     kwargs = dict(enc_cfg)
     wfile = ckpt / ENCODER_FILE
-    if wfile.is_file() and kwargs.get("checkpoint") and not Path(str(kwargs["checkpoint"])).exists():
+    dropped = bool(wfile.is_file() and kwargs.get("checkpoint") and not Path(str(kwargs["checkpoint"])).exists())
+    if dropped:
         kwargs["checkpoint"] = None  # the original weights file is not needed: encoder.safetensors has them
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random weights.*")
         encoder = build_encoder(**kwargs, device="cpu")
     if wfile.is_file():
         load_strict(encoder, load_file(str(wfile)), str(wfile))
+    if dropped and recorded_hash:
+        encoder.config_hash = str(recorded_hash)
     return encoder.to(device)
 
 
@@ -181,7 +190,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", use_ema: b
         raise ValueError(f"{ckpt / CONFIG_FILE} lacks 'policy' or 'shape_meta'; not an s2robot policy checkpoint")
     meta = ShapeMeta.from_dict(cfg["shape_meta"])
     needs_encoder = (cfg["policy"].get("obs") or {}).get("backbone", "tokens") == "tokens" and cfg.get("encoder")
-    encoder = _build_encoder_for_load(cfg["encoder"], ckpt, torch.device("cpu")) if needs_encoder else None
+    encoder = (_build_encoder_for_load(cfg["encoder"], ckpt, torch.device("cpu"), cfg.get("encoder_config_hash"))
+               if needs_encoder else None)
     policy = build_policy(cfg["policy"], meta, encoder=encoder)
     tensors = load_file(str(ckpt / MODEL_FILE))
     weights = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}

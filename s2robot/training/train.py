@@ -307,6 +307,8 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
             _log(info, f"resumed from {src} at step {start_step}")
 
     saved_cfg = {**c, "shape_meta": meta.to_dict()}
+    if encoder is not None:  # lets load_policy keep the hash when the original weights file is absent
+        saved_cfg["encoder_config_hash"] = encoder.config_hash
     size = meta.image_shape[0]
     if task_cfg and task_cfg.get("image_size") not in (None, size):
         # evaluation renders at the task's image_size: record the resolution the policy was trained on
