@@ -264,3 +264,22 @@ def test_partly_trainable_encoder_is_fine_tuned(meta, normalizer):
     policy.compute_loss(batch).backward()
     params = dict(policy.named_parameters())
     assert all(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in trainable)
+
+
+def test_resume_restores_a_partly_trainable_encoder(tmp_path, meta, normalizer):
+    """load_training_state restores fine-tuned encoder weights (saved in encoder.safetensors, not model.safetensors)."""
+    from s2robot.encoders import build_encoder
+    from s2robot.training.checkpoint import load_training_state, save_checkpoint
+
+    policy = make("bc_mlp", meta, normalizer, build_encoder(**dict(TINY_ENCODER, trainable="norm")))
+    names = [n for n, _ in policy.trainable_named_parameters() if n.startswith("obs_encoder.frozen_encoder.")]
+    params = dict(policy.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            params[n].add_(1.0)  # as if fine-tuned
+    save_checkpoint(tmp_path / "step_1", policy, {}, step=1, epoch=0)
+    fresh = make("bc_mlp", meta, normalizer, build_encoder(**dict(TINY_ENCODER, trainable="norm")))
+    load_training_state(tmp_path / "step_1", fresh)
+    restored = dict(fresh.named_parameters())
+    for n in names:
+        torch.testing.assert_close(restored[n], params[n], atol=0, rtol=0, msg=n)

@@ -224,6 +224,8 @@ def load_training_state(
     state = json.loads((ckpt / STATE_FILE).read_text())
     tensors = load_file(str(ckpt / MODEL_FILE))
     weights = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
+    if (ckpt / ENCODER_FILE).is_file():  # a partly trainable encoder's fine-tuned weights live only there
+        weights.update({ENCODER_PREFIX + k: v for k, v in load_file(str(ckpt / ENCODER_FILE)).items()})
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith(ENCODER_PREFIX)]
     if missing or unexpected:
