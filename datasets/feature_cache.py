@@ -113,8 +113,10 @@ def cache_features(
     missing = [c for c in cams if f"{c}_image" not in store.spec]
     if missing:
         raise DatasetError(f"{describe(store.path)}: no image key for cameras {missing}; keys are {store.keys}")
-    key = feature_hash_for(encoder, pool_grid)
     n_prefix, grid = int(encoder.num_prefix), int(encoder.grid)
+    if pool_grid is not None and int(pool_grid) == grid:
+        pool_grid = None  # the full grid is no pooling: same tokens, same key and attrs as pool_grid=None
+    key = feature_hash_for(encoder, pool_grid)
     n_tok = n_prefix + int(pool_grid or grid) ** 2
     d = int(encoder.out_dim)
     group = _feature_group(store, key, encoder, pool_grid, n_tok)

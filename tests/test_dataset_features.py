@@ -123,6 +123,9 @@ def test_pooled_features_keep_prefix_and_area_mean(tmp_path):
     assert key == f"{enc.config_hash}_pool2"
     g = EpisodeStore.open(path).group[f"features/{key}"]
     assert g["front"].shape == (4, 5, 6) and g.attrs["pool_grid"] == 2
+    # pool_grid equal to the encoder grid is no pooling: the unpooled features, reusable either way
+    full = cache_features(path, enc, device="cpu", progress=False)
+    assert cache_features(path, enc, pool_grid=enc.grid, device="cpu", progress=False) == full == enc.config_hash
 
 
 def test_cache_with_real_test_encoder_and_cli(tmp_path):
