@@ -256,12 +256,12 @@ def make_loader(
     gen = torch.Generator().manual_seed(seed)
     base = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
     return DataLoader(
-        _BatchView(dataset), sampler=BatchSampler(base, batch_size, drop_last), batch_size=None,
+        BatchView(dataset), sampler=BatchSampler(base, batch_size, drop_last), batch_size=None,
         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
     )
 
 
-class _BatchView(Dataset):
+class BatchView(Dataset):
     """Maps a list of window indices to one batch dict (so the DataLoader does no per-item collate)."""
 
     def __init__(self, dataset: SequenceDataset):

@@ -86,19 +86,6 @@ def seed_for_step(seed: int, rank: int, step: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ data
-class _Batches(Dataset):
-    """Maps a list of window indices to one batch dict (one zarr read per key per batch)."""
-
-    def __init__(self, ds: Any) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return self.ds.get_batch(indices)
-
-
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (this rank's shard of a (seed, epoch)-seeded permutation) that can skip a prefix."""
 
@@ -328,7 +315,9 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
         raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
                          f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
     workers = int(dcfg.get("num_workers", 0))
-    loader = DataLoader(_Batches(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
+    from s2robot.datasets.sampler import BatchView
+
+    loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
                         batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda")
 
