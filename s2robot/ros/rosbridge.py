@@ -111,6 +111,7 @@ class RosbridgeRobot(Robot):
             self._decoded.clear()
             self._offset = None
             self._setpoint = None
+            self._last_proprio = None  # a delta action must not integrate on a state measured on the old link
         LOG.warning("rosbridge link lost; commanding stopped until fresh observations arrive")
 
     def _on_ready(self, *_):
