@@ -204,9 +204,11 @@ class _BatchedRollout:
         if out.ndim != 2 + len(self.act_shape) or out.shape[0] != len(need) or out.shape[2:] != self.act_shape:
             raise ValueError(f"policy.predict_action returned shape {tuple(out.shape)}; expected "
                              f"({len(need)}, n_action_steps, {', '.join(map(str, self.act_shape))})")
-        if self.chunks.shape[1] != out.shape[1]:
-            self.chunks = np.zeros((self.pool.n_envs, out.shape[1], *self.act_shape), dtype=np.float32)
-        self.chunks[need] = out
+        if self.chunks.shape[1] < out.shape[1]:  # grow, keeping the other envs' unfinished chunks
+            grown = np.zeros((self.pool.n_envs, out.shape[1], *self.act_shape), dtype=np.float32)
+            grown[:, : self.chunks.shape[1]] = self.chunks
+            self.chunks = grown
+        self.chunks[need, : out.shape[1]] = out
         self.chunk_len[need] = out.shape[1]
         self.chunk_pos[need] = 0
         finite = np.isfinite(out.reshape(len(need), -1)).all(axis=1)

@@ -320,6 +320,7 @@ class ControlLoop:
                 if cfg.realtime:
                     behind = int((now - slot) // self.period)
                     if behind >= 1:  # whole slots missed: skip them, never burst
+                        behind = min(behind, cfg.max_steps - 1 - k)  # never skip past the episode's last tick
                         rep.skipped_ticks += behind
                         k += behind
                         slot = t0 + k * self.period
