@@ -319,12 +319,17 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
 
     t_begin = time.perf_counter()
     timers = _Timers()
-    if backend == "warp":
-        from s2robot.envs.warp_backend import WarpEnvPool
+    try:
+        if backend == "warp":
+            from s2robot.envs.warp_backend import WarpEnvPool
 
-        pool = WarpEnvPool(task, n_envs, device=dev, **dict(env_kwargs or {}))
-    else:
-        pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
+            pool = WarpEnvPool(task, n_envs, device=dev, **dict(env_kwargs or {}))
+        else:
+            pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
+    except BaseException:  # the pool never started: leave the policy as it came
+        if was_training and hasattr(policy, "train"):
+            policy.train()
+        raise
     video = bar = None
     try:
         limit = max_steps if max_steps is not None else pool.max_episode_steps
