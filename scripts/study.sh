@@ -42,12 +42,14 @@ s2)   # the S2 question on the fine-detail task: front camera only, 224 px, mark
     declare -n args=$enc
     run $S2 cache dataset=$OUT/match_marker.zarr "${args[@]}"
   done
-  train_eval match_marker-mnv2_s1 match_marker $OUT/match_marker.zarr "${MNV2_S1[@]}" policy=$S2_POLICY
-  train_eval match_marker-mnv2_s12 match_marker $OUT/match_marker.zarr "${MNV2_S12[@]}" policy=$S2_POLICY
-  train_eval match_marker-vits_random_s12 match_marker $OUT/match_marker.zarr "${VITS_S12[@]}" policy=$S2_POLICY
+  FRONT=('task.cameras=[front]')
+  train_eval match_marker-mnv2_s1 match_marker $OUT/match_marker.zarr "${FRONT[@]}" "${MNV2_S1[@]}" policy=$S2_POLICY
+  train_eval match_marker-mnv2_s12 match_marker $OUT/match_marker.zarr "${FRONT[@]}" "${MNV2_S12[@]}" policy=$S2_POLICY
+  train_eval match_marker-vits_random_s12 match_marker $OUT/match_marker.zarr "${FRONT[@]}" "${VITS_S12[@]}" \
+    policy=$S2_POLICY
   ;;
 s2_resnet)   # trainable ResNet-18 baseline (robomimic ResNet18Conv + SpatialSoftmax, GroupNorm, random crop)
-  train_eval match_marker-resnet18_trainable match_marker $OUT/match_marker.zarr policy=$S2_POLICY \
+  train_eval match_marker-resnet18_trainable match_marker $OUT/match_marker.zarr 'task.cameras=[front]' policy=$S2_POLICY \
     policy.obs.backbone=resnet18 train.batch_size=${RESNET_BATCH:-64}
   ;;
 *) echo "unknown stage $stage (lift_cube | push_t | s2 | s2_resnet)" >&2; exit 2 ;;
