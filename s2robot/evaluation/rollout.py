@@ -319,6 +319,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
 
     t_begin = time.perf_counter()
     timers = _Timers()
+    pool = video = bar = None
     try:
         if backend == "warp":
             from s2robot.envs.warp_backend import WarpEnvPool
@@ -326,12 +327,6 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             pool = WarpEnvPool(task, n_envs, device=dev, **dict(env_kwargs or {}))
         else:
             pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
-    except BaseException:  # the pool never started: leave the policy as it came
-        if was_training and hasattr(policy, "train"):
-            policy.train()
-        raise
-    video = bar = None
-    try:
         limit = max_steps if max_steps is not None else pool.max_episode_steps
         if limit is None:
             raise ValueError("the env has no time limit (max_episode_steps); pass max_steps=")
@@ -352,7 +347,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             video.close()
         if bar is not None:
             bar.close()
-        pool.close()
+        if pool is not None:
+            pool.close()
         if was_training and hasattr(policy, "train"):
             policy.train()
 
