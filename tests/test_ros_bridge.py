@@ -289,3 +289,14 @@ def test_estop_latches_until_reset(rig_factory):
     times = np.array([t for t, _ in rig.commands()])
     assert times[(times > marks["stop"] + 0.1) & (times < marks["reset"])].size == 0
     assert times[times > marks["reset"]].size > 5
+
+
+def test_failed_connect_names_the_server_and_leaves_no_link_behind():
+    """A handshake answered after connect_timeout_s must not come back later as an unowned open link."""
+    with RosbridgeTestServer(max_lifetime_s=30, handshake_delay_s=1.0) as server:
+        cfg = RobotConfig.from_dict({**FAKE_ROBOT_CFG, "port": server.port, "connect_timeout_s": 0.3,
+                                     "reconnect_delay_s": 0.1})
+        with pytest.raises(ConnectionError, match=f"cannot reach rosbridge at ws://127.0.0.1:{server.port}"):
+            RosbridgeRobot(cfg).connect()
+        time.sleep(2.0)  # the delayed handshake completes, and would be retried, in this window
+        assert server.n_connections <= 1 and not server._clients

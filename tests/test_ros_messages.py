@@ -193,6 +193,11 @@ def test_watchdog_stale_disconnect_estop_and_fresh_resume():
     assert w.check(1.15, 1.2, True, True, 1) == "estop"
     assert w.check(1.19, 1.2, True, False, 1) == "awaiting_fresh"
     assert w.check(1.25, 1.3, True, False, 1) == "ok"
+    # The link dropped and came back between two ticks (never seen as "disconnected"): hold once, then only a
+    # frame captured after that tick counts.
+    assert w.check(1.38, 1.4, True, False, 2) == "link_reset"
+    assert w.check(1.39, 1.45, True, False, 2) == "awaiting_fresh"
+    assert w.check(1.47, 1.5, True, False, 2) == "ok"
     e = EStop()
     e.trigger("x")
     e.trigger("y")

@@ -43,6 +43,18 @@ class _Latest:
         self.msg, self.recv_mono, self.recv_wall, self.epoch, self.seq = msg, recv_mono, recv_wall, epoch, seq
 
 
+def _abandon(ros) -> None:
+    """Retire a ``roslibpy.Ros`` whose connect failed: no more reconnect attempts, and a handshake that still
+    completes after the timeout is closed at once instead of leaving an unowned link open."""
+    factory = ros.factory
+    factory.maxRetries = 0  # this instance only
+    if hasattr(factory, "stopTrying"):  # twisted ReconnectingClientFactory
+        factory.stopTrying()
+    else:  # roslibpy 2.1 asyncio factory: its reconnect logic stands down on this flag
+        factory._stop = True
+    factory.on_ready(lambda proto: proto.send_close())
+
+
 class RosbridgeRobot(Robot):
     """Robot on a rosbridge websocket. ``dry_run=True`` publishes every command to ``shadow_prefix + topic``."""
 
@@ -84,8 +96,10 @@ class RosbridgeRobot(Robot):
         ros = roslibpy.Ros(cfg.host, int(cfg.port), is_secure=bool(cfg.secure), transport=cfg.transport)
         try:
             ros.run(timeout=cfg.connect_timeout_s)
-        except RosTimeoutError:
-            ros.factory.maxRetries = 0  # this instance only: stop the background reconnect attempts
+        except BaseException as e:
+            _abandon(ros)
+            if not isinstance(e, RosTimeoutError):
+                raise
             raise ConnectionError(
                 f"cannot reach rosbridge at {self.url} within {cfg.connect_timeout_s} s: is rosbridge_server "
                 f"running there (ROS 1: roslaunch rosbridge_server rosbridge_websocket.launch; ROS 2: ros2 launch "

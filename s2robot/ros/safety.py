@@ -163,14 +163,15 @@ class EStop:
 class Watchdog:
     """Per-tick go/no-go: ``check`` returns ``"ok"`` or the reason commanding is not allowed now.
 
-    Reasons: ``"disconnected"``, ``"estop"``, ``"no_obs"``, ``"stale"``, ``"awaiting_fresh"`` (the fault cleared
-    but the observation predates it, or comes from an older link epoch).
+    Reasons: ``"disconnected"``, ``"estop"``, ``"no_obs"``, ``"stale"``, ``"link_reset"`` (the link epoch changed
+    since the last check: it dropped and came back between two ticks, so everything planned before is void),
+    ``"awaiting_fresh"`` (the fault cleared but the observation was captured before the last tick that saw it).
     """
 
     def __init__(self, period: float, stale_periods: float):
         self.max_age = float(stale_periods) * float(period)
         self.fault_time: float | None = None  # last tick at which a fault was seen; None when healthy
-        self.fault_epoch = 0
+        self.epoch: int | None = None  # the robot's link epoch at the last check
 
     def check(self, obs_time: float | None, now: float, connected: bool, estop: bool, epoch: int) -> str:
         reason = None
@@ -182,8 +183,11 @@ class Watchdog:
             reason = "no_obs"
         elif now - obs_time > self.max_age:
             reason = "stale"
+        elif self.epoch is not None and epoch != self.epoch:
+            reason = "link_reset"
+        self.epoch = epoch
         if reason is not None:
-            self.fault_time, self.fault_epoch = now, epoch  # the last tick a fault was seen
+            self.fault_time = now  # the last tick a fault was seen
             return reason
         if self.fault_time is not None:
             if obs_time <= self.fault_time:
