@@ -2,12 +2,17 @@
 
 ``RosbridgeTestServer`` speaks the subset of the rosbridge v2 JSON protocol that roslibpy uses (advertise,
 unadvertise, publish, subscribe, unsubscribe, call_service for ``/rosapi/get_time``). Fault knobs: ``latency_s``
-(delay of every server->client message), ``drop_prob`` (drop server->client publishes, seeded),
+(delay of every server->client message), ``drop_prob`` (drop server->client publishes, seeded), ``handshake_delay_s``,
 ``disconnect(refuse_for_s)`` (close every client link and refuse handshakes for a while).
 
 ``SimRobotServer`` puts a gymnasium env behind the server as "the robot": at ``rate_hz`` on its own clock it applies
 the newest command received, steps the env, and publishes camera images, joint states and the end-effector pose
 with header stamps (``stamp_offset_s`` makes them stale). It never sees the policy: only ROS messages.
+``start(sync=True)`` makes it a simulator in step with its controller instead (like a simulated robot on sim time):
+it advances one control period when a command arrives, or on its own with the hold action after ``hold_after``
+periods without one, so a slow policy still lets time pass.
+
+``run_bridge_episodes`` drives a policy through all of it (robot client, control loop, safety layer) on given seeds.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ class RosbridgeTestServer:
     """Minimal rosbridge v2 server on 127.0.0.1 (never another interface). Use as a context manager."""
 
     def __init__(self, port: int = 0, ros_version: int = 2, max_lifetime_s: float = 120.0, latency_s: float = 0.0,
-                 drop_prob: float = 0.0, seed: int = 0):
+                 drop_prob: float = 0.0, seed: int = 0, handshake_delay_s: float = 0.0):
         self.host = "127.0.0.1"
+        self.handshake_delay_s = handshake_delay_s  # answer websocket handshakes this late (slow/far server)
         self.port = port
         self.ros_version = ros_version
         self.max_lifetime_s = max_lifetime_s
@@ -100,7 +106,9 @@ class RosbridgeTestServer:
             self._thread.join(timeout=10)
 
     # ---------------------------------------------------------------------------------------------- protocol
-    def _process_request(self, connection, request):
+    async def _process_request(self, connection, request):
+        if self.handshake_delay_s > 0:
+            await asyncio.sleep(self.handshake_delay_s)
         if time.monotonic() < self._refuse_until:
             self.refused += 1
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "rosbridge test server: link down\n")
@@ -221,6 +229,7 @@ class SimRobotServer:
         self.info: dict = {}
         self.steps = 0
         self.success = False
+        self.max_score = 0.0  # best info["score"] of the episode (partial task progress)
         self.max_steps: int | None = None
         self.commands_applied = 0
         self.publish_paused = False
@@ -230,6 +239,8 @@ class SimRobotServer:
         self._stop = threading.Event()
         self.done = threading.Event()
         self.step_times: list[float] = []
+        self.hold_steps = 0  # sync mode: steps taken on the timeout (no command arrived in time)
+        self._command_event = threading.Event()
         self.command_log: list[tuple[float, np.ndarray]] = []  # (monotonic receive, env action applied)
         server.on_publish(cfg.command.topic, self._on_command)
         if cfg.gripper is not None:
@@ -255,6 +266,7 @@ class SimRobotServer:
             self._target = np.asarray(target, np.float32)
             self._cmd_rest = rest
             self.commands_applied += 1
+        self._command_event.set()
 
     def _on_gripper(self, msg: dict):
         with self._lock:
@@ -348,6 +360,7 @@ class SimRobotServer:
             with self.state_lock:
                 self.obs, self.info = self.env.reset(seed=seed)
             self.steps, self.success, self.max_steps = 0, False, max_steps
+            self.max_score = 0.0
             self._target, self._cmd_rest, self._gripper, self._last_gripper = None, None, None, None
             self.done.clear()
             return self.obs
@@ -360,24 +373,35 @@ class SimRobotServer:
             self.obs, _, term, trunc, self.info = self.env.step(a)
         self.steps += 1
         self.success = self.success or bool(self.info.get("success", False))
+        if "score" in self.info:
+            self.max_score = max(self.max_score, float(self.info["score"]))
         self.command_log.append((time.monotonic(), a))
         if self.steps >= self.max_steps:  # a robot keeps running after success; only the step budget ends it
             self.done.set()
 
-    def start(self):
-        """Publish the first observation, then step at ``rate_hz`` on the worker thread until done/stop."""
+    def start(self, sync: bool = False, hold_after: float = 1.5):
+        """Publish the first observation, then step on the worker thread until done/stop: at ``rate_hz`` on the
+        robot's own clock, or (``sync``) once per received command / after ``hold_after`` periods without one."""
         self._stop.clear()
-        self._running = self._call(self._run, wait=False)
+        self._command_event.clear()
+        self._running = self._call(lambda: self._run(sync, hold_after), wait=False)
 
-    def _run(self):
+    def _run(self, sync: bool, hold_after: float):
         period = 1.0 / self.rate_hz
         self.publish_observation()
         t_next = time.monotonic() + period
         while not self._stop.is_set() and not self.done.is_set():
-            delay = t_next - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            t_next += period
+            if sync:
+                if not self._command_event.wait(hold_after * period):
+                    self.hold_steps += 1
+                self._command_event.clear()
+            else:
+                delay = t_next - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                t_next += period
+            if self._stop.is_set():
+                break
             self.step_once()
             self.step_times.append(time.monotonic())
             self.publish_observation()
@@ -400,6 +424,65 @@ class SimRobotServer:
             self._tasks.put((None, None))
             self._worker.join(timeout=10)
             self._worker = None
+
+
+def _wait_for_observation(robot, after: float, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = robot.get_observation()
+        if got is not None and got[1] is not None and got[1] > after:
+            return
+        time.sleep(0.002)
+    raise TimeoutError(f"no observation from the simulated robot within {timeout_s} s")
+
+
+def run_bridge_episodes(env, robot_cfg: dict, seeds, make_policy: Callable, rate_hz: float, sync: bool = False,
+                        max_steps: int | None = None, loop_kwargs: dict | None = None,
+                        on_episode: Callable | None = None) -> list[dict]:
+    """Run one episode per seed of ``make_policy(seed, sim)`` (a ``ChunkPolicy``) on ``env`` served as a ROS robot.
+
+    ``robot_cfg`` is a robot config dict (``configs/robot/*.yaml``); its port/rate are filled in here. Everything
+    between the policy and the simulator goes through ROS messages: RosbridgeRobot client -> ControlLoop ->
+    SafetyFilter/Watchdog -> commands -> SimRobotServer. ``on_episode(seed, sim, report)`` runs after each episode.
+    Returns per seed ``{"seed", "success", "steps", "max_score", "hold_steps", "report"}`` (``report`` an ``EpisodeReport``).
+    """
+    from s2robot.ros.control_loop import ControlLoop, LoopConfig
+    from s2robot.ros.rosbridge import RosbridgeRobot
+    from s2robot.ros.safety import SafetyFilter, Watchdog
+
+    max_steps = int(max_steps or env.spec.max_episode_steps)
+    seeds = list(seeds)
+    out = []
+    with RosbridgeTestServer(max_lifetime_s=60 + len(seeds) * (max_steps * 1.6 / rate_hz + 5)) as server:
+        cfg = RobotConfig.from_dict({**robot_cfg, "port": server.port, "rate_hz": rate_hz})
+        sim = SimRobotServer(server, env, cfg, rate_hz=rate_hz, setpoint_fn=lambda: env.unwrapped.target_pos,
+                             hold_action=np.array([0, 0, 0, 0, -1], np.float32))
+        robot = RosbridgeRobot(cfg)
+        robot.connect()
+        try:
+            for seed in seeds:
+                sim.reset(seed=seed, max_steps=max_steps)
+                holds0 = sim.hold_steps
+                t_reset = time.monotonic()
+                policy = make_policy(seed, sim)
+                loop = ControlLoop(robot, policy, SafetyFilter(cfg.action, cfg.safety, 1 / rate_hz),
+                                   Watchdog(1 / rate_hz, cfg.safety.stale_periods),
+                                   LoopConfig(rate_hz=rate_hz, max_steps=max_steps + (2 if sync else 20),
+                                              **(loop_kwargs or {})),
+                                   success_fn=lambda: sim.success)
+                sim.start(sync=sync)
+                if sync:  # a simulator on sim time: the controller starts from the first observation, like reset
+                    _wait_for_observation(robot, after=t_reset)
+                rep = loop.run_episode(start_after=t_reset)
+                sim.stop()
+                if on_episode is not None:
+                    on_episode(seed, sim, rep)
+                out.append({"seed": seed, "success": bool(sim.success), "steps": sim.steps, "max_score": sim.max_score,
+                            "hold_steps": sim.hold_steps - holds0, "report": rep})
+        finally:
+            sim.close()
+            robot.close()
+    return out
 
 
 class FakeReachEnv:

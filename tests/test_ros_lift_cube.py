@@ -3,22 +3,18 @@
 The "policy" is the scripted lift_cube expert (privileged: it reads the simulator state of the robot-side env),
 driven through the whole deployment path: images/joint states/ee pose as ROS messages over the rosbridge-v2 test
 server, the fixed-rate control loop, the safety layer, and Float64MultiArray commands that the simulated robot
-applies on its own 20 Hz clock. No trained policy is available to the test suite in its time budget, so this
-is the honest stand-in: it checks that the bridge does not degrade a policy that succeeds in direct simulation.
+applies on its own 20 Hz clock (not in step with the controller, as a real robot). A policy trained by the suite
+goes through the same path in test_ros_trained_policy.py.
 """
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from rosbridge_test_server import RosbridgeTestServer, SimRobotServer
-from s2robot.ros.control_loop import CallablePolicy, ControlLoop, LoopConfig
-from s2robot.ros.robot import RobotConfig
-from s2robot.ros.rosbridge import RosbridgeRobot
-from s2robot.ros.safety import SafetyFilter, Watchdog
+from rosbridge_test_server import run_bridge_episodes
+from s2robot.ros.control_loop import CallablePolicy
 
 pytestmark = pytest.mark.timeout(150)
 SEEDS = (0, 1, 2, 3)
@@ -49,40 +45,27 @@ def test_lift_cube_expert_through_bridge_matches_direct_simulation():
 
     direct = [_direct(s) for s in SEEDS]
     env = make_env("lift_cube", image_size=IMG)
-    with RosbridgeTestServer(max_lifetime_s=140) as server:
-        raw = OmegaConf.to_container(OmegaConf.load(CFG_PATH))
-        cfg = RobotConfig.from_dict({**raw, "port": server.port, "rate_hz": RATE, "image_size": [IMG, IMG]})
-        sim = SimRobotServer(server, env, cfg, rate_hz=RATE, setpoint_fn=lambda: env.unwrapped.target_pos,
-                             hold_action=np.array([0, 0, 0, 0, -1], np.float32))
-        robot = RosbridgeRobot(cfg)
-        robot.connect()
-        bridged, reports = [], []
-        try:
-            for seed in SEEDS:
-                sim.reset(seed=seed, max_steps=env.spec.max_episode_steps)
-                t_reset = time.monotonic()
-                expert = make_expert("lift_cube", env, seed=seed)
-                seen = []
+    robot_cfg = {**OmegaConf.to_container(OmegaConf.load(CFG_PATH)), "image_size": [IMG, IMG]}
+    seen: dict[int, list] = {}
 
-                def act(obs, expert=expert, seen=seen):
-                    seen.append(obs)
-                    with sim.state_lock:  # the privileged expert reads the robot-side simulator state
-                        return expert.act(obs)
+    def make_policy(seed, sim):
+        expert = make_expert("lift_cube", env, seed=seed)
+        seen[seed] = []
 
-                loop = ControlLoop(robot, CallablePolicy(act), SafetyFilter(cfg.action, cfg.safety, 1 / RATE),
-                                   Watchdog(1 / RATE, cfg.safety.stale_periods),
-                                   LoopConfig(rate_hz=RATE, max_steps=env.spec.max_episode_steps + 20),
-                                   success_fn=lambda: sim.success)
-                sim.start()
-                rep = loop.run_episode(start_after=t_reset)
-                sim.stop()
-                bridged.append(sim.success)
-                reports.append(rep)
-                assert seen[0]["front_image"].shape == (IMG, IMG, 3) and seen[0]["proprio"].shape == (9,)
-                np.testing.assert_allclose(seen[-1]["proprio"][:3], sim.obs["proprio"][:3], atol=0.05)
-        finally:
-            sim.close()
-            robot.close()
+        def act(obs):
+            seen[seed].append(obs)
+            with sim.state_lock:  # the privileged expert reads the robot-side simulator state
+                return expert.act(obs)
+
+        return CallablePolicy(act)
+
+    def check_last_observation(seed, sim, report):
+        assert seen[seed][0]["front_image"].shape == (IMG, IMG, 3) and seen[seed][0]["proprio"].shape == (9,)
+        np.testing.assert_allclose(seen[seed][-1]["proprio"][:3], sim.obs["proprio"][:3], atol=0.05)
+
+    results = run_bridge_episodes(env, robot_cfg, SEEDS, make_policy, rate_hz=RATE, on_episode=check_last_observation)
+    bridged = [r["success"] for r in results]
+    reports = [r["report"] for r in results]
     n_direct = sum(s for s, _ in direct)
     n_bridge = sum(bridged)
     print(f"lift_cube expert success: direct {n_direct}/{len(SEEDS)}, through rosbridge {n_bridge}/{len(SEEDS)}")
