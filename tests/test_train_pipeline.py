@@ -268,3 +268,32 @@ def test_load_policy_without_the_original_encoder_file(tmp_path, store):
                             obs_keys=["front_image", "wrist_image", "proprio"]).get_batch([0, 3])
     obs = {k: v for k, v in batch.items() if k != "action"}
     torch.testing.assert_close(after.predict_action(obs), before.predict_action(obs), atol=0, rtol=0)
+
+
+def test_nonfinite_loss_stops_training_keeps_good_checkpoints_and_closes_everything(tmp_path, cached_store,
+                                                                                   monkeypatch):
+    from s2robot.datasets.store import EpisodeStore
+    from s2robot.policies.base import BasePolicy
+    from s2robot.training.logger import RunLogger
+
+    path, _ = cached_store
+    calls = {"n": 0, "closed": []}
+    forward = BasePolicy.forward
+
+    def nan_from_step_4(self, batch):
+        calls["n"] += 1
+        loss = forward(self, batch)
+        return loss * float("nan") if calls["n"] >= 4 else loss
+
+    for cls, name in ((EpisodeStore, "store"), (RunLogger, "logger")):
+        close = cls.close
+        monkeypatch.setattr(cls, "close", lambda self, close=close, name=name: (calls["closed"].append(name),
+                                                                                close(self))[1])
+    monkeypatch.setattr(BasePolicy, "forward", nan_from_step_4)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="non-finite training loss between steps 4 and 4"):
+        train(train_cfg(path, out, "bc_mlp", steps=8, train={"save_every": 3}))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000003"]
+    assert "store" in calls["closed"] and "logger" in calls["closed"]
+    w = _weights(out / "checkpoints" / "step_0000003")
+    assert all(torch.isfinite(v).all() for v in w.values())

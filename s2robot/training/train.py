@@ -169,7 +169,8 @@ def train(cfg: Any) -> Path:
     c = _plain(cfg)
     info, device = init_distributed(c.get("device", "auto"))
     try:
-        return _train(c, info, device)
+        with contextlib.ExitStack() as cleanup:  # store, logger and progress bar are closed on any exit
+            return _train(c, info, device, cleanup)
     finally:
         shutdown_distributed()
 
@@ -241,7 +242,7 @@ def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
     return Normalizer().fit(stats, modes={k: modes.get(k, "minmax") for k in stats})
 
 
-def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
+def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: contextlib.ExitStack) -> Path:
     from s2robot.policies import build_policy
     from s2robot.policies.ema import PolicyEMA
     from s2robot.policies.factory import parse_policy_config
@@ -261,6 +262,7 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
     np.random.seed(seed)
 
     store, encoder, train_ds, val_ds, meta = _prepare_data(c, info, obs_cfg, head_cfg, tcfg)
+    cleanup.callback(store.close)
     task_cfg = c.get("task") or {}
     policy = build_policy(pcfg, meta, _fit_normalizer(c, train_ds, meta), encoder).to(device)
     named = policy.trainable_named_parameters()
@@ -322,6 +324,7 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
                         pin_memory=device.type == "cuda")
 
     logger = RunLogger(out_dir, enabled=info.is_main, tensorboard=tcfg.tensorboard, resume_step=start_step)
+    cleanup.callback(logger.close)
     n_params = sum(p.numel() for _, p in named)
     _log(info, f"{pcfg.get('name')}: {n_params / 1e6:.2f} M trainable params, {len(train_ds)} train windows"
                f"{f', {len(val_ds)} val windows' if val_ds else ''}, world size {info.world_size}, device {device}, "
@@ -339,7 +342,13 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
     batches = iter(loader)
     bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step",
                disable=not (info.is_main and tcfg.progress))
+    cleanup.callback(bar.close)
     loss_sum, loss_n, t_last, last_saved = torch.zeros((), device=device), 0, time.perf_counter(), None
+    # Non-finite losses are counted on the device and checked every step on CPU, but on CUDA only when the loop
+    # syncs anyway (log/val/eval/save steps), summed over ranks so that every DDP rank raises together. Nothing is
+    # saved from weights a non-finite step touched: each save step checks first.
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+    check_every = tcfg.log_every if device.type == "cuda" else 1
     eval_disabled = False
     step = start_step
     policy.train()
@@ -355,8 +364,7 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
         batch = _to_device(batch, device)
         with autocast_for(device):
             loss = model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+        nonfinite += ~torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -370,7 +378,18 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
         loss_n += 1
         bar.update(1)
 
-        if step % tcfg.log_every == 0 or step == tcfg.steps:
+        last = step == tcfg.steps
+        val_due = val_ds is not None and tcfg.val_every and (step % tcfg.val_every == 0 or last)
+        eval_due = tcfg.eval_every and not eval_disabled and (step % tcfg.eval_every == 0 or last)
+        save_due = step % tcfg.save_every == 0 or last
+        if step % check_every == 0 or last or val_due or eval_due or save_due:
+            if float(all_reduce_mean(nonfinite.float(), info)) > 0:
+                raise FloatingPointError(
+                    f"non-finite training loss between steps {max(step - check_every, start_step) + 1} and {step}"
+                    f"{'' if info.world_size == 1 else ' (on some rank)'}; lower optim.lr or check the data "
+                    f"(`s2robot dataset info`). Checkpoints in {ckpt_dir} hold only weights from before it.")
+
+        if step % tcfg.log_every == 0 or last:
             mean_loss = float(all_reduce_mean(loss_sum / loss_n, info))
             now = time.perf_counter()
             logger.log("train", step, {"epoch": epoch, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
@@ -379,20 +398,20 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device) -> Path:
             loss_sum.zero_()
             loss_n, t_last = 0, now
 
-        if val_ds is not None and tcfg.val_every and (step % tcfg.val_every == 0 or step == tcfg.steps):
+        if val_due:
             if info.is_main:
                 with _ema_weights(policy, ema):
                     val = _val_loss(policy, val_ds, tcfg, seed, device)
                 logger.log("val", step, {"val_loss": val})
             barrier(info)
 
-        if tcfg.eval_every and not eval_disabled and (step % tcfg.eval_every == 0 or step == tcfg.steps):
+        if eval_due:
             if info.is_main:
                 eval_disabled = not _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device,
                                               logger, info)
             barrier(info)
 
-        if step % tcfg.save_every == 0 or step == tcfg.steps:
+        if save_due:
             path = ckpt_dir / f"step_{step:07d}"
             if info.is_main:
                 save_checkpoint(path, policy, saved_cfg, step=step, epoch=epoch, optimizer=optimizer,
