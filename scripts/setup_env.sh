@@ -20,6 +20,16 @@ if ((${#need_apt[@]})); then
   $SUDO apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >&2 \
     || echo "[setup] WARNING: could not install ${need_apt[*]}; offscreen rendering may fail" >&2
 fi
+# Opt-in (CI sets it): ROS 1 from Debian (roscore + rospy + message packages) for the optional rospy backend's test.
+if [ "${S2ROBOT_ROS1:-0}" = 1 ]; then
+  ros1_apt=(ros-core python3-rospy python3-sensor-msgs python3-geometry-msgs python3-std-msgs python3-trajectory-msgs)
+  if ! dpkg -s "${ros1_apt[@]}" >/dev/null 2>&1; then
+    echo "[setup] S2ROBOT_ROS1=1: installing ${ros1_apt[*]}" >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${ros1_apt[@]}" >&2 \
+      || echo "[setup] WARNING: could not install the ROS 1 packages; tests/test_ros_rospy.py will skip" >&2
+  fi
+fi
 
 if [ ! -f "$venv/.complete" ]; then
   echo "[setup] creating $venv (first run installs ~6 GB of wheels; later runs reuse it)" >&2

@@ -1,9 +1,9 @@
 """``s2robot deploy checkpoint=PATH robot=<config> [dry_run=true]``: run a trained policy on a robot.
 
 Builds the robot from ``robot/<config>.yaml`` (``backend: rosbridge`` for a ROS 1/2 robot behind rosbridge_server,
-``backend: sim`` for a built-in MuJoCo task), loads the policy with ``s2robot.load_policy``, checks that the
-policy's cameras / proprio / action sizes match the robot config, and runs ``episodes`` episodes of the fixed-rate
-control loop with the safety layer. ``dry_run=true`` publishes every command to the shadow topics
+``backend: rospy`` for a ROS 1 master reached directly, ``backend: sim`` for a built-in MuJoCo task), loads the
+policy with ``s2robot.load_policy``, checks that the policy's cameras / proprio / action sizes match the robot config,
+and runs ``episodes`` episodes of the fixed-rate control loop with the safety layer. ``dry_run=true`` publishes every command to the shadow topics
 (``shadow_prefix + topic``) only. ``record=PATH`` appends every deployed episode to a zarr store.
 """
 
@@ -33,6 +33,10 @@ def build_robot(cfg: RobotConfig, dry_run: bool = False, image_size=None) -> Rob
         return SimRobot(task=sim.get("task", "lift_cube"), image_size=tuple(size) if isinstance(size, (list, tuple))
                         else size, cameras=tuple(cfg.cameras) or tuple(sim.get("cameras", ("front", "wrist"))),
                         env_kwargs=sim.get("env_kwargs"), max_episode_steps=sim.get("max_episode_steps"))
+    if cfg.backend == "rospy":
+        from s2robot.ros.rospy_robot import RospyRobot
+
+        return RospyRobot(cfg, dry_run=dry_run, image_size=image_size)
     from s2robot.ros.rosbridge import RosbridgeRobot
 
     return RosbridgeRobot(cfg, dry_run=dry_run, image_size=image_size)
@@ -44,13 +48,13 @@ def check_policy_matches(policy, cfg: RobotConfig) -> None:
     if meta is None:
         return
     missing = [c for c in meta.cameras if c not in cfg.cameras]
-    if missing and cfg.backend == "rosbridge":
+    if missing and cfg.backend != "sim":
         raise ValueError(f"policy needs cameras {meta.cameras} but robot config {cfg.name!r} has "
                          f"{sorted(cfg.cameras)} (missing {missing})")
     if meta.action_dim != cfg.action.dim:
         raise ValueError(f"policy emits {meta.action_dim}-dim actions but robot {cfg.name!r} has action.dim="
                          f"{cfg.action.dim}")
-    if cfg.backend == "rosbridge" and meta.proprio_dim and meta.proprio_dim != cfg.proprio_dim:
+    if cfg.backend != "sim" and meta.proprio_dim and meta.proprio_dim != cfg.proprio_dim:
         raise ValueError(f"policy expects proprio of size {meta.proprio_dim}; robot {cfg.name!r} proprio segments "
                          f"give {cfg.proprio_dim}")
 

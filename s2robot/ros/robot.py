@@ -28,7 +28,7 @@ class RobotDisconnected(RuntimeError):
 
 
 class Robot(abc.ABC):
-    """A robot the control loop can drive. Implementations: ``RosbridgeRobot``, ``SimRobot``."""
+    """A robot the control loop can drive. Implementations: ``RosbridgeRobot``, ``RospyRobot``, ``SimRobot``."""
 
     #: action dimension A and the camera names, known after construction
     action_dim: int
@@ -236,14 +236,16 @@ class SafetyConfig:
 
 @dataclass
 class RobotConfig:
-    """A whole ``robot/*.yaml``. ``backend``: ``rosbridge`` (a real robot or the test server) or ``sim`` (a
-    built-in MuJoCo task behind the Robot interface, no ROS)."""
+    """A whole ``robot/*.yaml``. ``backend``: ``rosbridge`` (a real robot or the test server), ``rospy`` (a ROS 1
+    node talking to the ROS master at ``master_uri`` directly; optional, needs the ROS 1 Python packages) or ``sim``
+    (a built-in MuJoCo task behind the Robot interface, no ROS)."""
 
     action: ActionConfig
     backend: str = "rosbridge"
     name: str = "robot"
     host: str = "127.0.0.1"
     port: int = 9090
+    master_uri: str | None = None  # backend=rospy: http://host:11311; null: $ROS_MASTER_URI or http://localhost:11311
     secure: bool = False
     transport: str = "asyncio"
     ros_version: int = 2
@@ -265,8 +267,12 @@ class RobotConfig:
     sim: dict[str, Any] = field(default_factory=dict)  # backend=sim: task, env_kwargs, image_size, ...
 
     def __post_init__(self):
-        if self.backend not in ("rosbridge", "sim"):
-            raise ValueError(f"robot.backend must be rosbridge or sim, got {self.backend!r}")
+        if self.backend not in ("rosbridge", "rospy", "sim"):
+            raise ValueError(f"robot.backend must be rosbridge, rospy or sim, got {self.backend!r}")
+        if self.backend == "rospy" and self.ros_version != 1:
+            raise ValueError("robot.backend=rospy is ROS 1: set robot.ros_version: 1 (ROS 2 robots: use rosbridge)")
+        if self.master_uri is not None and not str(self.master_uri).startswith("http://"):
+            raise ValueError(f"robot.master_uri must look like http://host:11311, got {self.master_uri!r}")
         if self.transport not in ("asyncio", "twisted"):
             raise ValueError(f"robot.transport must be asyncio or twisted, got {self.transport!r}")
         if self.ros_version not in (1, 2):
@@ -279,9 +285,9 @@ class RobotConfig:
             raise ValueError(f"robot.image_size must be [height, width], got {self.image_size}")
         if not 0 < int(self.port) < 65536:
             raise ValueError(f"robot.port must be a TCP port, got {self.port}")
-        if self.backend == "rosbridge":
+        if self.backend in ("rosbridge", "rospy"):
             if self.command is None:
-                raise ValueError("robot.command (topic + type) is required for the rosbridge backend")
+                raise ValueError(f"robot.command (topic + type) is required for the {self.backend} backend")
             if any(s.source == "ee_pose" for s in self.proprio) and not self.ee_pose_topic:
                 raise ValueError("a proprio segment reads ee_pose but robot.ee_pose_topic is not set")
             if any(s.source == "joint_state" for s in self.proprio) and not self.joint_state_topic:

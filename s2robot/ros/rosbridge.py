@@ -118,6 +118,11 @@ class RosbridgeRobot(Robot):
                  cfg.transport, self.dry_run)
 
     def _on_close(self, *_):
+        self._link_down()
+        LOG.warning("rosbridge link lost; commanding stopped until fresh observations arrive")
+
+    def _link_down(self) -> None:
+        """The link dropped: start a new epoch and forget everything received or integrated on the old one."""
         with self._lock:
             self._connected = False
             self._epoch += 1
@@ -126,7 +131,6 @@ class RosbridgeRobot(Robot):
             self._offset = None
             self._setpoint = None
             self._last_proprio = None  # a delta action must not integrate on a state measured on the old link
-        LOG.warning("rosbridge link lost; commanding stopped until fresh observations arrive")
 
     def _on_ready(self, *_):
         with self._lock:
@@ -207,14 +211,17 @@ class RosbridgeRobot(Robot):
     def _out_topic(self, topic: str) -> str:
         return self.cfg.shadow_prefix.rstrip("/") + topic if self.dry_run else topic
 
-    def _advertise_all(self) -> None:
-        import roslibpy
-
+    def _outputs(self) -> dict[str, tuple[str, str]]:
+        """Output key -> (topic as published, i.e. shadowed in dry run; message type)."""
         outs = {"command": (self.cfg.command.topic, self.cfg.command.type)}
         if self.cfg.gripper is not None:
             outs["gripper"] = (self.cfg.gripper.topic, self.cfg.gripper.type)
-        for key, (topic, msg_type) in outs.items():
-            name = self._out_topic(topic)
+        return {key: (self._out_topic(topic), msg_type) for key, (topic, msg_type) in outs.items()}
+
+    def _advertise_all(self) -> None:
+        import roslibpy
+
+        for key, (name, msg_type) in self._outputs().items():
             t = roslibpy.Topic(self._ros, name, self._type(msg_type), queue_size=1)
             t.advertise()
             self._topics.append(t)
