@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's policy results (issue 5), reproduced on CPU:  bash scripts/study.sh [stage ...]
-# Stages: lift_cube, push_t (diffusion + BC on cached S2 tokens), s2 (fine-detail S2 table), s2_resnet (baseline).
+# Stages: lift_cube, push_t (diffusion + BC on cached S2 tokens), s2 (fine-detail S2 table), s2_resnet (baseline),
+# s2_b16 (the two MobileNetV2 rows again at the ResNet row's batch size, for a same-budget comparison).
 # Every command is a plain `s2robot` call; outputs go under $OUT (default outputs/study). Sized for 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,8 +51,15 @@ s2)   # the S2 question on the fine-detail task: front camera only, 224 px, mark
   ;;
 s2_resnet)   # trainable ResNet-18 baseline (robomimic ResNet18Conv + SpatialSoftmax, GroupNorm, random crop)
   train_eval match_marker-resnet18_trainable match_marker $OUT/match_marker.zarr 'task.cameras=[front]' policy=$S2_POLICY \
-    policy.obs.backbone=resnet18 train.batch_size=${RESNET_BATCH:-64}
+    policy.obs.backbone=resnet18 train.batch_size=${RESNET_BATCH:-16}   # 64 would take ~4 h here (9 s/step)
   ;;
-*) echo "unknown stage $stage (lift_cube | push_t | s2 | s2_resnet)" >&2; exit 2 ;;
+s2_b16)   # MobileNetV2 one scale vs S2 (1,2) at batch 16: the same samples seen as the ResNet-18 row
+  for scales in 1 12; do
+    sc=$([ $scales = 1 ] && echo '[1]' || echo '[1,2]')
+    train_eval match_marker-mnv2_s$scales-b16 match_marker $OUT/match_marker.zarr 'task.cameras=[front]' \
+      encoder=mobilenet_v2 "encoder.scales=$sc" policy=$S2_POLICY train.batch_size=16
+  done
+  ;;
+*) echo "unknown stage $stage (lift_cube | push_t | s2 | s2_resnet | s2_b16)" >&2; exit 2 ;;
 esac; done
 echo "study outputs in $OUT"
