@@ -101,14 +101,23 @@ def cache_features(
     ``num_tokens``, ``grid``, ``num_prefix`` (an ``S2Encoder``); an ``nn.Module`` is moved to ``device``.
     ``cameras``: default every camera with a ``<cam>_image`` key. Already-finished frames are skipped.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     if isinstance(encoder, torch.nn.Module):
         encoder.to(dev)
     store = EpisodeStore.open(path, mode="a")
+    try:  # an interrupted run keeps every finished batch (``progress``) and releases the store
+        return _encode_into(store, encoder, dev, cameras, batch_size, pool_grid, progress)
+    finally:
+        store.close()
+
+
+def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: Sequence[str] | None,
+                 batch_size: int, pool_grid: int | None, progress: bool) -> str:
+    """The body of ``cache_features`` on an open store."""
+    from tqdm.auto import tqdm
+
     cams = list(cameras) if cameras is not None else [c for c in store.cameras if f"{c}_image" in store.spec]
     missing = [c for c in cams if f"{c}_image" not in store.spec]
     if missing:
@@ -131,11 +140,12 @@ def cache_features(
         elif group[c].shape[0] != n:
             group[c].resize((n, n_tok, d))
     todo = sum(n - done[c] for c in cams)
-    bar = tqdm(total=todo, desc=f"cache {key}", unit="frame", disable=not progress)
+
     def read(arr: zarr.Array, s: int) -> np.ndarray:
         return np.asarray(arr[s : min(s + batch_size, n)])
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+    with tqdm(total=todo, desc=f"cache {key}", unit="frame", disable=not progress) as bar, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         for c in cams:
             images, out = store.array(f"{c}_image"), group[c]
             starts = list(range(done[c], n, batch_size))
@@ -154,8 +164,6 @@ def cache_features(
                 done[c] = s + len(frames)
                 group.attrs["progress"] = {**group.attrs.get("progress", {}), c: done[c]}
                 bar.update(len(frames))
-    bar.close()
-    store.close()
     return key
 
 

@@ -77,11 +77,16 @@ def test_changed_encoder_config_never_reuses_features(tmp_path):
         SequenceDataset(path, horizon=2, n_obs_steps=1, n_action_steps=1, feature_hash="deadbeef")
 
 
-def test_cache_resumes_after_interruption_and_extends(tmp_path):
+def test_cache_resumes_after_interruption_and_extends(tmp_path, monkeypatch):
     path = tmp_path / "d.zarr"
     _, eps = build_store(path)  # 33 steps, 2 cameras
+    closed = []
+    close = EpisodeStore.close
+    monkeypatch.setattr(EpisodeStore, "close", lambda self: (closed.append(self.path), close(self))[1])
     with pytest.raises(KeyboardInterrupt):
         cache_features(path, FakeEncoder(fail_after=3), batch_size=8, device="cpu", progress=False)
+    assert closed, "the interrupted cache run did not release its store"
+    monkeypatch.undo()
     key = FakeEncoder().config_hash
     prog = EpisodeStore.open(path).group[f"features/{key}"].attrs["progress"]
     assert prog == {"front": 24}  # three batches of 8 done before the interruption
