@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import traceback
 from typing import Sequence
 
 import mujoco
@@ -522,7 +523,12 @@ class WarpEnvPool:
         return self._results(indices, obs, elapsed=time.perf_counter() - t0)
 
     def step(self, indices, actions):
-        """Step worlds ``indices`` with ``actions`` (len(indices), 5); the others hold still."""
+        """Step worlds ``indices`` with ``actions`` (len(indices), 5); the others hold still.
+
+        Failures end episodes, never the evaluation: a raising batched step is an error for every world in
+        ``indices``; a world whose state went non-finite is an error for that world only."""
+        from s2robot.evaluation.vector_env import StepResult
+
         from . import robot
 
         t0 = time.perf_counter()
@@ -532,8 +538,17 @@ class WarpEnvPool:
         full[:, 4] = (1.0 - 2.0 * opening).to(torch.float32)
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=env.device)
         full[idx] = torch.as_tensor(np.asarray(actions), dtype=torch.float32, device=env.device)
-        obs, _, success, score = env.step(full)
-        return self._results(indices, obs, success, score, time.perf_counter() - t0)
+        try:
+            obs, _, success, score = env.step(full)
+        except Exception:  # noqa: BLE001 - one batched step failed: end these episodes, not the evaluation
+            err = f"MuJoCo-Warp step raised (all worlds stepped together):\n{traceback.format_exc()}"
+            return {int(i): StepResult(False, error=err) for i in indices}
+        results = self._results(indices, obs, success, score, time.perf_counter() - t0)
+        finite = (torch.isfinite(env.sim.qpos).all(dim=1) & torch.isfinite(env.sim.qvel).all(dim=1)).cpu().numpy()
+        for i in results:
+            if not finite[i]:  # a diverged world: report it like a crashed env; the evaluator resets it
+                results[i] = StepResult(False, error=f"world {i}: non-finite physics state (qpos/qvel) after the step")
+        return results
 
     def alive(self, i: int) -> bool:
         return self.env.sim is not None

@@ -52,3 +52,32 @@ def test_warp_backend_runs_the_evaluator_with_reports(tmp_path):
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="backend='gpu'"):
         evaluate(LiftUpPolicy(), task="lift_cube", n_envs=1, episodes=1, backend="gpu", progress=False)
+
+
+@pytest.mark.parametrize("fault", ["raise", "nan_world_1"])
+def test_a_failing_warp_step_ends_episodes_not_the_evaluation(tmp_path, monkeypatch, fault):
+    from s2robot.envs.warp_backend import WarpBatchEnv
+
+    step, calls = WarpBatchEnv.step, {"n": 0}
+
+    def faulty_step(self, actions):
+        calls["n"] += 1
+        out = step(self, actions)
+        if calls["n"] == 3:
+            if fault == "raise":
+                raise RuntimeError("injected warp failure")
+            self.sim.qpos[1, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(WarpBatchEnv, "step", faulty_step)
+    res = evaluate(LiftUpPolicy(), task="lift_cube", n_envs=2, episodes=4, seed=5, device="cpu", n_videos=0,
+                   env_kwargs={"image_size": 32, "cameras": ["front"]}, backend="warp", max_steps=6,
+                   progress=False)
+    eps = {e["seed"]: e for e in res["episodes"]}
+    assert sorted(eps) == [5, 6, 7, 8]  # the evaluation went on with fresh seeds
+    errored = sorted(s for s, e in eps.items() if e["end"] == "error")
+    if fault == "raise":
+        assert errored == [5, 6] and "injected warp failure" in eps[5]["error"]
+    else:
+        assert errored == [6] and "non-finite physics state" in eps[6]["error"]
+    assert all(eps[s]["end"] != "error" and eps[s]["length"] == 6 for s in (7, 8))
