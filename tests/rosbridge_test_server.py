@@ -379,9 +379,12 @@ class SimRobotServer:
         if self.steps >= self.max_steps:  # a robot keeps running after success; only the step budget ends it
             self.done.set()
 
-    def start(self, sync: bool = False, hold_after: float = 1.5):
+    def start(self, sync: bool = False, hold_after: float = 2.5):
         """Publish the first observation, then step on the worker thread until done/stop: at ``rate_hz`` on the
-        robot's own clock, or (``sync``) once per received command / after ``hold_after`` periods without one."""
+        robot's own clock, or (``sync``) once per received command / after ``hold_after`` periods without one.
+
+        ``hold_after`` must exceed 1 + the loop's ``max_wait``: a command computed at a replanning tick leaves the
+        loop up to ``max_wait`` periods into its slot, i.e. up to 1 + max_wait periods after the previous one."""
         self._stop.clear()
         self._command_event.clear()
         self._running = self._call(lambda: self._run(sync, hold_after), wait=False)
