@@ -239,7 +239,7 @@ class SimRobotServer:
         self._stop = threading.Event()
         self.done = threading.Event()
         self.step_times: list[float] = []
-        self.hold_steps = 0  # sync mode: steps taken on the timeout (no command arrived in time)
+        self.hold_steps = 0  # sync mode: steps of this episode taken on the timeout (no command arrived in time)
         self._command_event = threading.Event()
         self.command_log: list[tuple[float, np.ndarray]] = []  # (monotonic receive, env action applied)
         server.on_publish(cfg.command.topic, self._on_command)
@@ -360,7 +360,7 @@ class SimRobotServer:
             with self.state_lock:
                 self.obs, self.info = self.env.reset(seed=seed)
             self.steps, self.success, self.max_steps = 0, False, max_steps
-            self.max_score = 0.0
+            self.max_score, self.hold_steps = 0.0, 0
             self._target, self._cmd_rest, self._gripper, self._last_gripper = None, None, None, None
             self.done.clear()
             return self.obs
@@ -465,7 +465,6 @@ def run_bridge_episodes(env, robot_cfg: dict, seeds, make_policy: Callable, rate
         try:
             for seed in seeds:
                 sim.reset(seed=seed, max_steps=max_steps)
-                holds0 = sim.hold_steps
                 t_reset = time.monotonic()
                 policy = make_policy(seed, sim)
                 loop = ControlLoop(robot, policy, SafetyFilter(cfg.action, cfg.safety, 1 / rate_hz),
@@ -481,7 +480,7 @@ def run_bridge_episodes(env, robot_cfg: dict, seeds, make_policy: Callable, rate
                 if on_episode is not None:
                     on_episode(seed, sim, rep)
                 out.append({"seed": seed, "success": bool(sim.success), "steps": sim.steps, "max_score": sim.max_score,
-                            "hold_steps": sim.hold_steps - holds0, "report": rep})
+                            "hold_steps": sim.hold_steps, "report": rep})
         finally:
             sim.close()
             robot.close()

@@ -335,7 +335,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
 
     if start_step >= tcfg.steps:
         _log(info, f"nothing to do: the checkpoint is at step {start_step} >= train.steps={tcfg.steps}")
-        logger.close()
         return resolve_checkpoint(out_dir)
     epoch, in_epoch = divmod(start_step, per_epoch)
     sampler.set_position(epoch, in_epoch * tcfg.batch_size)
@@ -349,6 +348,7 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     # saved from weights a non-finite step touched: each save step checks first.
     nonfinite = torch.zeros((), dtype=torch.int64, device=device)
     check_every = tcfg.log_every if device.type == "cuda" else 1
+    checked_to = start_step  # every step up to this one had a finite loss
     eval_disabled = False
     step = start_step
     policy.train()
@@ -385,9 +385,10 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
         if step % check_every == 0 or last or val_due or eval_due or save_due:
             if float(all_reduce_mean(nonfinite.float(), info)) > 0:
                 raise FloatingPointError(
-                    f"non-finite training loss between steps {max(step - check_every, start_step) + 1} and {step}"
+                    f"non-finite training loss between steps {checked_to + 1} and {step}"
                     f"{'' if info.world_size == 1 else ' (on some rank)'}; lower optim.lr or check the data "
                     f"(`s2robot dataset info`). Checkpoints in {ckpt_dir} hold only weights from before it.")
+            checked_to = step
 
         if step % tcfg.log_every == 0 or last:
             mean_loss = float(all_reduce_mean(loss_sum / loss_n, info))
@@ -422,8 +423,7 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
                 _prune(ckpt_dir, tcfg.keep_last)
             last_saved = path
             barrier(info)
-    bar.close()
-    logger.close()
+    bar.close()  # before the closing message (the ExitStack closes the logger and the store)
     final = ckpt_dir / f"step_{tcfg.steps:07d}"
     _log(info, f"done: checkpoint {final}  (load with s2robot.load_policy('{final}'); logs in {out_dir})")
     return final
