@@ -32,11 +32,41 @@ def _group_options(group: str) -> set[str]:
     return {p.stem for p in folder.glob("*.yaml")}
 
 
+def _is_config_file(value: str) -> bool:
+    return value.endswith((".yaml", ".yml")) or "/" in value
+
+
+def split_group_files(overrides: list[str]) -> tuple[list[str], dict[str, Path], list[str]]:
+    """Separate ``group=PATH.yaml`` overrides (a user's own config file for a config group) from the rest.
+
+    Returns (hydra overrides, {group: file}, dotted overrides of those groups such as ``robot.port=9091``, which
+    must apply to the user's file rather than to the group's default, so they are held back until it is loaded).
+    A path that does not exist is an error naming it.
+    """
+    files: dict[str, Path] = {}
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        if key in CONFIG_GROUPS and key != "dataset" and value not in _group_options(key) and _is_config_file(value):
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise SystemExit(f"s2robot: {key}={value!r}: no such config file")
+            files[key] = path.resolve()
+    rest, held = [], []
+    for ov in overrides:
+        key = ov.partition("=")[0]
+        if key in files:
+            continue
+        group = key.lstrip("+~").split(".", 1)[0]
+        (held if group in files and "." in key else rest).append(ov)
+    return rest, files, held
+
+
 def rewrite_overrides(overrides: list[str]) -> list[str]:
     """Map ``dataset=some/path.zarr`` to ``dataset.path=some/path.zarr``; reject unknown group options early.
 
     A group override whose value is a known option is kept as is. For ``dataset`` any other value is a path.
-    For the other groups an unknown value is an error naming the valid options.
+    For the other groups a value that names a YAML file is a user's own config (see :func:`compose`); any other
+    unknown value is an error naming the valid options.
     """
     out = []
     for ov in overrides:
@@ -50,20 +80,54 @@ def rewrite_overrides(overrides: list[str]) -> list[str]:
                     ov = f"dataset.path={value}"
                 else:
                     raise SystemExit(
-                        f"s2robot: {key}={value!r} is not a known {key} config; choose one of {sorted(options)}"
+                        f"s2robot: {key}={value!r} is not a known {key} config; choose one of {sorted(options)} "
+                        f"or give the path of your own {key} YAML file ({key}=./my_{key}.yaml)"
                     )
         out.append(ov)
     return out
 
 
+def _load_group_file(group: str, path: Path):
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors: one line naming the file
+        raise SystemExit(f"s2robot: {group}={path}: not a valid YAML config ({str(e).splitlines()[0]})") from None
+    if not isinstance(node, DictConfig):
+        raise SystemExit(f"s2robot: {group}={path}: the file must hold a mapping of keys, got {type(node).__name__}")
+    return node
+
+
 def compose(config_name: str, overrides: list[str] | None = None):
-    """Compose ``configs/<config_name>.yaml`` with hydra overrides and return the resolved DictConfig."""
+    """Compose ``configs/<config_name>.yaml`` with hydra overrides and return the resolved DictConfig.
+
+    ``group=PATH.yaml`` (task, policy, encoder, robot) replaces that group's section by the user's own file, which
+    then gets the same validation as a shipped one; ``group.key=value`` overrides apply on top of it.
+    """
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
+    rest, files, held = split_group_files(list(overrides or []))
     with initialize_config_module(config_module="s2robot.configs", version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=rewrite_overrides(list(overrides or [])))
+        cfg = hydra_compose(config_name=config_name, overrides=rewrite_overrides(rest))
+    for group, path in files.items():
+        if group not in cfg:
+            raise SystemExit(f"s2robot: `{config_name}` has no {group} config group ({group}={path})")
+        with open_dict(cfg):
+            cfg[group] = _load_group_file(group, path)
+    for ov in held:
+        key, value = ov.split("=", 1)
+        key = key.lstrip("+")
+        if key.startswith("~"):
+            parent, _, leaf = key[1:].rpartition(".")
+            with open_dict(cfg):
+                OmegaConf.select(cfg, parent).pop(leaf, None)
+            continue
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=True)
     OmegaConf.resolve(cfg)
     return cfg
 

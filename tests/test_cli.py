@@ -31,3 +31,36 @@ def test_help_lists_every_verb(capsys):
     out = capsys.readouterr().out
     for verb in cli.VERBS:
         assert verb in out
+
+
+def test_group_config_from_a_users_file(tmp_path, monkeypatch):
+    """``robot=./my_robot.yaml`` / ``task=/abs/my_task.yaml`` replace the group with the file; dotted overrides of
+    that group apply on top of the file, not of the default."""
+    from omegaconf import OmegaConf
+
+    shipped = cli._group_options("robot")
+    src = OmegaConf.load(__import__("importlib").import_module("s2robot.configs").__file__.replace(
+        "__init__.py", "robot/rosbridge_lift_cube.yaml"))
+    src.name = "my_robot"
+    src.port = 9191
+    mine = tmp_path / "my_robot.yaml"
+    OmegaConf.save(src, mine)
+    assert "my_robot" not in shipped
+    monkeypatch.chdir(tmp_path)
+    cfg = cli.compose("deploy", ["robot=./my_robot.yaml", "robot.rate_hz=3.0"])
+    assert cfg.robot.name == "my_robot" and cfg.robot.port == 9191 and cfg.robot.rate_hz == 3.0
+    task = tmp_path / "my_task.yaml"
+    task.write_text("name: lift_cube\nenv_id: s2robot/LiftCube-v0\ncameras: [front]\nimage_size: 64\n"
+                    "max_episode_steps: 30\n")
+    cfg = cli.compose("train", [f"task={task}", "task.image_size=48"])
+    assert cfg.task.cameras == ["front"] and cfg.task.max_episode_steps == 30 and cfg.task.image_size == 48
+    assert "env_kwargs" not in cfg.task  # nothing of the default task leaks into the user's file
+
+
+def test_group_config_file_errors_are_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="no such config file"):
+        cli.compose("train", [f"task={tmp_path}/missing.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(SystemExit, match="must hold a mapping"):
+        cli.compose("train", [f"task={bad}"])
