@@ -2,7 +2,9 @@
 
 Observation (``gymnasium.spaces.Dict``):
   ``"<camera>_image"``: uint8 (H, W, 3) upright RGB for each camera in ``cameras`` (``front``, ``wrist``);
-  ``"proprio"``: float32 (9,) = ee position (3), gripper width (1), arm joints j0..j4 (5) (see ``robot.py``).
+  ``"proprio"``: float32 (9,) = ee position (3), gripper width (1), arm joints j0..j4 (5) (see ``robot.py``);
+  ``"state"`` (only with ``state_obs=True``): float32 (S,) privileged task state, ``Task.state_vector`` (object
+  poses and the goal), the control-only upper bound for diagnosing vision.
 Action: float32 (5,) = [dx, dy, dz, dyaw, gripper] (see ``robot.py``); components beyond the bounds are clipped,
 a wrong shape or NaN/Inf raises ``ValueError``.
 Control: ``control_hz`` (default 10 Hz) with ``n_substeps = 1 / (control_hz * timestep)`` physics steps
@@ -58,6 +60,7 @@ class ManipulationEnv(gym.Env):
         max_dyaw: float = robot.DEFAULT_MAX_DYAW,
         terminate_on_success: bool = True,
         render_mode: str | None = "rgb_array",
+        state_obs: bool = False,
     ):
         self.task = get_task(task) if isinstance(task, str) else task
         self.cameras = tuple(cameras)
@@ -70,6 +73,9 @@ class ManipulationEnv(gym.Env):
         self.render_mode = render_mode
         self.terminate_on_success = bool(terminate_on_success)
         self.max_delta, self.max_dyaw = float(max_delta), float(max_dyaw)
+        if not isinstance(state_obs, (bool, np.bool_)):
+            raise ValueError(f"state_obs must be true or false, got {state_obs!r}")
+        self.state_obs = bool(state_obs)
 
         self.model = load_model(self.task)
         self.data = mujoco.MjData(self.model)
@@ -84,6 +90,8 @@ class ManipulationEnv(gym.Env):
         h, w = self.image_hw
         obs_spaces = {f"{c}_image": spaces.Box(0, 255, (h, w, 3), np.uint8) for c in self.cameras}
         obs_spaces["proprio"] = spaces.Box(robot.PROPRIO_LOW, robot.PROPRIO_HIGH, dtype=np.float32)
+        if self.state_obs:
+            obs_spaces["state"] = spaces.Box(-np.inf, np.inf, (self.task.state_dim,), np.float32)
         self.observation_space = spaces.Dict(obs_spaces)
         self._renderer: CameraRenderer | None = None
         self._target_pos = np.zeros(3)
@@ -204,6 +212,8 @@ class ManipulationEnv(gym.Env):
         obs = {f"{cam}_image": self.render_camera(cam) for cam in self.cameras}
         obs["proprio"] = np.concatenate([d.site_xpos[self._ee_site], [d.qpos[self._finger_qadr].sum()],
                                          d.qpos[self._arm_qadr]]).astype(np.float32)
+        if self.state_obs:
+            obs["state"] = self.task.state_vector(self.state_arrays())[0]
         return obs
 
     def render_camera(self, camera: str, data: mujoco.MjData | None = None) -> np.ndarray:

@@ -7,7 +7,9 @@ Each task is the single source of truth that a CPU env (``base.ManipulationEnv``
 - ``objects``: names of the free-jointed bodies whose poses form the task state;
 - ``sample(rng, n)``: seeded initial state for ``n`` worlds -> ``InitState`` (object poses, ee target, params);
 - ``evaluate(state)``: ``StateArrays`` with a leading batch dim -> ``(success (B,) bool, score (B,) float)``;
-- ``apply_params(model, params)``: per-episode visual parameters (marker colours), a no-op for most tasks.
+- ``apply_params(model, params)``: per-episode visual parameters (marker colours), a no-op for most tasks;
+- ``state_vector(state)``: the privileged-state observation (B, state_dim) that ``state_obs=True`` envs emit as
+  ``"state"``: object positions and yaw (cos, sin) per object plus what a task's goal needs (``goal_features``).
 
 Geometry conventions: table top at z=0, object positions are body origins (the centre of mass for the T block).
 """
@@ -111,6 +113,25 @@ class Task:
 
     def apply_params(self, model, params: np.ndarray) -> None:
         """Write per-episode visual parameters (params (n_params,)) into a CPU ``MjModel``."""
+
+    def goal_features(self, params: np.ndarray) -> np.ndarray:
+        """Task-goal part of the privileged state from the per-episode params (B, n_params) -> (B, G)."""
+        return np.zeros((params.shape[0], 0))
+
+    @property
+    def state_dim(self) -> int:
+        """Size of :meth:`state_vector`: 5 per object (x, y, z, cos yaw, sin yaw) + the goal features."""
+        return 5 * len(self.objects) + self.goal_features(np.zeros((1, self.n_params))).shape[1]
+
+    def state_vector(self, s: StateArrays) -> np.ndarray:
+        """Privileged state (B, state_dim) float32: per object [x, y, z, cos yaw, sin yaw], then goal features.
+
+        The control-only upper bound of a task: a policy on it needs no vision (issue: diagnose vision vs control).
+        """
+        yaw = quat_yaw(s.obj_quat)  # (B, K)
+        per_obj = np.concatenate([s.obj_pos, np.cos(yaw)[..., None], np.sin(yaw)[..., None]], axis=-1)
+        flat = per_obj.reshape(per_obj.shape[0], -1)
+        return np.concatenate([flat, self.goal_features(s.params)], axis=1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- cube tasks
@@ -226,6 +247,11 @@ class MatchMarker(Task):
         success = (h_target >= self.lift_height) & ~wrong_lifted
         score = np.where(wrong_lifted, 0.0, np.clip(h_target / self.lift_height, 0.0, 1.0))
         return success, score
+
+    def goal_features(self, params):
+        """One-hot of the target cube (B, 3): which cube's marker matches the card."""
+        target = np.asarray(params, dtype=np.float64)[:, 0].astype(int)
+        return np.eye(N_MARKER_CUBES)[target]
 
     def apply_params(self, model, params):
         import mujoco

@@ -20,7 +20,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["ShapeMeta", "BasePolicy", "randn_rows", "rand_rows"]
+__all__ = ["ShapeMeta", "BasePolicy", "randn_rows", "rand_rows", "LOWDIM_OBS_KEYS"]
+
+#: low-dim observation keys a policy may read, each one conditioning token: robot proprioception and the optional
+#: privileged task state (object poses, goal; ``state_obs`` envs), the control-only upper bound.
+LOWDIM_OBS_KEYS = ("proprio", "state")
 
 
 @dataclass
@@ -43,11 +47,13 @@ class ShapeMeta:
     token_pool_grid: int | None = None
     feature_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    state_dim: int = 0
 
     def __post_init__(self) -> None:
         self.cameras = [str(c) for c in self.cameras]
-        if self.proprio_dim < 0:
-            raise ValueError(f"shape_meta.proprio_dim must be >= 0, got {self.proprio_dim}")
+        if self.proprio_dim < 0 or self.state_dim < 0:
+            raise ValueError(f"shape_meta.proprio_dim and state_dim must be >= 0, got {self.proprio_dim}, "
+                             f"{self.state_dim}")
         if self.action_dim <= 0:
             raise ValueError(f"shape_meta.action_dim must be > 0, got {self.action_dim}")
         if self.image_shape is not None:
@@ -103,7 +109,8 @@ class BasePolicy(nn.Module):
     """Common interface and observation handling; subclasses add a head.
 
     Sub-modules: ``obs_encoder`` (:class:`s2robot.policies.conditioning.ObsConditioner`) and ``normalizer``
-    (:class:`s2robot.datasets.normalizer.Normalizer` with ``"action"`` and, when P > 0, ``"proprio"`` stats).
+    (:class:`s2robot.datasets.normalizer.Normalizer` with ``"action"`` and, when P > 0 / S > 0, ``"proprio"`` /
+    ``"state"`` stats).
     """
 
     def __init__(
@@ -150,9 +157,14 @@ class BasePolicy(nn.Module):
     # ----- helpers ---------------------------------------------------------------------------------------------
     @property
     def obs_keys(self) -> list[str]:
-        """Raw observation keys the policy consumes from an env: ``<cam>_image`` per camera and ``proprio``."""
+        """Raw observation keys the policy consumes from an env: ``<cam>_image`` per camera, ``proprio`` and
+        ``state`` (the privileged state, only for policies trained on it)."""
         keys = [f"{c}_image" for c in self.shape_meta.cameras]
-        return keys + (["proprio"] if self.shape_meta.proprio_dim > 0 else [])
+        return keys + [k for k in LOWDIM_OBS_KEYS if self.lowdim_dim(k) > 0]
+
+    def lowdim_dim(self, key: str) -> int:
+        """Size of low-dim observation ``key`` (``proprio`` or ``state``), 0 when the policy does not read it."""
+        return int(getattr(self.shape_meta, f"{key}_dim"))
 
     @property
     def device(self) -> torch.device:
@@ -177,7 +189,8 @@ class BasePolicy(nn.Module):
         """Conditioning tokens (B, n_obs_steps, M, d) from the last ``n_obs_steps`` observation steps.
 
         Accepts ``"<cam>_tokens"`` (B, T, N, D) or ``"<cam>_image"`` uint8 (B, T, H, W, 3) per camera and
-        ``"proprio"`` (B, T, P), with T >= n_obs_steps; proprio is normalised here.
+        ``"proprio"`` (B, T, P) and ``"state"`` (B, T, S) when the policy reads them, with T >= n_obs_steps;
+        low-dim keys are normalised here.
         """
         sliced: dict[str, torch.Tensor] = {}
         T = self.n_obs_steps
@@ -191,10 +204,14 @@ class BasePolicy(nn.Module):
                     f"observation {key!r} has {value.shape[1]} time steps but the policy needs n_obs_steps={T}"
                 )
             sliced[key] = value[:, -T:]
-        if self.shape_meta.proprio_dim > 0:
-            if "proprio" not in sliced:
-                raise KeyError(f"observation needs 'proprio' (B, T_obs, {self.shape_meta.proprio_dim}); got {sorted(obs)}")
-            sliced["proprio"] = self.normalizer.normalize("proprio", sliced["proprio"].float())
+        for key in LOWDIM_OBS_KEYS:
+            dim = self.lowdim_dim(key)
+            if dim == 0:
+                sliced.pop(key, None)
+                continue
+            if key not in sliced:
+                raise KeyError(f"observation needs {key!r} (B, T_obs, {dim}); got {sorted(obs)}")
+            sliced[key] = self.normalizer.normalize(key, sliced[key].float())
         return self.obs_encoder(sliced)
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:

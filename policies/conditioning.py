@@ -9,8 +9,9 @@ sent through the frozen encoder held here (under ``torch.no_grad``; an encoder b
 - ``"transformer"``: a small pre-norm transformer over [K learned queries; tokens]; the K query outputs are kept.
 - ``"mean"``: the baseline that drops the spatial grid — mean over the grid tokens, then LayerNorm + Linear (K=1).
 
-Proprio becomes one more token. The output is (B, T_obs, M, d_model) with M = n_cameras * K + 1 (or
-n_cameras * K without proprio). Poolers are shared across cameras (plus a learned camera embedding) or separate,
+Proprio becomes one more token, and so does the optional privileged ``state`` (object poses, goal). The output is
+(B, T_obs, M, d_model) with M = n_cameras * K + [proprio] + [state]. A policy may have no cameras at all (a
+state-only policy, the control-only upper bound of a task). Poolers are shared across cameras (plus a learned camera embedding) or separate,
 by ``share_cameras``.
 
 The trainable baseline (``backbone="resnet18"``) replaces encoder + pooler with robomimic's ResNet18Conv +
@@ -147,7 +148,9 @@ class ObsConditioner(nn.Module):
         self.cache_dtype = getattr(torch, cfg.cache_dtype)
         d = cfg.d_model
         self.frozen_encoder = None
-        if cfg.backbone == "tokens":
+        if not self.cameras:
+            self.poolers = nn.ModuleList()
+        elif cfg.backbone == "tokens":
             if frozen_encoder is not None:
                 frozen_encoder.eval()
                 if getattr(frozen_encoder, "trainable", "frozen") == "frozen":
@@ -173,7 +176,13 @@ class ObsConditioner(nn.Module):
         self.proprio_proj = (
             nn.Sequential(nn.Linear(shape_meta.proprio_dim, d), nn.LayerNorm(d)) if self.use_proprio else None
         )
-        self.tokens_per_step = len(self.cameras) * cfg.tokens_per_camera + int(self.use_proprio)
+        self.use_state = shape_meta.state_dim > 0
+        self.state_proj = (
+            nn.Sequential(nn.Linear(shape_meta.state_dim, d), nn.LayerNorm(d)) if self.use_state else None
+        )
+        self.tokens_per_step = len(self.cameras) * cfg.tokens_per_camera + int(self.use_proprio) + int(self.use_state)
+        if self.tokens_per_step == 0:
+            raise ValueError("the policy has no inputs: no cameras, no proprio and no state")
 
     @property
     def out_dim(self) -> int:
@@ -226,22 +235,29 @@ class ObsConditioner(nn.Module):
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """obs with (B, T, ...) entries (proprio already normalised) -> (B, T, M, d_model)."""
-        ref = next((v for k, v in obs.items() if k.endswith(("_tokens", "_image")) or k == "proprio"), None)
+        ref = next((v for k, v in obs.items() if k.endswith(("_tokens", "_image")) or k in ("proprio", "state")), None)
         if ref is None:
-            raise KeyError(f"observation has no '<cam>_tokens', '<cam>_image' or 'proprio' entry; got {sorted(obs)}")
+            raise KeyError(f"observation has no '<cam>_tokens', '<cam>_image', 'proprio' or 'state' entry; "
+                           f"got {sorted(obs)}")
         B, T = ref.shape[:2]
-        if self.cfg.backbone == "tokens":
+        if not self.cameras:
+            per_cam = []
+        elif self.cfg.backbone == "tokens":
             per_cam = self._camera_tokens(obs, B, T)
         else:
             per_cam = self._camera_images(obs, B, T)
-        if self.cfg.share_cameras:
+        if not per_cam:
+            feats = ref.new_zeros((B * T, 0, self.cfg.d_model), dtype=torch.float32)
+        elif self.cfg.share_cameras:
             C = len(per_cam)
             feats = self.poolers[0](torch.cat(per_cam))  # (C*B*T, K, d): one batched call for all cameras
             feats = feats.reshape(C, B * T, *feats.shape[1:]) + self.camera_embed[:, None]
             feats = feats.permute(1, 0, 2, 3).reshape(B * T, -1, self.cfg.d_model)
         else:
             feats = torch.cat([pool(x) for pool, x in zip(self.poolers, per_cam)], dim=1)
-        if self.proprio_proj is not None:
-            prop = self.proprio_proj(obs["proprio"].reshape(B * T, -1).float())[:, None]
-            feats = torch.cat([feats, prop], dim=1)
+        for key, proj in (("proprio", self.proprio_proj), ("state", self.state_proj)):
+            if proj is not None:
+                if key not in obs:
+                    raise KeyError(f"observation needs {key!r} (B, T_obs, ...); got {sorted(obs)}")
+                feats = torch.cat([feats, proj(obs[key].reshape(B * T, -1).float())[:, None]], dim=1)
         return feats.reshape(B, T, self.tokens_per_step, self.cfg.d_model)

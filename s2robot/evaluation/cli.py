@@ -54,8 +54,10 @@ def match_policy(env_kwargs: dict[str, Any], policy, explicit: dict[str, Any]) -
             print(f"[eval] rendering {size} px images as the policy was trained on (task config says "
                   f"{out['image_size']}); pass env_kwargs.image_size=... to override")
         out["image_size"] = size
-    if getattr(meta, "cameras", None) and "cameras" not in explicit:
-        out["cameras"] = tuple(meta.cameras)
+    if getattr(meta, "cameras", None) is not None and "cameras" not in explicit:
+        out["cameras"] = tuple(meta.cameras)  # () for a policy without images: nothing is rendered
+    if getattr(meta, "state_dim", 0) and "state_obs" not in explicit:
+        out["state_obs"] = True
     return out
 
 

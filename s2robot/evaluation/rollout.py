@@ -132,6 +132,8 @@ class _BatchedRollout:
         n, n_obs = pool.n_envs, int(getattr(policy, "n_obs_steps", 1))
         keys = _policy_obs_keys(policy, pool.obs_spec)
         self.image_keys = [k for k in pool.obs_spec if k.endswith("_image")]
+        if not self.image_keys:  # an env rendering no camera (a state-only policy): nothing to film
+            video.wanted = set()
         _warn_image_mismatch(policy, {k: pool.obs_spec[k][0] for k in self.image_keys})
         # per env: the last n_obs observations of every key the policy reads, (n_envs, n_obs, *shape)
         self.hist = {k: np.zeros((n, n_obs, *shape), dtype=np.dtype(dt))

@@ -189,7 +189,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", use_ema: b
     if "shape_meta" not in cfg or "policy" not in cfg:
         raise ValueError(f"{ckpt / CONFIG_FILE} lacks 'policy' or 'shape_meta'; not an s2robot policy checkpoint")
     meta = ShapeMeta.from_dict(cfg["shape_meta"])
-    needs_encoder = (cfg["policy"].get("obs") or {}).get("backbone", "tokens") == "tokens" and cfg.get("encoder")
+    needs_encoder = ((cfg["policy"].get("obs") or {}).get("backbone", "tokens") == "tokens" and cfg.get("encoder")
+                     and meta.cameras)
     encoder = (_build_encoder_for_load(cfg["encoder"], ckpt, torch.device("cpu"), cfg.get("encoder_config_hash"))
                if needs_encoder else None)
     policy = build_policy(cfg["policy"], meta, encoder=encoder)

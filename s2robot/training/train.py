@@ -184,13 +184,18 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
 
     task_cfg, dcfg = c.get("task") or {}, c.get("dataset") or {}
     store = EpisodeStore.open(dcfg["path"], mode="r")
-    cameras = list(task_cfg.get("cameras") or store.cameras)
+    # task.cameras: [] trains a policy without images (e.g. on the privileged state only)
+    cameras = list(store.cameras if task_cfg.get("cameras") is None else task_cfg["cameras"])
     missing = [cam for cam in cameras if f"{cam}_image" not in store.spec]
     if missing:
         raise ValueError(f"{dcfg['path']}: no images for camera(s) {missing}; the store has keys {store.keys}")
+    use_state = bool((task_cfg.get("env_kwargs") or {}).get("state_obs", False))
+    if use_state and "state" not in store.spec:
+        raise ValueError(f"{dcfg['path']}: task.env_kwargs.state_obs=true but the store has no 'state' key; collect "
+                         f"with task.env_kwargs.state_obs=true (keys: {store.keys})")
 
     encoder, feature_key, feature_attrs = None, None, {}
-    if obs_cfg.backbone == "tokens":
+    if obs_cfg.backbone == "tokens" and cameras:
         from s2robot.encoders import build_encoder
 
         enc_cfg = c.get("encoder") or {}
@@ -209,7 +214,8 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
             _log(info, f"{why}: encoding images online with the frozen encoder (slower; "
                        f"`s2robot cache dataset={dcfg['path']} encoder={enc_cfg['name']}` caches them once)")
 
-    obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else [])
+    obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else []) + (
+        ["state"] if use_state else [])
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
                  val_ratio=float(dcfg.get("val_ratio", 0.1)), seed=int(dcfg.get("seed", 0)),
@@ -226,7 +232,8 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
         tok_shape = list(shapes[f"{cameras[0]}_tokens"]) if feature_key else [encoder.num_tokens, encoder.out_dim]
     meta = ShapeMeta(
         cameras=cameras, proprio_dim=proprio_dim, action_dim=int(shapes["action"][0]),
-        image_shape=list(store.spec[f"{cameras[0]}_image"]["shape"]), token_shape=tok_shape,
+        state_dim=int(shapes["state"][0]) if use_state else 0,
+        image_shape=list(store.spec[f"{cameras[0]}_image"]["shape"]) if cameras else None, token_shape=tok_shape,
         num_prefix=int(encoder.num_prefix) if encoder is not None else 0,
         token_pool_grid=feature_attrs.get("pool_grid"), feature_hash=feature_key,
     )
@@ -234,10 +241,12 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
 
 
 def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
-    """Normaliser for ``action`` (+ ``proprio``) fitted on the training split, modes from ``normalizer:``."""
+    """Normaliser for ``action`` (+ ``proprio``, ``state``) fitted on the training split, modes from
+    ``normalizer:``."""
     from s2robot.datasets.normalizer import Normalizer
 
-    stats = train_ds.lowdim_data(["action"] + (["proprio"] if meta.proprio_dim else []))
+    stats = train_ds.lowdim_data(["action"] + (["proprio"] if meta.proprio_dim else []) + (
+        ["state"] if meta.state_dim else []))
     modes = dict(c.get("normalizer") or {})
     return Normalizer().fit(stats, modes={k: modes.get(k, "minmax") for k in stats})
 
@@ -272,7 +281,8 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
                     ecfg.update_after_step).to(device) if ecfg.enabled else None
 
     task_name = task_cfg.get("name") or store.attrs.get("task") or "task"
-    vision = (c.get("encoder") or {}).get("name") if encoder is not None else obs_cfg.backbone
+    vision = (c.get("encoder") or {}).get("name") if encoder is not None else (
+        obs_cfg.backbone if meta.cameras else "state")
     out_dir = Path(c.get("out_dir") or f"outputs/train/{task_name}-{pcfg.get('name', 'policy')}-{vision}")
     ckpt_dir = out_dir / "checkpoints"
     start_step = 0
@@ -298,8 +308,8 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     saved_cfg = {**c, "shape_meta": meta.to_dict()}
     if encoder is not None:  # lets load_policy keep the hash when the original weights file is absent
         saved_cfg["encoder_config_hash"] = encoder.config_hash
-    size = meta.image_shape[0]
-    if task_cfg and task_cfg.get("image_size") not in (None, size):
+    size = meta.image_shape[0] if meta.image_shape else None
+    if task_cfg and size is not None and task_cfg.get("image_size") not in (None, size):
         # evaluation renders at the task's image_size: record the resolution the policy was trained on
         _log(info, f"the store's images are {size} px, task.image_size is {task_cfg['image_size']}: the checkpoint "
                    f"records image_size={size} so evaluation renders what the policy was trained on")
