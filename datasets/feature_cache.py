@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 from zarr.codecs import BloscCodec
 
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
+from s2robot.tokens import pool_tokens, tokens_as_cached  # noqa: F401  (pool_tokens: re-exported)
 
 from .store import DatasetError, EpisodeStore, StoreLike, describe
 
@@ -40,25 +40,6 @@ def feature_hash_for(encoder: Any, pool_grid: int | None = None) -> str:
     if pool_grid is not None and int(pool_grid) != int(encoder.grid):
         key += f"_pool{int(pool_grid)}"
     return key
-
-
-def pool_tokens(tokens: torch.Tensor, num_prefix: int, grid: int, pool_grid: int | None) -> torch.Tensor:
-    """Area-pool the patch grid of (B, num_prefix + grid², D) tokens to pool_grid², keeping prefix tokens first.
-
-    Returns (B, num_prefix + pool_grid², D). ``grid % pool_grid == 0`` gives exact non-overlapping area means;
-    otherwise adaptive average pooling (overlapping windows).
-    """
-    if pool_grid is None or pool_grid == grid:
-        return tokens
-    if not 1 <= pool_grid <= grid:
-        raise ValueError(f"pool_grid must be in [1, {grid}] (the encoder grid), got {pool_grid}")
-    b, n, d = tokens.shape
-    if n != num_prefix + grid * grid:
-        raise ValueError(f"tokens have N={n}, expected num_prefix + grid² = {num_prefix + grid * grid}")
-    prefix, patches = tokens[:, :num_prefix], tokens[:, num_prefix:]
-    grid_map = patches.transpose(1, 2).reshape(b, d, grid, grid)
-    pooled = F.adaptive_avg_pool2d(grid_map, pool_grid).flatten(2).transpose(1, 2)
-    return torch.cat([prefix, pooled], dim=1)
 
 
 def _feature_group(store: EpisodeStore, key: str, encoder: Any, pool_grid: int | None, n_tok: int) -> zarr.Group:
@@ -157,10 +138,10 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
                 x = pin_if_cuda(torch.from_numpy(frames), dev)
                 with autocast_for(dev):
                     tok = encoder.encode(x)
-                tok = pool_tokens(tok.float(), n_prefix, grid, pool_grid)
+                tok = tokens_as_cached(tok, num_prefix=n_prefix, grid=grid, pool_grid=pool_grid, dtype="float16")
                 if tuple(tok.shape[1:]) != (n_tok, d):
                     raise DatasetError(f"encoder returned tokens {tuple(tok.shape)}, expected (B, {n_tok}, {d})")
-                out[s : s + len(frames)] = tok.to(torch.float16).cpu().numpy()
+                out[s : s + len(frames)] = tok.cpu().numpy()
                 done[c] = s + len(frames)
                 group.attrs["progress"] = {**group.attrs.get("progress", {}), c: done[c]}
                 bar.update(len(frames))
@@ -197,4 +178,10 @@ def run(cfg) -> str:
         pool_grid=cfg.get("pool_grid"), device=dev,
     )
     print(f"cached features: {path}/features/{key}  (use feature_hash={key})")
+    token_dim = cfg.get("token_dim")
+    if token_dim:
+        from .token_reduction import reduce_features
+
+        key = reduce_features(path, key, int(token_dim))
+        print(f"reduced features (PCA to {int(token_dim)} channels): {path}/features/{key}")
     return key

@@ -8,8 +8,9 @@ Observation keys are read only for the first ``n_obs_steps`` steps of a window; 
 All window indices are computed once with numpy (no Python loop over episodes). Reads are batched: a batch of
 windows (``get_batch``, ``__getitems__``) gathers every needed frame of a key in one call, each chunk read and
 decoded once (:class:`~s2robot.datasets.reader.FrameReader`, which bypasses zarr's ~1 ms per-call indexing
-overhead for local stores). Small low-dim arrays are held in RAM (loaded lazily in each process); images and cached
-tokens stay in the store. The store is opened lazily per process, so DataLoader workers never receive a copy.
+overhead for local stores). Small low-dim arrays are held in RAM (loaded lazily in each process); cached tokens are
+loaded into RAM once when they fit ``token_cache_bytes`` (then a batch is a numpy gather, no chunk decoding), else
+they stream from the store like images. The store is opened lazily per process, so DataLoader workers never receive a copy.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .reader import FrameReader
 from .store import DatasetError, EpisodeStore, StoreLike, describe, is_image_key
 
 LOWDIM_CACHE_BYTES = 256 << 20
+TOKEN_CACHE_BYTES = 4 << 30
 
 
 def split_episodes(n_episodes: int, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +73,8 @@ class SequenceDataset(Dataset):
             replaced by ``<cam>_tokens`` float32 (n_obs_steps, N, D) read from the stored float16 tokens.
         split: ``"train"``, ``"val"`` or ``"all"``; episodes are split with ``val_ratio`` and ``seed``.
         lowdim_cache_bytes: low-dim keys whose total size is below this are held in RAM (per process).
+        token_cache_bytes: cached token arrays (``features/<hash>``) whose total size is at most this are loaded
+            into RAM once per process (float16 as stored); 0 streams them from the store.
     Items: images uint8 (T_obs, H, W, 3); tokens float32 (T_obs, N, D); other keys float32.
     """
 
@@ -87,6 +91,7 @@ class SequenceDataset(Dataset):
         seed: int = 0,
         action_key: str = "action",
         lowdim_cache_bytes: int = LOWDIM_CACHE_BYTES,
+        token_cache_bytes: int = TOKEN_CACHE_BYTES,
     ):
         if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon:
             raise ValueError(
@@ -126,6 +131,11 @@ class SequenceDataset(Dataset):
             for p in self._sources.values() if p.startswith("data/") and not is_image_key(p[5:])
         )
         self._cache_lowdim = lowdim_bytes <= lowdim_cache_bytes
+        token_bytes = sum(
+            int(np.prod(store.group[p].shape, dtype=np.int64)) * np.dtype(store.group[p].dtype).itemsize
+            for p in self._sources.values() if p.startswith("features/")
+        )
+        self.tokens_in_ram = 0 < token_bytes <= token_cache_bytes
         self.n_steps = store.n_steps
         self._shapes = {k: tuple(store.group[p].shape[1:]) for k, p in self._sources.items()}
         self._store: EpisodeStore | None = store
@@ -174,6 +184,8 @@ class SequenceDataset(Dataset):
             arr = self._store.group[self._sources[key]]
             if self._cache_lowdim and self._sources[key].startswith("data/") and not is_image_key(key):
                 arr = np.asarray(arr[: self.n_steps])
+            elif self.tokens_in_ram and self._sources[key].startswith("features/"):
+                arr = FrameReader(arr).read(np.arange(self.n_steps))  # once: batches become numpy gathers
             else:
                 arr = FrameReader(arr)
             self._arrays[key] = arr

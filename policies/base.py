@@ -48,6 +48,7 @@ class ShapeMeta:
     feature_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     state_dim: int = 0
+    token_reduce: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.cameras = [str(c) for c in self.cameras]

@@ -17,8 +17,9 @@ by ``share_cameras``.
 The trainable baseline (``backbone="resnet18"``) replaces encoder + pooler with robomimic's ResNet18Conv +
 SpatialSoftmax (GroupNorm, crop randomisation), one vector (K=1) per camera; see ``resnet_baseline.py``.
 
-Online encoding rounds tokens to the cache dtype (float16) and applies the cache's grid pooling, so cached and
-online inputs give the same outputs for the same frames.
+Online encoding turns tokens into what the cache stores with the same function the cache uses
+(:func:`s2robot.tokens.tokens_as_cached`: grid pooling, rounding to the cache dtype, the cache's fixed PCA channel
+reduction when it stored reduced tokens), so cached and online inputs give the same outputs for the same frames.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from s2robot.device import autocast_for
 from s2robot.policies.base import ShapeMeta
+from s2robot.tokens import TokenProjection, tokens_as_cached
 
 __all__ = ["ConditioningConfig", "ObsConditioner", "TokenPooler"]
 
@@ -172,6 +175,11 @@ class ObsConditioner(nn.Module):
                 ResNetImageEncoder(shape_meta.image_shape, d, cfg.crop_ratio, cfg.resnet_num_kp, cfg.resnet_gn_group_size)
                 for _ in range(n_poolers)
             )
+        reduce = shape_meta.token_reduce
+        if reduce:  # the cache's fixed channel projection, applied to live frames (filled by training)
+            self.register_buffer("token_proj_mean", torch.zeros(int(reduce["in_dim"])))
+            self.register_buffer("token_proj_components", torch.zeros(int(reduce["dim"]), int(reduce["in_dim"])))
+        self.token_reduced = bool(reduce)
         self.camera_embed = nn.Parameter(torch.zeros(len(self.cameras), 1, d)) if cfg.share_cameras else None
         self.proprio_proj = (
             nn.Sequential(nn.Linear(shape_meta.proprio_dim, d), nn.LayerNorm(d)) if self.use_proprio else None
@@ -188,24 +196,34 @@ class ObsConditioner(nn.Module):
     def out_dim(self) -> int:
         return self.cfg.d_model
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) frames -> tokens (B, N', D) exactly as the feature cache stores them.
+    def set_token_projection(self, projection: TokenProjection) -> None:
+        """Store the cache's channel projection (training copies it from the feature set it trains on)."""
+        if not self.token_reduced:
+            raise ValueError("this policy was built for unreduced tokens (shape_meta.token_reduce is None)")
+        self.token_proj_mean.copy_(projection.mean)
+        self.token_proj_components.copy_(projection.components)
 
-        Same steps as ``s2robot.datasets.feature_cache``: encode (bf16 autocast on CUDA only), area-pool the grid
-        when the cache pooled it, round to the cache dtype (float16).
+    @property
+    def token_projection(self) -> TokenProjection | None:
+        if not self.token_reduced:
+            return None
+        return TokenProjection(self.token_proj_mean, self.token_proj_components)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) frames -> tokens (B, N', D') exactly as the feature cache stores them, as float32.
+
+        Encode (bf16 autocast on CUDA only), then :func:`s2robot.tokens.tokens_as_cached`, the function the cache
+        uses: grid pooling, rounding to the cache dtype, the cache's PCA channel reduction when it made one.
         """
         if self.frozen_encoder is None:
             raise RuntimeError("this policy has no frozen encoder; feed '<cam>_tokens' (cached features) instead")
-        from s2robot.datasets.feature_cache import pool_tokens
-        from s2robot.device import autocast_for
-
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.frozen_encoder.parameters())
         with torch.set_grad_enabled(grad), autocast_for(images.device):
             tokens = self.frozen_encoder.encode(images)
-        tokens = tokens.float()
-        if self.token_pool_grid:
-            tokens = pool_tokens(tokens, self.num_prefix, int(self.frozen_encoder.grid), int(self.token_pool_grid))
-        return tokens.to(self.cache_dtype).float()
+        grid = int(self.frozen_encoder.grid)
+        return tokens_as_cached(tokens, num_prefix=self.num_prefix, grid=grid,
+                                pool_grid=int(self.token_pool_grid) if self.token_pool_grid else None,
+                                projection=self.token_projection, dtype=self.cfg.cache_dtype).float()
 
     def _camera_tokens(self, obs: Mapping[str, torch.Tensor], B: int, T: int) -> list[torch.Tensor]:
         """Per camera (B*T, N, D) tokens; all image cameras go through the encoder in one batched call."""

@@ -104,10 +104,12 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
-def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int | None) -> tuple[str | None, dict]:
+def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int | None,
+                    token_dim: int | None = None) -> tuple[str | None, dict]:
     """The ``features/<key>`` of ``store`` made by ``encoder`` (same config_hash), complete for ``cameras``.
 
-    Prefers the requested ``pool_grid`` (None: unpooled first). Returns (key, attrs) or (None, {}).
+    Prefers the requested ``pool_grid`` (None: unpooled first). ``token_dim``: only sets PCA-reduced to that many
+    channels (None: only unreduced sets). Returns (key, attrs) or (None, {}).
     """
     from s2robot.datasets.feature_cache import cached_feature_sets
 
@@ -117,6 +119,9 @@ def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int
         if attrs.get("config_hash") != encoder.config_hash:
             continue
         if any(int(progress.get(c, 0)) < store.n_steps for c in cameras):
+            continue
+        reduced = (attrs.get("reduce") or {}).get("dim")
+        if (None if reduced is None else int(reduced)) != (None if token_dim is None else int(token_dim)):
             continue
         pooled = attrs.get("pool_grid")
         grid = encoder.grid if pooled is None else int(pooled)
@@ -203,7 +208,17 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
             raise ValueError("policy.obs.backbone=tokens needs an encoder: pass encoder=<name>")
         encoder = build_encoder(**enc_cfg, device="cpu")
         if dcfg.get("use_cached_features", True):
-            feature_key, feature_attrs = select_features(store, encoder, cameras, c.get("pool_grid"))
+            token_dim = c.get("token_dim")
+            feature_key, feature_attrs = select_features(store, encoder, cameras, c.get("pool_grid"), token_dim)
+            if token_dim and not feature_key:
+                full, _ = select_features(store, encoder, cameras, c.get("pool_grid"), None)
+                if full:
+                    raise ValueError(
+                        f"{dcfg['path']}: no features reduced to token_dim={token_dim} channels; add them (seconds) "
+                        f"with `s2robot cache dataset={dcfg['path']} encoder={enc_cfg['name']} token_dim={token_dim}` "
+                        f"(same encoder overrides), or train on the full tokens with token_dim=null")
+                _log(info, f"token_dim={token_dim} needs a PCA fitted on cached features; none are cached, so the "
+                           f"full tokens are used")
         if feature_key:
             _log(info, f"using cached features {dcfg['path']}/features/{feature_key} (encoder {enc_cfg['name']}, "
                        f"hash {encoder.config_hash})")
@@ -219,7 +234,8 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
                  val_ratio=float(dcfg.get("val_ratio", 0.1)), seed=int(dcfg.get("seed", 0)),
-                 lowdim_cache_bytes=int(dcfg.get("lowdim_cache_mb", 256)) << 20)
+                 lowdim_cache_bytes=int(dcfg.get("lowdim_cache_mb", 256)) << 20,
+                 token_cache_bytes=int(dcfg.get("token_cache_mb", 4096)) << 20)
     train_ds = SequenceDataset(store, split="train", **ds_kw)
     val_ds = SequenceDataset(store, split="val", **ds_kw) if tcfg.val_every and ds_kw["val_ratio"] > 0 else None
     if val_ds is not None and len(val_ds) == 0:
@@ -236,6 +252,8 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
         image_shape=list(store.spec[f"{cameras[0]}_image"]["shape"]) if cameras else None, token_shape=tok_shape,
         num_prefix=int(encoder.num_prefix) if encoder is not None else 0,
         token_pool_grid=feature_attrs.get("pool_grid"), feature_hash=feature_key,
+        token_reduce=({"method": "pca", "dim": int(feature_attrs["reduce"]["dim"]), "in_dim": int(encoder.out_dim)}
+                      if feature_attrs.get("reduce") else None),
     )
     return store, encoder, train_ds, val_ds, meta
 
@@ -273,7 +291,12 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     store, encoder, train_ds, val_ds, meta = _prepare_data(c, info, obs_cfg, head_cfg, tcfg)
     cleanup.callback(store.close)
     task_cfg = c.get("task") or {}
-    policy = build_policy(pcfg, meta, _fit_normalizer(c, train_ds, meta), encoder).to(device)
+    policy = build_policy(pcfg, meta, _fit_normalizer(c, train_ds, meta), encoder)
+    if meta.token_reduce:  # the cache's PCA goes into the policy, which applies it to live frames
+        from s2robot.datasets.token_reduction import load_projection
+
+        policy.obs_encoder.set_token_projection(load_projection(store.group["features"][meta.feature_hash]))
+    policy = policy.to(device)
     named = policy.trainable_named_parameters()
     optimizer = build_optimizer(named, ocfg)
     lr_scheduler = build_lr_scheduler(optimizer, ocfg, tcfg.steps)

@@ -1,0 +1,108 @@
+"""Channel-reduced feature sets: PCA of cached S2 tokens, fitted once at cache time and stored beside them.
+
+S2 concatenates scales along channels (MobileNetV2 S2 (1, 2): 2560 channels per token), and a policy's first layer
+projects every token to a small width anyway. Reducing the channels once with a fixed PCA makes every training
+batch ~10x smaller to gather and the first layer ~10x cheaper, which is most of a cached-token training step on a
+CPU (``benchmarks/bench_policy.py``).
+
+``features/<key>_pca<K>`` holds the reduced tokens float16 (T, N, K) per camera, with attrs copied from the source
+set plus ``reduce = {method, dim, source, explained_variance, fit_tokens}``, and ``projection/mean`` (D,) and
+``projection/components`` (K, D) float32 so a policy can apply the same projection to live frames
+(:func:`s2robot.tokens.tokens_as_cached`). The key depends on the source key and K, and the fit is deterministic
+(a fixed, seeded sample of tokens of every camera), so a rerun reproduces the same set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from zarr.codecs import BloscCodec
+
+from s2robot.tokens import TokenProjection, fit_pca, tokens_as_cached
+
+from .store import DatasetError, EpisodeStore, StoreLike, describe
+
+FIT_TOKENS = 200_000  # tokens sampled (over all cameras) for the PCA fit
+TOKEN_CODEC = dict(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
+
+
+def reduced_key(source_key: str, dim: int) -> str:
+    return f"{source_key}_pca{int(dim)}"
+
+
+def load_projection(group: Any) -> TokenProjection | None:
+    """The ``projection`` stored in a reduced ``features/<key>`` group, or None for an unreduced set."""
+    if "projection" not in group:
+        return None
+    proj = group["projection"]
+    return TokenProjection(torch.from_numpy(np.asarray(proj["mean"][...])),
+                           torch.from_numpy(np.asarray(proj["components"][...])))
+
+
+def _fit(feats: Any, cams: list[str], n: int, dim: int, seed: int) -> tuple[TokenProjection, float, int]:
+    n_tok = int(feats[cams[0]].shape[1])
+    frames_per_cam = max(1, min(n, FIT_TOKENS // (n_tok * len(cams))))
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=frames_per_cam, replace=False))
+    samples = torch.cat([torch.from_numpy(np.asarray(feats[c].get_orthogonal_selection((rows,))).astype(np.float32))
+                         .reshape(-1, feats[c].shape[2]) for c in cams])
+    if not torch.isfinite(samples).all():
+        raise DatasetError("cached tokens hold non-finite values; rerun `s2robot cache` (delete the feature set)")
+    proj, explained = fit_pca(samples, dim)
+    return proj, explained, int(samples.shape[0])
+
+
+def reduce_features(path: StoreLike, source_key: str, dim: int, seed: int = 0, batch_frames: int = 512,
+                    progress: bool = True) -> str:
+    """Write ``features/<source_key>_pca<dim>`` from the complete feature set ``source_key``; returns its key.
+
+    An existing complete reduced set is kept as is (nothing recomputed).
+    """
+    from tqdm.auto import tqdm
+
+    store = EpisodeStore.open(path, mode="a")
+    try:
+        if "features" not in store.group or source_key not in store.group["features"]:
+            raise DatasetError(f"{describe(store.path)}: no features/{source_key} to reduce; run `s2robot cache` first")
+        src = store.group["features"][source_key]
+        n = store.n_steps
+        cams = sorted(name for name, _ in src.arrays())
+        progress_src = src.attrs.get("progress", {})
+        unfinished = [c for c in cams if int(progress_src.get(c, 0)) < n]
+        if unfinished:
+            raise DatasetError(f"{describe(store.path)}: features/{source_key} is incomplete for {unfinished}; "
+                               "finish `s2robot cache` before reducing it")
+        d = int(src[cams[0]].shape[2])
+        if not 1 <= int(dim) < d:
+            raise DatasetError(f"token_dim must be in [1, {d}) for features/{source_key} (D={d}), got {dim}")
+        key = reduced_key(source_key, dim)
+        feats = store.group["features"]
+        if key in feats and all(int(feats[key].attrs.get("progress", {}).get(c, 0)) >= n for c in cams):
+            return key
+        proj, explained, n_fit = _fit(src, cams, n, int(dim), seed)
+        attrs = {k: v for k, v in src.attrs.items() if k != "progress"}
+        attrs["out_dim"] = int(dim)
+        attrs["reduce"] = {"method": "pca", "dim": int(dim), "source": source_key, "seed": int(seed),
+                           "explained_variance": explained, "fit_tokens": n_fit}
+        if key in feats:
+            del feats[key]  # an interrupted earlier write: redo it (seconds)
+        group = feats.create_group(key, attributes={**attrs, "progress": {}})
+        pg = group.create_group("projection")
+        pg.create_array("mean", data=proj.mean.numpy())
+        pg.create_array("components", data=proj.components.numpy())
+        n_tok = int(src[cams[0]].shape[1])
+        with tqdm(total=n * len(cams), desc=f"reduce {key}", unit="frame", disable=not progress) as bar:
+            for c in cams:
+                out = group.create_array(c, shape=(n, n_tok, int(dim)), dtype="float16", chunks=(1, n_tok, int(dim)),
+                                         compressors=BloscCodec(**TOKEN_CODEC), fill_value=0)
+                for s in range(0, n, batch_frames):
+                    x = torch.from_numpy(np.asarray(src[c][s:s + batch_frames]))
+                    y = tokens_as_cached(x, num_prefix=0, grid=0, projection=proj, dtype="float16")
+                    out[s:s + len(x)] = y.numpy()
+                    bar.update(len(x))
+                group.attrs["progress"] = {**group.attrs.get("progress", {}), c: n}
+        return key
+    finally:
+        store.close()

@@ -1,0 +1,117 @@
+"""PCA-reduced cached tokens and the in-RAM token path: same numbers cached and online, faster batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from policy_testlib import CAMERAS, TINY_ENCODER, make_store, train_cfg
+from s2robot.tokens import fit_pca, tokens_as_cached
+
+
+def test_fit_pca_recovers_a_low_rank_subspace():
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(32, 3, generator=g))[0].T  # (3, 32) orthonormal
+    x = torch.randn(2000, 3, generator=g) * torch.tensor([5.0, 3.0, 1.0]) @ basis + 7.0
+    proj, explained = fit_pca(x, 3)
+    assert explained > 0.999
+    # the components span the generating subspace, and projecting + back-projecting reconstructs x
+    recon = proj(x) @ proj.components + proj.mean
+    torch.testing.assert_close(recon, x, atol=1e-3, rtol=0)
+    proj2, explained2 = fit_pca(x, 1)
+    assert explained2 < explained and proj2.out_dim == 1
+    with pytest.raises(ValueError, match="dim"):
+        fit_pca(x, 33)
+
+
+def test_tokens_as_cached_rounds_projects_and_rejects_bad_dtype():
+    x = torch.randn(2, 5, 8) * 3
+    proj, _ = fit_pca(x.reshape(-1, 8), 4)
+    out = tokens_as_cached(x, num_prefix=1, grid=2, projection=proj)
+    assert out.dtype == torch.float16 and out.shape == (2, 5, 4)
+    torch.testing.assert_close(out, proj(x.half().float()).half())
+    with pytest.raises(ValueError, match="cache dtype"):
+        tokens_as_cached(x, num_prefix=1, grid=2, dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def reduced_store(tmp_path_factory):
+    from s2robot.datasets.feature_cache import cache_features
+    from s2robot.datasets.token_reduction import reduce_features
+    from s2robot.encoders import build_encoder
+
+    path = make_store(tmp_path_factory.mktemp("reduced") / "demo.zarr")
+    enc = build_encoder(**TINY_ENCODER)
+    full = cache_features(path, enc, device="cpu", progress=False)
+    key = reduce_features(path, full, 8, progress=False)
+    return path, full, key
+
+
+def test_reduced_set_is_stored_with_its_projection(reduced_store):
+    import zarr
+
+    from s2robot.datasets.token_reduction import load_projection, reduce_features
+
+    path, full, key = reduced_store
+    assert key == f"{full}_pca8"
+    g = zarr.open_group(str(path), mode="r")
+    src, red = g["features"][full], g["features"][key]
+    proj = load_projection(red)
+    assert proj.out_dim == 8 and red.attrs["reduce"]["source"] == full
+    for cam in CAMERAS:
+        x = torch.from_numpy(np.asarray(src[cam][:]))
+        want = tokens_as_cached(x, num_prefix=0, grid=0, projection=proj).numpy()
+        np.testing.assert_array_equal(np.asarray(red[cam][:]), want)
+    assert reduce_features(path, full, 8, progress=False) == key  # complete: kept, not recomputed
+    from s2robot.datasets.store import DatasetError
+
+    with pytest.raises(DatasetError, match="token_dim must be"):
+        reduce_features(path, full, 10_000, progress=False)
+
+
+def test_policy_on_reduced_tokens_encodes_live_frames_like_the_cache(tmp_path, reduced_store):
+    """train with token_dim -> the checkpoint holds the PCA -> online tokens of stored frames == cached tokens."""
+    import zarr
+
+    import s2robot
+    from s2robot.training.train import train
+
+    path, _, key = reduced_store
+    ckpt = train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=2, token_dim=8))
+    policy = s2robot.load_policy(ckpt)
+    assert policy.shape_meta.token_reduce["dim"] == 8 and policy.shape_meta.feature_hash == key
+    g = zarr.open_group(str(path), mode="r")
+    frames = torch.from_numpy(np.asarray(g["data"]["front_image"][:6]))
+    online = policy.obs_encoder.encode_images(frames)
+    cached = torch.from_numpy(np.asarray(g["features"][key]["front"][:6]).astype(np.float32))
+    torch.testing.assert_close(online, cached, atol=2e-3, rtol=1e-3)  # fp16 rounding of a matmul: ~1 ulp
+    # the projection is the learned-nothing PCA: zeroing it changes the tokens (the test can fail)
+    policy.obs_encoder.token_proj_components.zero_()
+    assert not torch.allclose(policy.obs_encoder.encode_images(frames), cached)
+
+
+def test_token_dim_without_reduced_set_is_one_clear_error(tmp_path):
+    from s2robot.datasets.feature_cache import cache_features
+    from s2robot.encoders import build_encoder
+    from s2robot.training.train import train
+
+    path = make_store(tmp_path / "full.zarr")
+    cache_features(path, build_encoder(**TINY_ENCODER), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="token_dim=8"):
+        train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=2, token_dim=8))
+
+
+def test_tokens_in_ram_equal_streamed_tokens(reduced_store):
+    from s2robot.datasets.sampler import SequenceDataset
+
+    path, _, key = reduced_store
+    kw = dict(horizon=4, n_obs_steps=2, n_action_steps=2, feature_hash=key, split="all")
+    ram = SequenceDataset(path, token_cache_bytes=1 << 30, **kw)
+    streamed = SequenceDataset(path, token_cache_bytes=0, **kw)
+    assert ram.tokens_in_ram and not streamed.tokens_in_ram
+    idx = np.arange(len(ram))[::3]
+    a, b = ram.get_batch(idx), streamed.get_batch(idx)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
