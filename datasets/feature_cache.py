@@ -28,7 +28,8 @@ from zarr.codecs import BloscCodec
 
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 
-from .store import DatasetError, EpisodeStore, StoreLike, describe
+from .integrity import check_present, read_steps
+from .store import WRITE_ALL_CHUNKS, DatasetError, EpisodeStore, StoreLike, describe
 
 TOKEN_CODEC = dict(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
 CACHE_FORMAT = 1
@@ -135,19 +136,20 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
         if c not in group:
             group.create_array(
                 c, shape=(n, n_tok, d), dtype="float16", chunks=(1, n_tok, d),
-                compressors=BloscCodec(**TOKEN_CODEC), fill_value=0,
+                compressors=BloscCodec(**TOKEN_CODEC), fill_value=0, config=WRITE_ALL_CHUNKS,
             )
         elif group[c].shape[0] != n:
             group[c].resize((n, n_tok, d))
     todo = sum(n - done[c] for c in cams)
 
-    def read(arr: zarr.Array, s: int) -> np.ndarray:
-        return np.asarray(arr[s : min(s + batch_size, n)])
+    def read(name: str, s: int) -> np.ndarray:  # a missing/corrupt image chunk is an error, never black frames
+        return read_steps(store, name, s, min(s + batch_size, n), checked=True)
 
     with tqdm(total=todo, desc=f"cache {key}", unit="frame", disable=not progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         for c in cams:
-            images, out = store.array(f"{c}_image"), group[c]
+            images, out = f"data/{c}_image", group[c].with_config(WRITE_ALL_CHUNKS)
+            check_present(store, images)
             starts = list(range(done[c], n, batch_size))
             nxt = pool.submit(read, images, starts[0]) if starts else None
             for i, s in enumerate(starts):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from .integrity import fill_is_legacy_zero, read_steps
 from .reader import FrameReader
 from .store import DatasetError, EpisodeStore, StoreLike, describe, is_image_key
 
@@ -171,11 +172,12 @@ class SequenceDataset(Dataset):
         if arr is None:
             if self._store is None:
                 self._store = EpisodeStore.open(self.path, mode="r")
-            arr = self._store.group[self._sources[key]]
-            if self._cache_lowdim and self._sources[key].startswith("data/") and not is_image_key(key):
-                arr = np.asarray(arr[: self.n_steps])
+            store, name = self._store, self._sources[key]
+            if self._cache_lowdim and name.startswith("data/") and not is_image_key(key):
+                arr = read_steps(store, name, 0, self.n_steps)
             else:
-                arr = FrameReader(arr)
+                arr = FrameReader(store.group[name], describe(store.path), store.episode_ends,
+                                  allow_missing=fill_is_legacy_zero(store.attrs, store.group[name]))
             self._arrays[key] = arr
         return arr
 
@@ -225,8 +227,10 @@ class SequenceDataset(Dataset):
             np.zeros(0, dtype=np.int64)
         out = {}
         for k in keys:
-            arr = store.array(k) if k not in self._sources else store.group[self._sources[k]]
-            out[k] = np.asarray(arr[: self.n_steps], dtype=np.float32)[steps]
+            if k not in self._sources:
+                store.array(k)  # a KeyError naming the store's keys
+            name = f"data/{k}" if k not in self._sources else self._sources[k]
+            out[k] = read_steps(store, name, 0, self.n_steps).astype(np.float32, copy=False)[steps]
         return out
 
 

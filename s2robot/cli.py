@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str, str | None]] = {
     "deploy": ("s2robot.ros.deploy", "run", "deploy"),
     "demo": ("s2robot.demo", "run", "demo"),
     "dataset info": ("s2robot.datasets.cli", "info", None),
+    "dataset verify": ("s2robot.datasets.cli", "verify", None),
     "dataset import-robomimic": ("s2robot.datasets.cli", "import_robomimic", None),
 }
 
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[1:]
     if verb == "dataset":
         if not rest:
-            raise SystemExit("usage: s2robot dataset info PATH | s2robot dataset import-robomimic IN.hdf5 OUT.zarr")
+            raise SystemExit("usage: s2robot dataset info PATH | s2robot dataset verify PATH | "
+                             "s2robot dataset import-robomimic IN.hdf5 OUT.zarr")
         verb, rest = f"dataset {rest[0]}", rest[1:]
     if verb not in VERBS:
         raise SystemExit(f"s2robot: unknown verb {verb!r}\n{_usage()}")

@@ -210,6 +210,9 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
                        f"`s2robot cache dataset={dcfg['path']} encoder={enc_cfg['name']}` caches them once)")
 
     obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else [])
+    from s2robot.datasets.integrity import preflight  # every chunk present, float keys finite (a listing + low-dim)
+
+    preflight(store, [k for k in obs_keys if not (feature_key and k.endswith("_image"))] + ["action"], feature_key)
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
                  val_ratio=float(dcfg.get("val_ratio", 0.1)), seed=int(dcfg.get("seed", 0)),
