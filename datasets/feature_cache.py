@@ -198,5 +198,35 @@ def run(cfg) -> str:
         path, encoder, cameras=list(cams) if cams else None, batch_size=int(cfg.batch_size),
         pool_grid=cfg.get("pool_grid"), device=dev,
     )
-    print(f"cached features: {path}/features/{key}  (use feature_hash={key})")
+    print(f"cached features: {path}/features/{key}")
+    print(f"train on them with: {train_command(path, cfg.encoder, cfg.get('pool_grid'))}")
     return key
+
+
+def _override_value(v: Any) -> str:
+    """A value as a hydra command-line override: null, true, 3, [1,2], or a shell-quoted string."""
+    import json
+    import shlex
+
+    if isinstance(v, str):
+        return shlex.quote(v)
+    return json.dumps(v, separators=(",", ":"))
+
+
+def train_command(path: str, encoder_cfg: Any, pool_grid: int | None) -> str:
+    """The ``s2robot train`` command that picks these cached features: the same encoder config (its name plus the
+    keys that differ from ``configs/encoder/<name>.yaml``) and pooling, so the encoder hash matches."""
+    from omegaconf import OmegaConf
+
+    from s2robot.cli_checks import configs_dir
+
+    enc = OmegaConf.to_container(encoder_cfg, resolve=True)
+    shipped = configs_dir() / "encoder" / f"{enc.get('name')}.yaml"
+    base = OmegaConf.to_container(OmegaConf.load(shipped)) if shipped.is_file() else {}
+    parts = ["s2robot train", f"dataset={path}", f"encoder={enc.get('name')}"]
+    for k, v in enc.items():
+        if k != "name" and base.get(k) != v:
+            parts.append(f"encoder.{k}={_override_value(v)}")
+    if pool_grid is not None:
+        parts.append(f"pool_grid={int(pool_grid)}")
+    return " ".join(parts)
