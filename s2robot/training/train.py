@@ -468,7 +468,7 @@ def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, 
                            seed=int(c.get("seed", 0)) + 100_000, device=device,
                            out_dir=out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
                            env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps,
-                           progress=False)
+                           progress=False, policy_info={"checkpoint": None, "step": step, "trained_task": task_name})
     policy.train()
     logger.log("eval", step, {"success_rate": summary["success_rate"],
                               "mean_max_score": summary.get("mean_max_score")})
