@@ -51,6 +51,7 @@ class TrainConfig:
     eval_videos: int = 1
     eval_max_steps: int | None = None  # episode limit for these rollouts (None: the task's max_episode_steps)
     tensorboard: bool = True
+    wandb: str | None = None  # offline | online: also log to Weights & Biases (pip install wandb)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -326,7 +327,8 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
                         batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda")
 
-    logger = RunLogger(out_dir, enabled=info.is_main, tensorboard=tcfg.tensorboard, resume_step=start_step)
+    logger = RunLogger(out_dir, enabled=info.is_main, tensorboard=tcfg.tensorboard, resume_step=start_step,
+                       wandb=tcfg.wandb, config=c)
     cleanup.callback(logger.close)
     n_params = sum(p.numel() for _, p in named)
     _log(info, f"{pcfg.get('name')}: {n_params / 1e6:.2f} M trainable params, {len(train_ds)} train windows"
@@ -355,6 +357,9 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     eval_disabled = False
     step = start_step
     policy.train()
+    from s2robot.training.interrupt import StopRequest, resume_command
+
+    stop = cleanup.enter_context(StopRequest())  # Ctrl-C: save at the current step, print the resume command
     while step < tcfg.steps:
         try:
             batch = next(batches)
@@ -384,7 +389,7 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
         last = step == tcfg.steps
         val_due = val_ds is not None and tcfg.val_every and (step % tcfg.val_every == 0 or last)
         eval_due = tcfg.eval_every and not eval_disabled and (step % tcfg.eval_every == 0 or last)
-        save_due = step % tcfg.save_every == 0 or last
+        save_due = step % tcfg.save_every == 0 or last or stop.requested
         if step % check_every == 0 or last or val_due or eval_due or save_due:
             if float(all_reduce_mean(nonfinite.float(), info)) > 0:
                 raise FloatingPointError(
@@ -426,6 +431,9 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
                 _prune(ckpt_dir, tcfg.keep_last)
             last_saved = path
             barrier(info)
+            if stop.requested:
+                _log(info, f"interrupted: saved {path}; resume with: {resume_command(out_dir)}")
+                raise KeyboardInterrupt
     bar.close()  # before the closing message (the ExitStack closes the logger and the store)
     final = ckpt_dir / f"step_{tcfg.steps:07d}"
     _log(info, f"done: checkpoint {final}  (load with s2robot.load_policy('{final}'); logs in {out_dir})")
