@@ -34,6 +34,7 @@ class KeyReport:
     steps: int = 0
     chunks: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not errors: e.g. an interrupted episode's steps, dropped on append
 
     def line(self) -> str:
         state = "ok" if not self.problems else f"{len(self.problems)} problem(s)"
@@ -118,7 +119,7 @@ def _check_data_key(store: EpisodeStore, key: str) -> KeyReport:
         rep.problems.append(f"data/{key} is {arr.dtype} {tuple(arr.shape[1:])} per step, spec declares "
                             f"{spec['dtype']} {tuple(spec['shape'])}")
     if arr.shape[0] > store.n_steps:
-        rep.problems.append(f"data/{key} runs {arr.shape[0] - store.n_steps} steps past the last episode end "
+        rep.notes.append(f"data/{key} runs {arr.shape[0] - store.n_steps} steps past the last episode end "
                             f"({store.n_steps}): an interrupted episode (opening the store for writing drops it)")
     _check_chunks(store, f"data/{key}", store.n_steps, rep)
     return rep
@@ -178,6 +179,8 @@ def verify_main(path: StoreLike) -> int:
     for r in reports:
         print(r.line())
     problems = [p for r in reports for p in r.problems]
+    for note in (n for r in reports for n in r.notes):
+        print(f"note: {note}")
     for p in problems:
         print(f"PROBLEM: {p}")
     if problems:

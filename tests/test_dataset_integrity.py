@@ -174,3 +174,15 @@ def test_train_refuses_a_store_with_missing_chunks_before_step_0(tmp_path, name)
     with pytest.raises(SystemExit, match=rf"s2robot train: .*{name} chunk 0 \(steps 0-.*episode"):
         run(OmegaConf.create(train_cfg(path, tmp_path / "run", "bc_mlp", steps=2)))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_verify_notes_an_interrupted_episode_without_failing(tmp_path, capsys):
+    path = tmp_path / "d.zarr"
+    build_store(path, LENGTHS)
+    g = zarr.open_group(str(path), mode="r+")
+    for key in g["data"].array_keys():  # data of a 5th episode whose end was never recorded
+        arr = g["data"][key]
+        arr.resize((arr.shape[0] + 3, *arr.shape[1:]))
+    with pytest.warns(UserWarning, match="past the last recorded episode end"):
+        assert main(["dataset", "verify", str(path)]) == 0
+    assert "note: data/action runs 3 steps past the last episode end" in capsys.readouterr().out
