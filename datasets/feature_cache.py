@@ -213,20 +213,29 @@ def _override_value(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"))
 
 
-def train_command(path: str, encoder_cfg: Any, pool_grid: int | None) -> str:
-    """The ``s2robot train`` command that picks these cached features: the same encoder config (its name plus the
-    keys that differ from ``configs/encoder/<name>.yaml``) and pooling, so the encoder hash matches."""
-    from omegaconf import OmegaConf
+def encoder_overrides(encoder_cfg: Any) -> list[str]:
+    """``encoder=<name>`` plus ``encoder.<key>=<value>`` for every key that differs from the shipped
+    ``configs/encoder/<name>.yaml``: the overrides that rebuild this exact encoder (same ``config_hash``)."""
+    from omegaconf import DictConfig, OmegaConf
 
     from s2robot.cli_checks import configs_dir
 
-    enc = OmegaConf.to_container(encoder_cfg, resolve=True)
+    enc = OmegaConf.to_container(encoder_cfg, resolve=True) if isinstance(encoder_cfg, DictConfig) else dict(encoder_cfg)
     shipped = configs_dir() / "encoder" / f"{enc.get('name')}.yaml"
     base = OmegaConf.to_container(OmegaConf.load(shipped)) if shipped.is_file() else {}
-    parts = ["s2robot train", f"dataset={path}", f"encoder={enc.get('name')}"]
-    for k, v in enc.items():
-        if k != "name" and base.get(k) != v:
-            parts.append(f"encoder.{k}={_override_value(v)}")
+    out = [f"encoder={enc.get('name')}"]
+    out += [f"encoder.{k}={_override_value(v)}" for k, v in enc.items() if k != "name" and base.get(k) != v]
+    return out
+
+
+def train_command(path: str, encoder_cfg: Any, pool_grid: int | None) -> str:
+    """The ``s2robot train`` command that picks these cached features: the same encoder config and pooling."""
+    parts = ["s2robot train", f"dataset={path}", *encoder_overrides(encoder_cfg)]
     if pool_grid is not None:
         parts.append(f"pool_grid={int(pool_grid)}")
     return " ".join(parts)
+
+
+def cache_command(path: str, encoder_cfg: Any) -> str:
+    """The ``s2robot cache`` command that caches features for exactly this encoder config."""
+    return " ".join(["s2robot cache", f"dataset={path}", *encoder_overrides(encoder_cfg)])

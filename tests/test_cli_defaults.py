@@ -54,3 +54,16 @@ def test_warmup_longer_than_the_run_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_lr_scheduler(opt, OptimConfig(warmup_steps=50), 100)
+
+
+def test_train_hint_to_cache_is_a_command_that_caches_the_same_encoder(tmp_path):
+    from omegaconf import OmegaConf
+
+    from s2robot.datasets.feature_cache import cache_command
+
+    enc_cfg = OmegaConf.to_container(cli.compose("demo").encoder)  # the demo's scales [1, 2], input_size 96
+    argv = shlex.split(cache_command("/data/d.zarr", enc_cfg))
+    assert argv[:2] == ["s2robot", "cache"]
+    cfg = cli.compose("cache", argv[2:])
+    assert cfg.dataset.path == "/data/d.zarr"
+    assert OmegaConf.to_container(cfg.encoder) == enc_cfg  # same config, hence the same features/<hash>

@@ -207,8 +207,10 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
             why = "cached features disabled (dataset.use_cached_features=false)" if not dcfg.get(
                 "use_cached_features", True) else (
                 f"no cached features for encoder {enc_cfg['name']!r} (hash {encoder.config_hash}) in the store")
+            from s2robot.datasets.feature_cache import cache_command
+
             _log(info, f"{why}: encoding images online with the frozen encoder (slower; "
-                       f"`s2robot cache dataset={dcfg['path']} encoder={enc_cfg['name']}` caches them once)")
+                       f"`{cache_command(dcfg['path'], enc_cfg)}` caches them once)")
 
     obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else [])
     from s2robot.datasets.integrity import preflight  # every chunk present, float keys finite (a listing + low-dim)
