@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``s2robot <verb> ...``; a user error is one line on stderr and exit status 1 (see ``cli_checks``)."""
     import os
 
-    from s2robot.cli_checks import DEBUG_ENV, user_error_line, user_error_types
+    from s2robot.cli_checks import DEBUG_ENV, unwrap_worker_error, user_error_line, user_error_types
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     verb = " ".join(argv[:2]) if argv[:1] == ["dataset"] else (argv[0] if argv else "")
     try:
         return _run(argv)
+    except SystemExit as e:  # a verb's own one-line message; a DataLoader worker's wrapped error is unwrapped
+        if debug or not isinstance(e.code, str) or "Original Traceback" not in e.code:
+            raise
+        prefix, _, rest = e.code.partition(": ")
+        print(f"{prefix}: {unwrap_worker_error(rest)}", file=sys.stderr)
+        return 1
     except user_error_types() as e:
         if debug:
             raise

@@ -127,10 +127,20 @@ def user_error_types() -> tuple[type[BaseException], ...]:
             NotADirectoryError, ModuleNotFoundError, FloatingPointError, HydraException, OmegaConfBaseException)
 
 
+def unwrap_worker_error(msg: str) -> str:
+    """The original message of an exception re-raised from a DataLoader worker ("Caught ChunkError in DataLoader
+    worker process 0. Original Traceback ... ChunkError: <message>"); other messages unchanged."""
+    if "DataLoader worker process" not in msg or "Original Traceback" not in msg:
+        return msg
+    last = [line for line in msg.strip().splitlines() if line.strip()][-1].strip()
+    name, sep, text = last.partition(": ")
+    return text if sep and " " not in name else last
+
+
 def user_error_line(verb: str, e: BaseException) -> str:
     """One line for a user error: ``s2robot <verb>: <message>``; the message's first line when it has several."""
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    msg = str(msg).strip() or type(e).__name__
+    msg = unwrap_worker_error(str(msg).strip()) or type(e).__name__
     first, _, more = msg.partition("\n")
     if more and "full_key:" in more:  # omegaconf: "Key 'x' is not in struct\n    full_key: a.x ..."
         first += " (" + more.split("full_key:")[1].split("\n")[0].strip() + ")"

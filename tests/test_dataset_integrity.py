@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import zarr
@@ -186,3 +188,21 @@ def test_verify_notes_an_interrupted_episode_without_failing(tmp_path, capsys):
     with pytest.warns(UserWarning, match="past the last recorded episode end"):
         assert main(["dataset", "verify", str(path)]) == 0
     assert "note: data/action runs 3 steps past the last episode end" in capsys.readouterr().out
+
+
+def test_a_damaged_chunk_read_in_a_dataloader_worker_is_one_line(tmp_path, capsys):
+    """Truncated token chunk, read by a DataLoader worker during `s2robot train`: one line naming the chunk."""
+    from policy_testlib import TINY_ENCODER, make_store
+    from s2robot.encoders import build_encoder
+
+    path = make_store(tmp_path / "demo.zarr")
+    key = cache_features(path, build_encoder(**TINY_ENCODER), device="cpu", progress=False)
+    for c in range(0, 80):  # damage every token chunk of front: whichever window a worker reads first hits one
+        f = _chunk_file(path, f"features/{key}/front", c)
+        f.write_bytes(f.read_bytes()[:40])
+    rc = main(["train", f"dataset={path}", "encoder=vit_tiny_test", "policy=bc_mlp", "train.steps=2",
+               "train.batch_size=8", "dataset.num_workers=1", "train.val_every=0", "train.tensorboard=false",
+               "train.progress=false", "optim.warmup_steps=0", f"out_dir={tmp_path / 'run'}", "device=cpu"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 1 and len(err) == 1, err
+    assert re.match(rf"s2robot train: .*features/{key}/front chunk \d+ \(steps .*\) cannot be decoded", err[0])
