@@ -236,6 +236,7 @@ def train_command(path: str, encoder_cfg: Any, pool_grid: int | None) -> str:
     return " ".join(parts)
 
 
-def cache_command(path: str, encoder_cfg: Any) -> str:
-    """The ``s2robot cache`` command that caches features for exactly this encoder config."""
-    return " ".join(["s2robot cache", f"dataset={path}", *encoder_overrides(encoder_cfg)])
+def cache_command(path: str, encoder_cfg: Any, pool_grid: int | None = None) -> str:
+    """The ``s2robot cache`` command that caches (or finishes caching) features for exactly this encoder config."""
+    pool = [f"pool_grid={int(pool_grid)}"] if pool_grid is not None else []
+    return " ".join(["s2robot cache", f"dataset={path}", *encoder_overrides(encoder_cfg), *pool])

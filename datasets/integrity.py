@@ -142,7 +142,8 @@ def check_present(store: EpisodeStore, name: str, n_steps: int | None = None) ->
         more = f" (and {len(gone) - 1} more chunks)" if len(gone) > 1 else ""
         raise ChunkError(chunk_message(describe(store.path), name, gone[0], frames_per_chunk(arr), store.episode_ends,
                                        f"is missing from storage{more}; the data written there is lost, so it is "
-                                       "not read as zeros (`s2robot dataset verify` lists every problem)"))
+                                       f"not read as zeros (`s2robot dataset verify {describe(store.path)}` "
+                                       "lists every problem)"))
 
 
 def read_steps(store: EpisodeStore, name: str, lo: int, hi: int, checked: bool = False) -> np.ndarray:

@@ -152,7 +152,7 @@ class SequenceDataset(Dataset):
             if done < store.n_steps or feats[cam].shape[0] < store.n_steps:
                 raise DatasetError(
                     f"{describe(store.path)}: {where}/{cam} covers {done} of {store.n_steps} steps (interrupted, or "
-                    "episodes appended after caching); rerun `s2robot cache` to finish it"
+                    f"episodes appended after caching); finish it with `{_cache_command(store, feats)}`"
                 )
             return f"{where}/{cam}"
         if key not in store.spec:
@@ -232,6 +232,12 @@ class SequenceDataset(Dataset):
             name = f"data/{k}" if k not in self._sources else self._sources[k]
             out[k] = read_steps(store, name, 0, self.n_steps).astype(np.float32, copy=False)[steps]
         return out
+
+
+def _cache_command(store: EpisodeStore, feats: Any) -> str:
+    from .feature_cache import cache_command
+
+    return cache_command(describe(store.path), feats.attrs.get("encoder_config") or {}, feats.attrs.get("pool_grid"))
 
 
 def read_frames(source: FrameReader | np.ndarray, frames: np.ndarray) -> np.ndarray:

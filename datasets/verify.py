@@ -126,12 +126,15 @@ def _check_data_key(store: EpisodeStore, key: str) -> KeyReport:
 
 
 def _check_feature_set(store: EpisodeStore, key: str) -> list[KeyReport]:
+    from .feature_cache import cache_command
+
     group, n = store.group[f"features/{key}"], store.n_steps
+    rerun = f"`{cache_command(describe(store.path), group.attrs.get('encoder_config') or {}, group.attrs.get('pool_grid'))}`"
     reports = []
     cams = {c for c in store.cameras if f"{c}_image" in store.spec}
     for cam in sorted(cams - {c for c, _ in group.arrays()}):
         reports.append(KeyReport(f"features/{key}/{cam}", problems=[
-            f"features/{key} has no tokens for camera {cam!r}; rerun `s2robot cache`"]))
+            f"features/{key} has no tokens for camera {cam!r}; rerun {rerun}"]))
     for cam, arr in sorted(group.arrays()):
         rep = KeyReport(f"features/{key}/{cam}")
         done = int(group.attrs.get("progress", {}).get(cam, 0))
@@ -141,7 +144,7 @@ def _check_feature_set(store: EpisodeStore, key: str) -> list[KeyReport]:
                                 f"declare float16 {want}")
         if done < n or arr.shape[0] < n:
             rep.problems.append(f"features/{key}/{cam} covers {min(done, arr.shape[0])} of {n} steps (interrupted, "
-                                "or episodes appended after caching); rerun `s2robot cache`")
+                                f"or episodes appended after caching); rerun {rerun}")
         _check_chunks(store, f"features/{key}/{cam}", min(done, arr.shape[0], n), rep)
         reports.append(rep)
     return reports

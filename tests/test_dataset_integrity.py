@@ -206,3 +206,27 @@ def test_a_damaged_chunk_read_in_a_dataloader_worker_is_one_line(tmp_path, capsy
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 1 and len(err) == 1, err
     assert re.match(rf"s2robot train: .*features/{key}/front chunk \d+ \(steps .*\) cannot be decoded", err[0])
+
+
+def test_unfinished_feature_set_hint_is_the_cache_command_that_finishes_it(tmp_path):
+    import shlex
+
+    from s2robot.cli import compose
+    from s2robot.datasets.feature_cache import feature_hash_for
+    from s2robot.encoders import build_encoder
+
+    path = tmp_path / "d.zarr"
+    build_store(path, LENGTHS)
+    enc = build_encoder("vit_tiny_test", scales=[1])
+    key = cache_features(path, enc, device="cpu", progress=False, pool_grid=2)
+    g = zarr.open_group(str(path), mode="r+")
+    g[f"features/{key}"].attrs["progress"] = {"front": 33, "wrist": 20}
+    with pytest.raises(DatasetError, match="finish it with `s2robot cache ") as err:
+        SequenceDataset(path, horizon=4, n_action_steps=2, feature_hash=key, split="all")
+    argv = shlex.split(str(err.value).split("`")[1])
+    cfg = compose("cache", argv[2:])
+    rebuilt = build_encoder(**{k: v for k, v in dict(cfg.encoder).items()})
+    assert cfg.dataset.path == str(path) and feature_hash_for(rebuilt, cfg.pool_grid) == key
+    problems = [p for r in verify_store(path) for p in r.problems]
+    assert any(f"rerun `s2robot cache dataset={path} encoder=vit_tiny_test encoder.scales=[1] pool_grid=2`" in p
+               for p in problems), problems
