@@ -376,7 +376,8 @@ class EpisodeStore:
             target: StoreLike = zarr.storage.ZipStore(text, mode="w")
         else:
             target = open_group(dst, "w" if overwrite else "w-").store
-        out = zarr.create_group(store=target, attributes=dict(self._group.attrs), overwrite=True, zarr_format=3)
+        attrs = {k: v for k, v in self._group.attrs.items() if k != "verified"}  # a copy is verified on its own
+        out = zarr.create_group(store=target, attributes=attrs, overwrite=True, zarr_format=3)
         try:
             n = self.n_steps
             members = sorted(self._group.members(max_depth=None), key=lambda m: m[0].count("/"))

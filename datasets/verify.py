@@ -64,9 +64,12 @@ def verification_status(path: StoreLike, attrs: dict) -> str:
     """One line for ``dataset info``: verified and unchanged since, or not (with the command to run)."""
     rec = attrs.get(VERIFIED_ATTR) or {}
     fp = store_fingerprint(path)
-    if rec and fp is not None and rec.get("fingerprint") == fp:
+    if fp is None:
+        return (f"verified: not recorded (only local directory stores record it); `s2robot dataset verify {path}` "
+                "checks every chunk now")
+    if rec and rec.get("fingerprint") == fp:
         return f"verified: yes, at {rec.get('at')}, unchanged since"
-    why = "never verified" if not rec else "changed since it was verified" if fp is not None else "not a local store"
+    why = "never verified" if not rec else "changed since it was verified"
     return f"verified: no ({why}); run `s2robot dataset verify {path}`"
 
 

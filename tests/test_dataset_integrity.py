@@ -230,3 +230,17 @@ def test_unfinished_feature_set_hint_is_the_cache_command_that_finishes_it(tmp_p
     problems = [p for r in verify_store(path) for p in r.problems]
     assert any(f"rerun `s2robot cache dataset={path} encoder=vit_tiny_test encoder.scales=[1] pool_grid=2`" in p
                for p in problems), problems
+
+
+def test_verification_state_of_copies_and_zip_stores(tmp_path, capsys):
+    path = tmp_path / "d.zarr"
+    store, _ = build_store(path, LENGTHS)
+    assert main(["dataset", "verify", str(path)]) == 0
+    store.export(tmp_path / "copy.zarr")
+    store.export(tmp_path / "d.zip")
+    capsys.readouterr()
+    assert main(["dataset", "info", str(tmp_path / "copy.zarr")]) == 0
+    assert "verified: no (never verified)" in capsys.readouterr().out  # the copy's own files are unverified
+    assert main(["dataset", "info", str(tmp_path / "d.zip")]) == 0
+    assert "verified: not recorded (only local directory stores record it)" in capsys.readouterr().out
+    assert main(["dataset", "verify", str(tmp_path / "d.zip")]) == 0
