@@ -107,3 +107,13 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, store
     monkeypatch.setattr(logger_mod.RunLogger, "log", real_log)
     final = train(train_cfg(store, run, "bc_mlp", steps=8, resume=True))
     assert Path(final).name == "step_0000008"
+
+
+def test_stop_request_leaves_ctrl_c_alone_when_disabled():
+    from s2robot.training.interrupt import StopRequest, resume_command
+
+    with StopRequest(enabled=False) as stop:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert not stop.requested
+    assert resume_command("outputs/demo/train", ["demo", "out=outputs/demo"]) == "s2robot demo out=outputs/demo"

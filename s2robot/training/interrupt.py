@@ -2,7 +2,9 @@
 
 :class:`StopRequest` replaces the SIGINT handler while the training loop runs: the first Ctrl-C only sets
 ``requested`` (the loop finishes its step, saves ``step_<n>`` and raises ``KeyboardInterrupt``); a second Ctrl-C
-raises ``KeyboardInterrupt`` at once, as usual. Outside the main thread it does nothing.
+raises ``KeyboardInterrupt`` at once, as usual. Outside the main thread, and in DDP runs (``enabled=False``: ranks
+would see the signal at different steps and meet different collectives), Ctrl-C keeps its usual meaning and the run
+resumes from its last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 class StopRequest:
     """Context manager; ``requested`` turns True on the first SIGINT."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.requested = False
+        self.enabled = enabled
         self._previous = None
 
     def _handle(self, signum, frame) -> None:
@@ -28,7 +31,7 @@ class StopRequest:
         print("\n[train] Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)", flush=True)
 
     def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

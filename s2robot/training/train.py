@@ -361,7 +361,7 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     policy.train()
     from s2robot.training.interrupt import StopRequest, resume_command
 
-    stop = cleanup.enter_context(StopRequest())  # Ctrl-C: save at the current step, print the resume command
+    stop = cleanup.enter_context(StopRequest(enabled=not info.distributed))  # Ctrl-C: save, print how to resume
     while step < tcfg.steps:
         try:
             batch = next(batches)
