@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     verb = " ".join(argv[:2]) if argv[:1] == ["dataset"] else (argv[0] if argv else "")
     try:
-        return _run(argv)
+        rc = _run(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+        return rc
     except SystemExit as e:  # a verb's own one-line message; a DataLoader worker's wrapped error is unwrapped
         if debug or not isinstance(e.code, str) or "Original Traceback" not in e.code:
             raise
@@ -201,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"s2robot {verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `s2robot train --help | head`: the reader left; no traceback (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _run(argv: list[str]) -> int:

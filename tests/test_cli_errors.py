@@ -77,3 +77,9 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(dcli, "summary", lambda path: None.missing)  # an AttributeError: a bug, not a user error
     with pytest.raises(AttributeError):
         cli.main(["dataset", "info", "x"])
+
+
+def test_help_piped_into_head_has_no_traceback():
+    r = subprocess.run(f"{sys.executable} -m s2robot.cli train --help | head -2", shell=True, capture_output=True,
+                       text=True, timeout=300)
+    assert r.stdout.startswith("usage: s2robot train") and "Traceback" not in r.stderr, r.stderr
