@@ -1,4 +1,4 @@
-"""``s2robot dataset info PATH`` and ``s2robot dataset import-robomimic IN.hdf5 OUT.zarr``."""
+"""``s2robot dataset info PATH``, ``s2robot dataset verify PATH`` and ``s2robot dataset import-robomimic IN.hdf5 OUT.zarr``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import zarr
 
-from .store import EpisodeStore, StoreLike
+from .store import EpisodeStore, StoreLike, describe
 
 
 def _fmt_bytes(n: float) -> str:
@@ -79,6 +79,8 @@ def summary(path: StoreLike) -> str:
                 )
         disk = size_on_disk(path, store.group)
         lines.append("")
+        lines += _integrity_lines(path, store, rows)
+        lines.append("")
         lines.append(
             f"size on disk: {_fmt_bytes(disk)}   uncompressed: {_fmt_bytes(raw_total)}   "
             f"compression ratio: {raw_total / max(stored_total, 1):.2f}x"
@@ -86,13 +88,50 @@ def summary(path: StoreLike) -> str:
     return "\n".join(lines)
 
 
+def _integrity_lines(path: StoreLike, store: EpisodeStore, rows: list) -> list[str]:
+    """The cheap integrity part of ``info``: chunks missing from storage (a listing), and the verification state."""
+    from .integrity import chunk_message, fill_is_legacy_zero, frames_per_chunk, missing_chunks
+    from .verify import verification_status
+
+    lines = []
+    for name, arr in rows:
+        if fill_is_legacy_zero(store.attrs, arr):
+            continue
+        n = store.n_steps
+        if name.startswith("features/"):
+            group_path, cam = name.rsplit("/", 1)
+            n = min(n, int(store.group[group_path].attrs.get("progress", {}).get(cam, 0)))
+        gone = missing_chunks(arr, n)
+        if gone:
+            first = chunk_message(describe(path), name, gone[0], frames_per_chunk(arr), store.episode_ends, "")
+            lines.append(f"PROBLEM: {name}: {len(gone)} chunk(s) of finished episodes missing from storage, the first: "
+                         f"{first.split(': ', 1)[1].strip()}")
+    lines.append(verification_status(path, store.attrs))
+    return lines
+
+
 def info(argv: list[str]) -> int:
-    """``s2robot dataset info PATH``."""
+    """``s2robot dataset info PATH``: the summary; exit 1 when chunks of finished episodes are missing."""
     parser = argparse.ArgumentParser(prog="s2robot dataset info", description="Describe a dataset store.")
     parser.add_argument("path", help="zarr directory, .zip file or fsspec URL")
     args = parser.parse_args(argv)
-    print(summary(args.path))
-    return 0
+    text = summary(args.path)
+    print(text)
+    return 1 if "\nPROBLEM: " in text else 0
+
+
+def verify(argv: list[str]) -> int:
+    """``s2robot dataset verify PATH``: decode and check every chunk; per-key report; exit 1 on any problem."""
+    from .verify import verify_main
+
+    parser = argparse.ArgumentParser(
+        prog="s2robot dataset verify",
+        description="Read every chunk of every key and feature set: shapes, dtypes, episode bounds, finiteness of "
+                    "float keys, feature sets against their episodes. Exit status 1 on any problem.",
+    )
+    parser.add_argument("path", help="zarr directory, .zip file or fsspec URL")
+    args = parser.parse_args(argv)
+    return verify_main(args.path)
 
 
 def import_robomimic(argv: list[str]) -> int:
@@ -115,4 +154,4 @@ def import_robomimic(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["info", "import_robomimic", "summary", "size_on_disk"]
+__all__ = ["info", "verify", "import_robomimic", "summary", "size_on_disk"]

@@ -28,7 +28,8 @@ from zarr.codecs import BloscCodec
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 from s2robot.tokens import pool_tokens, tokens_as_cached  # noqa: F401  (pool_tokens: re-exported)
 
-from .store import DatasetError, EpisodeStore, StoreLike, describe
+from .integrity import check_present, read_steps
+from .store import WRITE_ALL_CHUNKS, DatasetError, EpisodeStore, StoreLike, describe
 
 TOKEN_CODEC = dict(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
 CACHE_FORMAT = 1
@@ -116,19 +117,20 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
         if c not in group:
             group.create_array(
                 c, shape=(n, n_tok, d), dtype="float16", chunks=(1, n_tok, d),
-                compressors=BloscCodec(**TOKEN_CODEC), fill_value=0,
+                compressors=BloscCodec(**TOKEN_CODEC), fill_value=0, config=WRITE_ALL_CHUNKS,
             )
         elif group[c].shape[0] != n:
             group[c].resize((n, n_tok, d))
     todo = sum(n - done[c] for c in cams)
 
-    def read(arr: zarr.Array, s: int) -> np.ndarray:
-        return np.asarray(arr[s : min(s + batch_size, n)])
+    def read(name: str, s: int) -> np.ndarray:  # a missing/corrupt image chunk is an error, never black frames
+        return read_steps(store, name, s, min(s + batch_size, n), checked=True)
 
     with tqdm(total=todo, desc=f"cache {key}", unit="frame", disable=not progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         for c in cams:
-            images, out = store.array(f"{c}_image"), group[c]
+            images, out = f"data/{c}_image", group[c].with_config(WRITE_ALL_CHUNKS)
+            check_present(store, images)
             starts = list(range(done[c], n, batch_size))
             nxt = pool.submit(read, images, starts[0]) if starts else None
             for i, s in enumerate(starts):
@@ -177,11 +179,52 @@ def run(cfg) -> str:
         path, encoder, cameras=list(cams) if cams else None, batch_size=int(cfg.batch_size),
         pool_grid=cfg.get("pool_grid"), device=dev,
     )
-    print(f"cached features: {path}/features/{key}  (use feature_hash={key})")
+    print(f"cached features: {path}/features/{key}")
     token_dim = cfg.get("token_dim")
     if token_dim:
         from .token_reduction import reduce_features
 
         key = reduce_features(path, key, int(token_dim))
         print(f"reduced features (PCA to {int(token_dim)} channels): {path}/features/{key}")
+    print(f"train on them with: {train_command(path, cfg.encoder, cfg.get('pool_grid'))}"
+          + (f" token_dim={int(token_dim)}" if token_dim else ""))
     return key
+
+
+def _override_value(v: Any) -> str:
+    """A value as a hydra command-line override: null, true, 3, [1,2], or a shell-quoted string."""
+    import json
+    import shlex
+
+    if isinstance(v, str):
+        return shlex.quote(v)
+    return json.dumps(v, separators=(",", ":"))
+
+
+def encoder_overrides(encoder_cfg: Any) -> list[str]:
+    """``encoder=<name>`` plus ``encoder.<key>=<value>`` for every key that differs from the shipped
+    ``configs/encoder/<name>.yaml``: the overrides that rebuild this exact encoder (same ``config_hash``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from s2robot.cli_checks import configs_dir
+
+    enc = OmegaConf.to_container(encoder_cfg, resolve=True) if isinstance(encoder_cfg, DictConfig) else dict(encoder_cfg)
+    shipped = configs_dir() / "encoder" / f"{enc.get('name')}.yaml"
+    base = OmegaConf.to_container(OmegaConf.load(shipped)) if shipped.is_file() else {}
+    out = [f"encoder={enc.get('name')}"]
+    out += [f"encoder.{k}={_override_value(v)}" for k, v in enc.items() if k != "name" and base.get(k) != v]
+    return out
+
+
+def train_command(path: str, encoder_cfg: Any, pool_grid: int | None) -> str:
+    """The ``s2robot train`` command that picks these cached features: the same encoder config and pooling."""
+    parts = ["s2robot train", f"dataset={path}", *encoder_overrides(encoder_cfg)]
+    if pool_grid is not None:
+        parts.append(f"pool_grid={int(pool_grid)}")
+    return " ".join(parts)
+
+
+def cache_command(path: str, encoder_cfg: Any, pool_grid: int | None = None) -> str:
+    """The ``s2robot cache`` command that caches (or finishes caching) features for exactly this encoder config."""
+    pool = [f"pool_grid={int(pool_grid)}"] if pool_grid is not None else []
+    return " ".join(["s2robot cache", f"dataset={path}", *encoder_overrides(encoder_cfg), *pool])

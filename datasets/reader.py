@@ -7,6 +7,10 @@ that splits only the time axis, default ``c/...`` chunk keys, codecs ``bytes`` [
 chunk files directly and decodes them with numcodecs' Blosc, which is the same bytes-on-disk format zarr reads
 (tests compare it with zarr). Any other array (zip, memory or remote stores, sharded or filtered arrays) goes
 through zarr's own reads, one contiguous slice or one orthogonal selection per call.
+
+Neither path substitutes the fill value for a chunk of written data: a missing chunk (a deleted file, or on the
+zarr path a chunk absent from the store's listing) or one that does not decode raises
+:class:`~s2robot.datasets.integrity.ChunkError` naming the array, the chunk and the episodes it covers.
 """
 
 from __future__ import annotations
@@ -18,15 +22,26 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 from zarr.storage import LocalStore
 
+from .integrity import ChunkError, blosc_frame_problem, chunk_message, missing_chunks
+
 
 class FrameReader:
-    """Gather ``arr[frames]`` for an int array ``frames`` of any shape -> (*frames.shape, *arr.shape[1:])."""
+    """Gather ``arr[frames]`` for an int array ``frames`` of any shape -> (*frames.shape, *arr.shape[1:]).
 
-    def __init__(self, arr: zarr.Array):
+    ``where``: the store, for error messages; ``episode_ends``: int64 (E,) exclusive episode ends, to name the
+    episodes a bad chunk covers; ``allow_missing``: read an absent chunk as the fill value (only for legacy stores'
+    bool/int keys, see ``integrity.py``).
+    """
+
+    def __init__(self, arr: zarr.Array, where: str = "", episode_ends: np.ndarray | None = None,
+                 allow_missing: bool = False):
         self.arr = arr
         self.shape = tuple(arr.shape)
         self.dtype = np.dtype(arr.dtype)
         self._root: Path | None = None
+        self._where, self._allow_missing = where or str(arr.store), allow_missing
+        self._ends = np.asarray(episode_ends if episode_ends is not None else [self.shape[0]], dtype=np.int64)
+        self._missing: set[int] | None = None  # zarr path: chunks absent from the listing (listed on first read)
         meta = arr.metadata
         codecs = tuple(getattr(meta, "codecs", ()))
         grid = getattr(meta, "chunk_grid", None)
@@ -58,13 +73,25 @@ class FrameReader:
         path = self._root / self._encode_key((c,) + (0,) * (len(self.shape) - 1))
         try:
             raw = path.read_bytes()
-        except FileNotFoundError:  # never written: zarr returns the fill value
-            return np.full(self._chunk_shape, self._fill, dtype=self.dtype)
-        if self._blosc:
-            from numcodecs import blosc
+        except FileNotFoundError:  # zarr would return the fill value; for written data that is an error
+            if self._allow_missing:
+                return np.full(self._chunk_shape, self._fill, dtype=self.dtype)
+            raise self._error(c, "is missing from storage (its file was deleted?); not read as zeros") from None
+        try:
+            if self._blosc:
+                from numcodecs import blosc
 
-            raw = blosc.decompress(raw)
-        return np.frombuffer(raw, dtype=self.dtype).reshape(self._chunk_shape)
+                problem = blosc_frame_problem(raw, int(np.prod(self._chunk_shape)) * self.dtype.itemsize)
+                if problem:  # blosc itself would read past a truncated buffer
+                    raise ValueError(problem)
+                raw = blosc.decompress(raw)
+            return np.frombuffer(raw, dtype=self.dtype).reshape(self._chunk_shape)
+        except Exception as e:  # noqa: BLE001 - truncated or corrupt chunk file
+            raise self._error(c, f"cannot be decoded ({type(e).__name__}: {e}; file {path})") from None
+
+    def _error(self, c: int, problem: str) -> ChunkError:
+        k = int(self.arr.chunks[0])
+        return ChunkError(chunk_message(self._where, self.arr.path, c, k, self._ends, problem))
 
     def read(self, frames: np.ndarray) -> np.ndarray:
         frames = np.asarray(frames, dtype=np.int64)
@@ -86,7 +113,22 @@ class FrameReader:
         if not len(flat):
             return np.empty((0, *self.shape[1:]), dtype=self.dtype)
         uniq, inverse = np.unique(flat, return_inverse=True)
+        k = int(self.arr.chunks[0])
+        if not self._allow_missing:
+            if self._missing is None:
+                self._missing = set(missing_chunks(self.arr, self.shape[0]))
+            gone = sorted(self._missing.intersection((uniq // k).tolist()))
+            if gone:
+                raise self._error(gone[0], "is missing from storage; not read as zeros")
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-        if hi - lo <= 2 * len(uniq):  # (nearly) contiguous: one slice
-            return np.asarray(self.arr[lo:hi])[flat - lo]
-        return np.asarray(self.arr.get_orthogonal_selection((uniq,)))[inverse]
+        try:
+            if hi - lo <= 2 * len(uniq):  # (nearly) contiguous: one slice
+                return np.asarray(self.arr[lo:hi])[flat - lo]
+            return np.asarray(self.arr.get_orthogonal_selection((uniq,)))[inverse]
+        except Exception as e:  # noqa: BLE001 - name the chunk that does not decode
+            for c in np.unique(uniq // k).tolist():
+                try:
+                    self.arr[c * k : min((c + 1) * k, self.shape[0])]
+                except Exception as ce:  # noqa: BLE001
+                    raise self._error(c, f"cannot be decoded ({type(ce).__name__}: {ce})") from None
+            raise

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from .integrity import fill_is_legacy_zero, read_steps
 from .reader import FrameReader
 from .store import DatasetError, EpisodeStore, StoreLike, describe, is_image_key
 
@@ -161,7 +162,7 @@ class SequenceDataset(Dataset):
             if done < store.n_steps or feats[cam].shape[0] < store.n_steps:
                 raise DatasetError(
                     f"{describe(store.path)}: {where}/{cam} covers {done} of {store.n_steps} steps (interrupted, or "
-                    "episodes appended after caching); rerun `s2robot cache` to finish it"
+                    f"episodes appended after caching); finish it with `{_cache_command(store, feats)}`"
                 )
             return f"{where}/{cam}"
         if key not in store.spec:
@@ -181,13 +182,16 @@ class SequenceDataset(Dataset):
         if arr is None:
             if self._store is None:
                 self._store = EpisodeStore.open(self.path, mode="r")
-            arr = self._store.group[self._sources[key]]
-            if self._cache_lowdim and self._sources[key].startswith("data/") and not is_image_key(key):
-                arr = np.asarray(arr[: self.n_steps])
-            elif self.tokens_in_ram and self._sources[key].startswith("features/"):
-                arr = FrameReader(arr).read(np.arange(self.n_steps))  # once: batches become numpy gathers
+            store, name = self._store, self._sources[key]
+            if self._cache_lowdim and name.startswith("data/") and not is_image_key(key):
+                arr = read_steps(store, name, 0, self.n_steps)
+            elif self.tokens_in_ram and name.startswith("features/"):
+                reader = FrameReader(store.group[name], describe(store.path), store.episode_ends,
+                                     allow_missing=fill_is_legacy_zero(store.attrs, store.group[name]))
+                arr = reader.read(np.arange(self.n_steps))  # once: batches become numpy gathers
             else:
-                arr = FrameReader(arr)
+                arr = FrameReader(store.group[name], describe(store.path), store.episode_ends,
+                                  allow_missing=fill_is_legacy_zero(store.attrs, store.group[name]))
             self._arrays[key] = arr
         return arr
 
@@ -237,9 +241,17 @@ class SequenceDataset(Dataset):
             np.zeros(0, dtype=np.int64)
         out = {}
         for k in keys:
-            arr = store.array(k) if k not in self._sources else store.group[self._sources[k]]
-            out[k] = np.asarray(arr[: self.n_steps], dtype=np.float32)[steps]
+            if k not in self._sources:
+                store.array(k)  # a KeyError naming the store's keys
+            name = f"data/{k}" if k not in self._sources else self._sources[k]
+            out[k] = read_steps(store, name, 0, self.n_steps).astype(np.float32, copy=False)[steps]
         return out
+
+
+def _cache_command(store: EpisodeStore, feats: Any) -> str:
+    from .feature_cache import cache_command
+
+    return cache_command(describe(store.path), feats.attrs.get("encoder_config") or {}, feats.attrs.get("pool_grid"))
 
 
 def read_frames(source: FrameReader | np.ndarray, frames: np.ndarray) -> np.ndarray:

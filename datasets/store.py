@@ -44,6 +44,10 @@ IMAGE_CHUNK_FRAMES = 4  # images: 4 frames per chunk (a 2-frame obs window touch
 LOWDIM_CHUNK_BYTES = 1 << 20  # low-dim: ~1 MiB chunks (tens of thousands of steps), loaded whole into RAM
 IMAGE_CODEC = dict(cname="zstd", clevel=5, shuffle="noshuffle")  # ~5x on render-like frames
 LOWDIM_CODEC = dict(cname="zstd", clevel=3, shuffle="shuffle")
+# zarr skips writing a chunk equal to the fill value by default, and reads an absent chunk as the fill value; every
+# array this package writes stores every chunk, so an absent chunk is always lost data (``integrity.py``).
+WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
+ALL_CHUNKS_ATTR = "chunks_always_written"  # store attr: set by stores created with WRITE_ALL_CHUNKS
 
 StoreLike = str | Path | Store
 
@@ -138,7 +142,7 @@ class EpisodeStore:
         """
         group = open_group(path, "w" if overwrite else "w-")
         user = dict(attrs or {})
-        user.update(format_version=FORMAT_VERSION, spec={})
+        user.update(format_version=FORMAT_VERSION, spec={}, **{ALL_CHUNKS_ATTR: True})
         group.attrs.update(user)
         group.create_group("data")
         meta = group.create_group("meta")
@@ -290,8 +294,12 @@ class EpisodeStore:
 
     def get_episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """Episode ``i`` as ``{key: (T_i, *shape)}`` numpy arrays."""
+        from .integrity import read_steps  # missing/corrupt chunks: an error naming them, never zeros
+
         start, end = self.episode_range(i)
-        return {k: np.asarray(self.array(k)[start:end]) for k in (keys or self.keys)}
+        for k in keys or []:
+            self.array(k)  # a KeyError naming the store's keys
+        return {k: read_steps(self, f"data/{k}", start, end) for k in (keys or self.keys)}
 
     # ------------------------------------------------------------------ writing
     def _check_writable(self) -> None:
@@ -306,7 +314,7 @@ class EpisodeStore:
             raise DatasetError(f"{key}: images must be uint8 (T, H, W, 3), got {dtype} (T, {', '.join(map(str, shape))})")
         self._group["data"].create_array(
             key, shape=(self.n_steps, *shape), dtype=dtype, chunks=default_chunks(shape, dtype, image),
-            compressors=default_compressor(image), fill_value=0,
+            compressors=default_compressor(image), fill_value=0, config=WRITE_ALL_CHUNKS,
         )
         spec = self.spec
         spec[key] = {"shape": [int(d) for d in shape], "dtype": np.dtype(dtype).name}
@@ -346,7 +354,7 @@ class EpisodeStore:
         start, end = self.n_steps, self.n_steps + t
         data = self._group["data"]
         for k in sorted(arrays):  # 1) data
-            arr = data[k]
+            arr = data[k].with_config(WRITE_ALL_CHUNKS)
             arr.resize((end, *arr.shape[1:]))
             arr[start:end] = arrays[k]
         ends_arr = self._group["meta/episode_ends"]  # 2) the end, last
@@ -368,7 +376,8 @@ class EpisodeStore:
             target: StoreLike = zarr.storage.ZipStore(text, mode="w")
         else:
             target = open_group(dst, "w" if overwrite else "w-").store
-        out = zarr.create_group(store=target, attributes=dict(self._group.attrs), overwrite=True, zarr_format=3)
+        attrs = {k: v for k, v in self._group.attrs.items() if k != "verified"}  # a copy is verified on its own
+        out = zarr.create_group(store=target, attributes=attrs, overwrite=True, zarr_format=3)
         try:
             n = self.n_steps
             members = sorted(self._group.members(max_depth=None), key=lambda m: m[0].count("/"))
@@ -380,6 +389,7 @@ class EpisodeStore:
                 copy = out.create_array(
                     name, shape=(length, *node.shape[1:]), dtype=node.dtype, chunks=node.chunks,
                     compressors=node.compressors, fill_value=node.fill_value, attributes=dict(node.attrs),
+                    config=WRITE_ALL_CHUNKS,
                 )
                 step = max(node.chunks[0], (64 << 20) // max(1, node.nbytes // max(1, node.shape[0])))
                 step -= step % node.chunks[0]

@@ -59,7 +59,7 @@ def record_episode(env, act: Callable[[dict], np.ndarray], seed: int, max_steps:
 
 
 def store_attrs(task_cfg: dict, env, image_size, cameras, seed: int) -> dict[str, Any]:
-    """JSON attrs describing how the demos were made (DESIGN.md: task, env_kwargs, fps, cameras, action_space)."""
+    """JSON attrs describing how the demos were made (docs/INTERFACES.md: task, env_kwargs, fps, cameras, action_space)."""
     base = env.unwrapped
     low, high = env.action_space.low, env.action_space.high
     return {

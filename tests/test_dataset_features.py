@@ -140,7 +140,7 @@ def test_cache_with_real_test_encoder_and_cli(tmp_path):
     path = tmp_path / "d.zarr"
     build_store(path, lengths=(3, 4))
     enc = build_encoder("vit_tiny_test")
-    assert main(["cache", f"dataset={path}", "batch_size=4"]) == 0
+    assert main(["cache", f"dataset={path}", "encoder=vit_tiny_test", "batch_size=4"]) == 0
     g = EpisodeStore.open(path).group[f"features/{enc.config_hash}"]
     imgs = np.asarray(EpisodeStore.open(path).array("front_image")[:])
     want = enc.encode(torch.from_numpy(imgs)).half().numpy()

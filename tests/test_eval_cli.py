@@ -54,11 +54,26 @@ def test_eval_verb_on_a_real_checkpoint_and_task(checkpoint, tmp_path, capsys):
     assert "rendering 32 px images as the policy was trained on" in out and "success 0/3" in out
     assert s1["task"] == "lift_cube" and s1["n_episodes"] == 3 and s1["policy_forwards"] >= 1
     frame = next(iter(iio.imiter(s1["files"]["videos"][0])))
-    assert frame.shape == (32, 64, 3)  # the policy's 32 px, front and wrist side by side
+    assert frame.shape == (32 * 8 + 18, 2 * 256, 3)  # 32 px views enlarged 8x, side by side, over a text strip
+    assert s1["policy"] == {"checkpoint": str(checkpoint), "step": 1, "trained_task": "lift_cube",
+                            "trained_on": None}  # what was evaluated is in every report
     for a, b in zip(eps1, eps2):  # N does not change any episode's outcome
         assert (a["episode"], a["seed"], a["length"], a["success"], a["end"]) == \
                (b["episode"], b["seed"], b["length"], b["success"], b["end"])
         assert a["max_score"] == pytest.approx(b["max_score"], abs=1e-4)
+
+
+def test_eval_on_another_task_warns_and_records_the_training_task(checkpoint, tmp_path, capsys):
+    from s2robot.evaluation.cli import run
+
+    cfg = compose("eval", [f"checkpoint={checkpoint}", "task=push_t", "episodes=1", "n_envs=1", "max_steps=2",
+                           f"out={tmp_path / 'e'}", "n_videos=0", "device=cpu"])
+    assert run(cfg) == 0
+    err = capsys.readouterr().err
+    assert "the checkpoint was trained on 'lift_cube' but is evaluated on 'push_t'" in err
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["task"] == "push_t" and summary["policy"]["trained_task"] == "lift_cube"
+    assert summary["policy"]["step"] == 1
 
 
 def test_eval_verb_errors_are_named(tmp_path):

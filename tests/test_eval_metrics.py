@@ -37,3 +37,29 @@ def test_side_by_side_pads_to_even_sizes():
     f = side_by_side([a, b])
     assert f.shape == (6, 8, 3) and f.dtype == np.uint8
     assert (f[:5, :3] == 7).all() and (f[:4, 3:7] == 9).all() and (f[4:, 3:7] == 0).all()
+
+
+def test_video_frames_are_enlarged_labelled_and_annotated():
+    from s2robot.evaluation.report import annotate_frame, frame_text
+
+    views = {"front": np.zeros((96, 96, 3), np.uint8), "wrist": np.zeros((96, 96, 3), np.uint8)}
+    text = frame_text(12, np.array([0.01, -0.02]), 0.42, False)
+    assert text == "step 12  action [+0.01 -0.02]  score 0.42"
+    frame = annotate_frame(views, text)
+    assert frame.shape == (96 * 3 + 18, 2 * 96 * 3, 3)  # 96 px views enlarged 3x (>= 256 px), a text strip
+    assert frame[:12, :40].max() > 200 and frame[:12, 288:328].max() > 200  # each view's label
+    assert frame[-16:, :200].max() > 200  # the step/action/score strip
+
+
+def test_eval_plot_drops_the_length_histogram_when_it_has_one_bar(tmp_path):
+    from PIL import Image
+
+    from s2robot.evaluation.report import plot_episodes, policy_line
+
+    eps = [{"episode": i, "success": i % 2 == 0, "max_score": 0.5, "length": 80, "error": None} for i in range(4)]
+    one = Image.open(plot_episodes(tmp_path / "a.png", eps, title="t")).size
+    eps[0]["length"] = 30
+    two = Image.open(plot_episodes(tmp_path / "b.png", eps, title="t")).size
+    assert one[0] < two[0]  # one panel instead of two
+    line = policy_line({"checkpoint": "/r/run/checkpoints/step_0003000", "step": 3000, "trained_task": "lift_cube"})
+    assert line == "checkpoint run/checkpoints/step_0003000 (step 3000), trained on lift_cube"

@@ -1,6 +1,7 @@
 """``s2robot deploy``: a tiny random checkpoint on the sim robot (with recording) and a rosbridge dry run."""
 
 import json
+import re
 import time
 
 import numpy as np
@@ -55,10 +56,10 @@ def test_deploy_sim_robot_records_episodes(tiny_ckpt, tmp_path, capsys):
     store.close()
 
 
-def test_deploy_rejects_mismatched_robot(tiny_ckpt, tmp_path):
-    with pytest.raises(ValueError, match=r"policy needs cameras .*missing"):
-        main(["deploy", f"checkpoint={tiny_ckpt}", "robot=ur_ros2_joint_example", f"out={tmp_path}",
-              "device=cpu"])
+def test_deploy_rejects_mismatched_robot(tiny_ckpt, tmp_path, capsys):
+    assert main(["deploy", f"checkpoint={tiny_ckpt}", "robot=ur_ros2_joint_example", f"out={tmp_path}",
+                 "device=cpu"]) == 1  # a user error: one line on stderr
+    assert re.search(r"^s2robot deploy: .*policy needs cameras .*missing", capsys.readouterr().err)
 
 
 def test_deploy_rosbridge_dry_run_publishes_shadow_only(tiny_ckpt, tmp_path):

@@ -117,8 +117,10 @@ def test_periodic_rollouts_call_the_evaluator(tmp_path, cached_store, monkeypatc
 
     calls = []
 
-    def fake_evaluate(policy, task, n_envs, episodes, seed, device, out_dir, n_videos, env_kwargs, max_steps, progress):
+    def fake_evaluate(policy, task, n_envs, episodes, seed, device, out_dir, n_videos, env_kwargs, max_steps, progress,
+                      policy_info):
         assert not policy.training and task == "synthetic" and episodes == 10
+        assert policy_info["trained_task"] == "synthetic" and Path(out_dir).name == f"step_{policy_info['step']:07d}"
         calls.append(out_dir)
         return {"success_rate": 0.5, "mean_max_score": 0.7, "n_episodes": episodes}
 

@@ -61,6 +61,31 @@ def match_policy(env_kwargs: dict[str, Any], policy, explicit: dict[str, Any]) -
     return out
 
 
+def checkpoint_info(ckpt) -> dict[str, Any]:
+    """``{"checkpoint", "step", "trained_task", "trained_on"}`` of a checkpoint directory (config.yaml, state.json)."""
+    import json
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from s2robot.training.checkpoint import STATE_FILE, read_config
+
+    cfg = OmegaConf.to_container(read_config(ckpt), resolve=True)
+    state_file = Path(ckpt) / STATE_FILE
+    step = json.loads(state_file.read_text()).get("step") if state_file.is_file() else None
+    return {"checkpoint": str(ckpt), "step": step, "trained_task": (cfg.get("task") or {}).get("name"),
+            "trained_on": (cfg.get("dataset") or {}).get("path")}
+
+
+def task_mismatch(info: dict[str, Any], task: str) -> str | None:
+    """A warning when the checkpoint was trained on another task than the one it is evaluated on."""
+    trained = info.get("trained_task")
+    if trained and trained != task:
+        return (f"[eval] warning: the checkpoint was trained on {trained!r} but is evaluated on {task!r} (task={task}); "
+                f"its success rate says nothing about {trained!r}")
+    return None
+
+
 def run(cfg) -> int:
     """CLI verb: load the checkpoint's policy, evaluate it, print the summary and where the files are."""
     from omegaconf import OmegaConf
@@ -86,10 +111,16 @@ def run(cfg) -> int:
     device = resolve_device(cfg.get("device", "auto"))
     policy = s2robot.load_policy(ckpt, device=str(device))
     env_kwargs = {**match_policy(env_kwargs_for(task_cfg), policy, explicit), **explicit}
+    info = checkpoint_info(ckpt)
+    warning = task_mismatch(info, task_cfg["name"])
+    if warning:
+        import sys
+
+        print(warning, file=sys.stderr)
     out = cfg.get("out") or str(ckpt.parent.parent / f"eval_{task_cfg['name']}_{ckpt.name}")
     summary = evaluate(policy, task=task_cfg["name"], n_envs=int(cfg.n_envs), episodes=int(cfg.episodes),
                        seed=int(cfg.seed), device=device, out_dir=out, n_videos=int(cfg.n_videos),
                        env_kwargs=env_kwargs, backend=str(cfg.get("backend", "cpu")),
-                       max_steps=cfg.get("max_steps") or task_cfg.get("max_episode_steps"))
+                       max_steps=cfg.get("max_steps") or task_cfg.get("max_episode_steps"), policy_info=info)
     print_summary(summary)
     return exit_code(summary)

@@ -25,6 +25,42 @@ def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(frame, dtype=np.uint8)
 
 
+MIN_VIEW_WIDTH = 256  # video views narrower than this are enlarged by an integer factor (nearest neighbour)
+
+
+def annotate_frame(views: dict[str, np.ndarray], text: str) -> np.ndarray:
+    """One video frame: every camera view enlarged to >= ``MIN_VIEW_WIDTH`` px, labelled with its name, side by
+    side, over a strip with ``text`` (step, action, score). Returns uint8 (H, W, 3) with even sides."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for name, im in views.items():
+        factor = max(1, -(-MIN_VIEW_WIDTH // im.shape[1]))
+        big = np.repeat(np.repeat(im, factor, axis=0), factor, axis=1) if factor > 1 else im
+        tile = Image.fromarray(np.ascontiguousarray(big, dtype=np.uint8))
+        draw = ImageDraw.Draw(tile)
+        box = draw.textbbox((4, 3), name)
+        draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
+        draw.text((4, 3), name, fill=(255, 255, 255))
+        tiles.append(np.asarray(tile))
+    top = side_by_side(tiles)
+    strip = Image.new("RGB", (top.shape[1], 18), (0, 0, 0))
+    ImageDraw.Draw(strip).text((4, 3), text, fill=(255, 255, 255))
+    return side_by_side([np.concatenate([top, np.asarray(strip)], axis=0)])
+
+
+def frame_text(step: int, action: np.ndarray | None, score: float | None, success: bool) -> str:
+    """``step 12  action [+0.01 -0.02 ...]  score 0.42  success`` for the video strip."""
+    parts = [f"step {step}"]
+    if action is not None:
+        parts.append("action [" + " ".join(f"{a:+.2f}" for a in np.asarray(action).reshape(-1)) + "]")
+    if score is not None:
+        parts.append(f"score {score:.2f}")
+    if success:
+        parts.append("SUCCESS")
+    return "  ".join(parts)
+
+
 class VideoRecorder:
     """Streams frames of a few episodes into ``<folder>/episode_<i>.mp4`` (libx264 through imageio-ffmpeg).
 
@@ -75,7 +111,8 @@ def write_json(path: str | Path, obj: Any) -> str:
 
 
 def plot_episodes(path: str | Path, episodes: Sequence[dict[str, Any]], title: str = "") -> str:
-    """Two panels: per-episode max score (or success) coloured by outcome, and a histogram of episode lengths."""
+    """Per-episode max score (or success) coloured by outcome, and a histogram of episode lengths when the lengths
+    differ (a histogram with one bar says nothing the title does not: the panel is left out)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -90,21 +127,27 @@ def plot_episodes(path: str | Path, episodes: Sequence[dict[str, Any]], title: s
                        else float(e["success"]) for e in episodes], dtype=float)
     lengths = np.array([e["length"] for e in episodes])
 
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.6))
+    show_lengths = len(np.unique(lengths)) > 1
+    fig, axes = plt.subplots(1, 2 if show_lengths else 1, figsize=(10 if show_lengths else 6, 3.8), squeeze=False)
+    ax0 = axes[0, 0]
     colors = np.where(errors, "tab:gray", np.where(success, "tab:green", "tab:red"))
     ax0.bar(idx, values, color=colors, width=0.9)
     ax0.scatter(idx, values, c=colors, s=14, zorder=3)  # visible even where the bar has zero height
     ax0.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax0.set_xlabel("episode")
     ax0.set_ylabel("max score" if has_score else "success")
     ax0.set_ylim(0, 1.05)
     ax0.set_title("per episode (green: success, red: failure, grey: error)", fontsize=9)
-    if len(lengths):
-        ax1.hist(lengths, bins=min(20, max(1, len(np.unique(lengths)))), color="tab:blue")
-    ax1.set_xlabel("episode length (steps)")
-    ax1.set_ylabel("episodes")
-    ax1.set_title("episode lengths", fontsize=9)
+    if show_lengths:
+        ax1 = axes[0, 1]
+        ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax1.hist(lengths, bins=min(20, len(np.unique(lengths))), color="tab:blue")
+        ax1.set_xlabel("episode length (steps)")
+        ax1.set_ylabel("episodes")
+        ax1.set_title("episode lengths", fontsize=9)
+    elif len(lengths):
+        ax0.set_title(f"per episode (green: success, red: failure, grey: error); every episode {lengths[0]} steps",
+                      fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -113,6 +156,15 @@ def plot_episodes(path: str | Path, episodes: Sequence[dict[str, Any]], title: s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
+
+
+def policy_line(info: dict[str, Any]) -> str:
+    """``checkpoint .../step_0003000 (step 3000), trained on lift_cube`` from ``summary["policy"]``."""
+    if not info:
+        return "policy: not from a checkpoint (no training task or step recorded)"
+    ckpt = info.get("checkpoint")
+    where = f"checkpoint {'/'.join(Path(ckpt).parts[-3:])}" if ckpt else "policy in training"
+    return f"{where} (step {info.get('step')}), trained on {info.get('trained_task') or 'an unknown task'}"
 
 
 def write_report(out_dir: str | Path, episodes: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
@@ -126,6 +178,7 @@ def write_report(out_dir: str | Path, episodes: Sequence[dict[str, Any]], summar
     title = (f"{summary.get('task', '')}: success {summary['n_success']}/{summary['n_episodes']} "
              f"({100 * summary['success_rate']:.0f}%, 95% CI {100 * summary['success_ci95'][0]:.0f}-"
              f"{100 * summary['success_ci95'][1]:.0f}%)")
+    title += "\n" + policy_line(summary.get("policy") or {})
     plot_episodes(paths["plot"], episodes, title=title)
     write_json(paths["episodes"], list(episodes))
     write_json(paths["summary"], {**summary, "files": {**summary.get("files", {}), **paths}})

@@ -35,7 +35,7 @@ import torch
 
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 from s2robot.evaluation.metrics import summarize_episodes
-from s2robot.evaluation.report import VideoRecorder, side_by_side, write_report
+from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text, write_report
 from s2robot.evaluation.vector_env import EnvPool, StepResult, TaskEnvFactory
 
 
@@ -166,7 +166,12 @@ class _BatchedRollout:
             self.pool.restart(k)
 
     def _frame(self, k: int) -> np.ndarray:
-        return side_by_side([self.pool.obs[key][k] for key in self.image_keys])
+        """Video frame of slot ``k``: labelled, enlarged views with step, last action and score overlaid."""
+        ep = self.slots[k]
+        pos = int(self.chunk_pos[k])
+        action = self.chunks[k, pos - 1] if ep.length and pos > 0 else None
+        views = {key[: -len("_image")]: self.pool.obs[key][k] for key in self.image_keys}
+        return annotate_frame(views, frame_text(ep.length, action, ep.max_score, ep.success))
 
     def refill(self) -> None:
         """Claim the next episodes for all free slots and reset their envs with those episodes' seeds."""
@@ -270,7 +275,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
              device: str | torch.device = "auto", out_dir: str | Path | None = None, n_videos: int = 2,
              env_kwargs: dict | None = None, backend: str = "cpu", env_fn: Callable | None = None,
              max_steps: int | None = None, progress: bool = True, step_timeout: float | None = 300.0,
-             fps: float | None = None) -> dict[str, Any]:
+             fps: float | None = None, policy_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``episodes`` seeded episodes of ``policy`` on ``n_envs`` parallel envs; return the summary dict.
 
     Args:
@@ -289,6 +294,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         max_steps: episode time limit; default the env's own ``max_episode_steps``.
         step_timeout: seconds a worker may take for one reset/step before it is killed as hung.
         fps: video frame rate; default the env's ``metadata["render_fps"]`` or 10.
+        policy_info: where the policy comes from, recorded as ``summary["policy"]`` and named in the plot:
+            ``{"checkpoint": path or None, "step": int, "trained_task": name}``.
 
     Returns: the summary (success rate, 95% Wilson interval, mean max score, lengths, env-steps/s, timings,
         ``all_errored``: True when every episode was aborted by an error, paths of written files) plus
@@ -356,7 +363,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
 
     records = loop.records
     loop_wall = t_loop_end - t_started  # steady state: without worker start-up, first resets and shutdown
-    summary: dict[str, Any] = {"task": task_name, "n_envs": n_envs, "seed": seed, "device": str(dev),
+    summary: dict[str, Any] = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
+                               "device": str(dev),
                                "max_steps": int(limit), **summarize_episodes(records)}
     summary["all_errored"] = summary["n_errors"] == len(records)
     summary.update({

@@ -3,6 +3,7 @@ from ``diffusers.optimization.get_scheduler``."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -56,5 +57,13 @@ def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg: OptimConf
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
-    """Warm-up then the named schedule over ``total_steps`` (a ``LambdaLR``; its state is JSON-serialisable)."""
+    """Warm-up then the named schedule over ``total_steps`` (a ``LambdaLR``; its state is JSON-serialisable).
+
+    Warns when the warm-up is not shorter than the run (the learning rate would never reach ``optim.lr``)."""
+    if cfg.warmup_steps >= total_steps > 0:
+        warnings.warn(
+            f"optim.warmup_steps={cfg.warmup_steps} is not shorter than the run (train.steps={total_steps}): the "
+            f"learning rate never reaches optim.lr={cfg.lr}; pass e.g. optim.warmup_steps={max(0, total_steps // 10)}",
+            UserWarning, stacklevel=2,
+        )
     return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)

@@ -51,6 +51,7 @@ class TrainConfig:
     eval_videos: int = 1
     eval_max_steps: int | None = None  # episode limit for these rollouts (None: the task's max_episode_steps)
     tensorboard: bool = True
+    wandb: str | None = None  # offline | online: also log to Weights & Biases (pip install wandb)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -213,10 +214,12 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
             if token_dim and not feature_key:
                 full, _ = select_features(store, encoder, cameras, c.get("pool_grid"), None)
                 if full:
+                    from s2robot.datasets.feature_cache import cache_command
+
                     raise ValueError(
                         f"{dcfg['path']}: no features reduced to token_dim={token_dim} channels; add them (seconds) "
-                        f"with `s2robot cache dataset={dcfg['path']} encoder={enc_cfg['name']} token_dim={token_dim}` "
-                        f"(same encoder overrides), or train on the full tokens with token_dim=null")
+                        f"with `{cache_command(dcfg['path'], enc_cfg, c.get('pool_grid'))} token_dim={token_dim}`, "
+                        f"or train on the full tokens with token_dim=null")
                 _log(info, f"token_dim={token_dim} needs a PCA fitted on cached features; none are cached, so the "
                            f"full tokens are used")
         if feature_key:
@@ -226,11 +229,16 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
             why = "cached features disabled (dataset.use_cached_features=false)" if not dcfg.get(
                 "use_cached_features", True) else (
                 f"no cached features for encoder {enc_cfg['name']!r} (hash {encoder.config_hash}) in the store")
+            from s2robot.datasets.feature_cache import cache_command
+
             _log(info, f"{why}: encoding images online with the frozen encoder (slower; "
-                       f"`s2robot cache dataset={dcfg['path']} encoder={enc_cfg['name']}` caches them once)")
+                       f"`{cache_command(dcfg['path'], enc_cfg)}` caches them once)")
 
     obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else []) + (
         ["state"] if use_state else [])
+    from s2robot.datasets.integrity import preflight  # every chunk present, float keys finite (a listing + low-dim)
+
+    preflight(store, [k for k in obs_keys if not (feature_key and k.endswith("_image"))] + ["action"], feature_key)
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
                  val_ratio=float(dcfg.get("val_ratio", 0.1)), seed=int(dcfg.get("seed", 0)),
@@ -356,7 +364,8 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
                         batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda")
 
-    logger = RunLogger(out_dir, enabled=info.is_main, tensorboard=tcfg.tensorboard, resume_step=start_step)
+    logger = RunLogger(out_dir, enabled=info.is_main, tensorboard=tcfg.tensorboard, resume_step=start_step,
+                       wandb=tcfg.wandb, config=c)
     cleanup.callback(logger.close)
     n_params = sum(p.numel() for _, p in named)
     _log(info, f"{pcfg.get('name')}: {n_params / 1e6:.2f} M trainable params, {len(train_ds)} train windows"
@@ -385,6 +394,9 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     eval_disabled = False
     step = start_step
     policy.train()
+    from s2robot.training.interrupt import StopRequest, resume_command
+
+    stop = cleanup.enter_context(StopRequest(enabled=not info.distributed))  # Ctrl-C: save, print how to resume
     while step < tcfg.steps:
         try:
             batch = next(batches)
@@ -414,7 +426,7 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
         last = step == tcfg.steps
         val_due = val_ds is not None and tcfg.val_every and (step % tcfg.val_every == 0 or last)
         eval_due = tcfg.eval_every and not eval_disabled and (step % tcfg.eval_every == 0 or last)
-        save_due = step % tcfg.save_every == 0 or last
+        save_due = step % tcfg.save_every == 0 or last or stop.requested
         if step % check_every == 0 or last or val_due or eval_due or save_due:
             if float(all_reduce_mean(nonfinite.float(), info)) > 0:
                 raise FloatingPointError(
@@ -456,6 +468,9 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
                 _prune(ckpt_dir, tcfg.keep_last)
             last_saved = path
             barrier(info)
+            if stop.requested:
+                _log(info, f"interrupted: saved {path}; resume with: {resume_command(out_dir)}")
+                raise KeyboardInterrupt
     bar.close()  # before the closing message (the ExitStack closes the logger and the store)
     final = ckpt_dir / f"step_{tcfg.steps:07d}"
     _log(info, f"done: checkpoint {final}  (load with s2robot.load_policy('{final}'); logs in {out_dir})")
@@ -498,7 +513,7 @@ def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, 
                            seed=int(c.get("seed", 0)) + 100_000, device=device,
                            out_dir=out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
                            env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps,
-                           progress=False)
+                           progress=False, policy_info={"checkpoint": None, "step": step, "trained_task": task_name})
     policy.train()
     logger.log("eval", step, {"success_rate": summary["success_rate"],
                               "mean_max_score": summary.get("mean_max_score")})

@@ -1,0 +1,85 @@
+"""One way of reporting errors: one line + non-zero exit for user errors, --help per verb, unknown keys named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from s2robot import cli
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "s2robot.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("verb", ["train", "cache", "collect", "eval", "deploy", "demo"])
+def test_every_config_verb_has_help_with_groups_and_keys(verb, capsys):
+    assert cli.main([verb, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: s2robot {verb}")
+    assert "keys and their defaults" in out
+    if verb in ("train", "cache"):
+        assert "encoder  default: mobilenet_v2" in out and "options:" in out
+    if verb == "train":
+        assert "steps: 20000" in out and "lr: 0.0001" in out
+
+
+def test_cfg_job_is_accepted(capsys):
+    assert cli.main(["train", "--cfg", "job", "train.steps=7"]) == 0
+    assert "steps: 7" in capsys.readouterr().out
+
+
+def test_misspelled_key_is_one_line_naming_the_nearest():
+    r = _run("train", "train.stepz=10")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "s2robot train: unknown config key 'train.stepz'; did you mean train.steps? "
+        "(`s2robot train --help` lists every key)"]
+
+
+def test_plus_cannot_add_a_key_nothing_reads():
+    with pytest.raises(SystemExit, match=r"\+train.stepz adds a key that nothing reads; did you mean train.steps\?"):
+        cli.main(["train", "+train.stepz=10", "--cfg", "job"])
+    assert cli.main(["eval", "+env_kwargs.max_delta=0.01", "--cfg", "job"]) == 0  # free-form make_env kwargs
+    assert cli.main(["demo", "+stages.train.optim.weight_decay=0.1", "--cfg", "job"]) == 0  # a train.yaml key
+    with pytest.raises(SystemExit, match="configs/train.yaml does not have"):
+        cli.main(["demo", "+stages.train.optim.wd=0.1", "--cfg", "job"])
+
+
+def test_user_errors_of_every_verb_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "plain").mkdir()
+    cases = [
+        (["dataset", "info", str(tmp_path / "plain")], "s2robot dataset info: ", "is not a zarr v3 dataset store"),
+        (["dataset", "verify", str(tmp_path / "nope.zarr")], "s2robot dataset verify: ", "not found"),
+        (["cache", f"dataset={tmp_path / 'plain'}", "encoder=mvp_vit_s16", "encoder.checkpoint=/nope.pth"],
+         "s2robot cache: ", "/nope.pth"),
+        (["collect", "episodes=-1", f"out={tmp_path / 'c.zarr'}"], "s2robot collect: ", "episodes"),
+        (["eval", f"checkpoint={tmp_path / 'none'}"], "s2robot eval: ", "not found"),
+    ]
+    for args, prefix, words in cases:
+        r = _run(*args)
+        assert r.returncode != 0, args
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(prefix) and words in lines[0], (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    r = _run("dataset", "info", str(tmp_path / "plain"), env={"S2ROBOT_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr  # the debug switch shows it
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    import s2robot.datasets.cli as dcli
+
+    monkeypatch.setattr(dcli, "summary", lambda path: None.missing)  # an AttributeError: a bug, not a user error
+    with pytest.raises(AttributeError):
+        cli.main(["dataset", "info", "x"])
+
+
+def test_help_piped_into_head_has_no_traceback():
+    r = subprocess.run(f"{sys.executable} -m s2robot.cli train --help | head -2", shell=True, capture_output=True,
+                       text=True, timeout=300)
+    assert r.stdout.startswith("usage: s2robot train") and "Traceback" not in r.stderr, r.stderr
