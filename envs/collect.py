@@ -4,6 +4,12 @@ Per step ``t`` an episode holds the observation ``o_t`` (``<cam>_image`` uint8 (
 action ``a_t`` taken from it (A,), then ``reward`` / ``success`` observed after ``a_t``, the simulator state at
 ``o_t`` (``sim_state``, layout in the store attrs) and the env seed of the episode (``episode_seed``, int64).
 
+Perturbed demonstrations (``action_noise``, DART: Laskey et al. 2017): the env executes the expert's action plus
+Gaussian noise on the motion components (std = ``action_noise`` x the per-step limit) while ``action`` stores the
+expert's clean action, its label for that observation. The closed-loop expert then corrects the drift, so the
+demos show how to recover from the small errors a learned policy makes (and, after a slipped grasp, the expert's
+retry), which plain BC never sees in noise-free demos. ``executed_action`` holds what was applied.
+
 Crash safety and resume: each finished episode is appended (data first, end last) before the next one starts, so
 an interrupted run keeps every finished episode. Attempt ``k`` uses env/expert seed ``seed + k``; a rerun with the
 same ``out`` reopens the store, counts its episodes and continues after the last recorded ``episode_seed`` until
@@ -23,18 +29,39 @@ from . import make_env, robot
 from .experts import make_expert
 
 
+def motion_noise(env, action_noise: float, seed: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``perturb(action) -> executed action`` adding N(0, (action_noise * limit)²) to dx, dy, dz (limit
+    ``max_delta``) and dyaw (``max_dyaw``) of this package's arm; None when ``action_noise`` is 0."""
+    if action_noise < 0:
+        raise ValueError(f"action_noise must be >= 0, got {action_noise}")
+    if action_noise == 0:
+        return None
+    base = env.unwrapped
+    scale = action_noise * np.array([base.max_delta] * 3 + [base.max_dyaw, 0.0], dtype=np.float32)
+    rng = np.random.default_rng([int(seed), 0xDA27])
+
+    def perturb(action: np.ndarray) -> np.ndarray:
+        return (action + rng.normal(size=action.shape).astype(np.float32) * scale).astype(np.float32)
+
+    return perturb
+
+
 def record_episode(env, act: Callable[[dict], np.ndarray], seed: int, max_steps: int | None = None,
-                   record_sim_state: bool = True) -> tuple[dict[str, np.ndarray], bool]:
+                   record_sim_state: bool = True,
+                   perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """Roll out ``act`` in ``env`` from ``reset(seed)``; return ({key: (T, ...) array}, success).
 
     Works for any env returning the observation dict and ``info["success"]`` (e.g. ``adapter.ImageEnvAdapter``);
-    ``sim_state`` is recorded when ``env.unwrapped`` has ``get_sim_state``.
+    ``sim_state`` is recorded when ``env.unwrapped`` has ``get_sim_state``. ``perturb``: the env executes
+    ``perturb(action)`` while ``action`` is recorded as the label (``executed_action`` too); see the module doc.
     """
     base = env.unwrapped
     has_state = record_sim_state and hasattr(base, "get_sim_state")
     obs, info = env.reset(seed=seed)
     steps: dict[str, list] = {k: [] for k in obs}
     steps.update(action=[], reward=[], success=[])
+    if perturb is not None:
+        steps["executed_action"] = []
     if has_state:
         steps["sim_state"] = []
     success, t = False, 0
@@ -44,8 +71,11 @@ def record_episode(env, act: Callable[[dict], np.ndarray], seed: int, max_steps:
         action = np.asarray(act(obs), dtype=np.float32)
         for k, v in obs.items():
             steps[k].append(v)
-        obs, reward, terminated, truncated, info = env.step(action)
+        executed = action if perturb is None else perturb(action)
+        obs, reward, terminated, truncated, info = env.step(executed)
         steps["action"].append(action)
+        if perturb is not None:
+            steps["executed_action"].append(executed)
         steps["reward"].append(np.float32(reward))
         success = bool(info.get("success", False))
         steps["success"].append(success)
@@ -58,7 +88,7 @@ def record_episode(env, act: Callable[[dict], np.ndarray], seed: int, max_steps:
     return episode, success
 
 
-def store_attrs(task_cfg: dict, env, image_size, cameras, seed: int) -> dict[str, Any]:
+def store_attrs(task_cfg: dict, env, image_size, cameras, seed: int, action_noise: float = 0.0) -> dict[str, Any]:
     """JSON attrs describing how the demos were made (docs/INTERFACES.md: task, env_kwargs, fps, cameras, action_space)."""
     base = env.unwrapped
     low, high = env.action_space.low, env.action_space.high
@@ -71,7 +101,8 @@ def store_attrs(task_cfg: dict, env, image_size, cameras, seed: int) -> dict[str
         "action_space": {"low": low.tolist(), "high": high.tolist(), "layout": ["dx", "dy", "dz", "dyaw", "gripper"]},
         "proprio_layout": ["ee_x", "ee_y", "ee_z", "gripper_width", *robot.ARM_JOINTS],
         "sim_state_layout": dict(base.sim_state_layout),
-        "collect": {"seed": int(seed), "source": "scripted_expert", "max_episode_steps": int(task_cfg["max_episode_steps"])},
+        "collect": {"seed": int(seed), "source": "scripted_expert", "max_episode_steps": int(task_cfg["max_episode_steps"]),
+                    "action_noise": float(action_noise)},
     }
 
 
@@ -85,7 +116,7 @@ def _resume_point(store, seed: int) -> int:
 
 def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0, only_success: bool = True,
             image_size: int | None = None, cameras=None, max_attempts: int | None = None, overwrite: bool = False,
-            record_sim_state: bool = True, progress: bool = True) -> dict[str, Any]:
+            record_sim_state: bool = True, progress: bool = True, action_noise: float = 0.0) -> dict[str, Any]:
     """Record ``episodes`` expert demos of ``task_cfg`` (a ``configs/task/*.yaml`` dict) into the store at ``out``.
 
     Returns a summary dict (path, episodes, steps, attempts, success_rate).
@@ -103,7 +134,7 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
     env_kwargs = dict(task_cfg.get("env_kwargs") or {})
     env = make_env(name, image_size=image_size, cameras=cameras,
                    max_episode_steps=int(task_cfg["max_episode_steps"]), **env_kwargs)
-    attrs = store_attrs(task_cfg, env, image_size, cameras, seed)
+    attrs = store_attrs(task_cfg, env, image_size, cameras, seed, action_noise)
     out_path = Path(out)
     try:
         if out_path.exists() and not overwrite:
@@ -113,6 +144,10 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
                 if old.get(key) != attrs[key]:
                     raise ValueError(f"{out_path} holds a different collection ({key}={old.get(key)!r}, "
                                      f"requested {attrs[key]!r}); choose another out= or overwrite=true")
+            if float(old.get("collect", {}).get("action_noise", 0.0)) != float(action_noise):
+                raise ValueError(f"{out_path} was collected with action_noise="
+                                 f"{old.get('collect', {}).get('action_noise', 0.0)}, requested {action_noise}; "
+                                 "resume with the same action_noise or choose another out=")
             if old.get("collect", {}).get("seed") != seed:
                 raise ValueError(f"{out_path} was collected with seed={old.get('collect', {}).get('seed')}, "
                                  f"requested seed={seed}; resume with the same seed or choose another out=")
@@ -129,7 +164,8 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
                                    f"attempts (expert success {ok}/{tried}); raise max_attempts")
             ep_seed = seed + attempt
             expert = make_expert(name, env, seed=ep_seed)
-            episode, success = record_episode(env, expert.act, ep_seed, record_sim_state=record_sim_state)
+            episode, success = record_episode(env, expert.act, ep_seed, record_sim_state=record_sim_state,
+                                              perturb=motion_noise(env, action_noise, ep_seed))
             attempt += 1
             tried += 1
             ok += success
@@ -155,7 +191,8 @@ def run(cfg) -> int:
     summary = collect(c["task"], episodes=int(c["episodes"]), out=c["out"], seed=int(c["seed"]),
                       only_success=bool(c["only_success"]), image_size=c.get("image_size"),
                       cameras=c.get("cameras"), max_attempts=c.get("max_attempts"),
-                      overwrite=bool(c.get("overwrite", False)), record_sim_state=bool(c.get("record_sim_state", True)))
+                      overwrite=bool(c.get("overwrite", False)), record_sim_state=bool(c.get("record_sim_state", True)),
+                      action_noise=float(c.get("action_noise", 0.0)))
     print(f"collect: {summary['episodes']} episodes ({summary['steps']} steps, {summary['new_episodes']} new, "
           f"expert success {summary['success_rate']:.2f}) in {summary['path']}")
     return 0

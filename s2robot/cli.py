@@ -141,20 +141,26 @@ def _compose_checked(config_name: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra.errors import ConfigCompositionException
 
-    from s2robot.cli_checks import check_added_keys, leaf_keys, unknown_key_error
+    from s2robot.cli_checks import check_added_keys, leaf_keys, schema_keys, unknown_key_error
 
     def known() -> list[str]:  # keys of the config with the chosen groups but without key overrides
         groups = [ov for ov in overrides if ov.partition("=")[0] in CONFIG_GROUPS]
         return leaf_keys(hydra_compose(config_name=config_name, overrides=groups))
 
+    groups = [ov for ov in overrides if ov.partition("=")[0] in CONFIG_GROUPS]
+    base = hydra_compose(config_name=config_name, overrides=groups)
+    schema = schema_keys(base) - set(leaf_keys(base))
+    # a key the config dataclasses accept but the YAML leaves at its default is set like any other key
+    overrides = [f"+{ov}" if ov.partition("=")[0] in schema else ov for ov in overrides]
     try:
         cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except ConfigCompositionException as e:
-        bad = re.match(r"Could not override '([^']+)'", str(e))
+        bad = re.match(r"Could not (?:override|append to config)[^']*'([^']+)'", str(e))
         if bad is None:
             raise
         raise unknown_key_error(config_name, bad.group(1), known()) from None
     added = [ov.partition("=")[0].lstrip("+") for ov in overrides if ov.startswith("+")]
+    added = [k for k in added if k not in schema]
     if added:
         check_added_keys(config_name, added, known(),
                          lambda verb: leaf_keys(hydra_compose(config_name=verb)) if verb in _config_verbs() else [])

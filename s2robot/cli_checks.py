@@ -60,6 +60,30 @@ def _suggest(verb: str, key: str, known: list[str]) -> str:
     return f"{hint} (`s2robot {verb} --help` lists every key)"
 
 
+def schema_keys(cfg: Any) -> set[str]:
+    """Dotted keys the config dataclasses accept (the schema), also where a YAML file leaves them at their default:
+    ``policy.*`` of the policy type's head config and ``policy.obs.*``, ``train.*``, ``optim.*``, ``ema.*``."""
+    from dataclasses import fields
+
+    keys: set[str] = set()
+    policy = cfg.get("policy") if hasattr(cfg, "get") else None
+    if policy is not None:
+        from s2robot.policies.conditioning import ConditioningConfig
+        from s2robot.policies.factory import POLICY_TYPES
+
+        head = POLICY_TYPES.get(policy.get("type"))
+        if head is not None:
+            keys |= {f"policy.{f.name}" for f in fields(head[0])}
+            keys |= {f"policy.obs.{f.name}" for f in fields(ConditioningConfig)}
+    if hasattr(cfg, "get") and cfg.get("train") is not None and cfg.get("optim") is not None:
+        from s2robot.training.optim import OptimConfig
+        from s2robot.training.train import EMAConfig, TrainConfig
+
+        for section, cls in (("train", TrainConfig), ("optim", OptimConfig), ("ema", EMAConfig)):
+            keys |= {f"{section}.{f.name}" for f in fields(cls)}
+    return keys
+
+
 def unknown_key_error(verb: str, key: str, known: list[str]) -> SystemExit:
     return SystemExit(f"s2robot {verb}: unknown config key {key!r}{_suggest(verb, key, known)}")
 

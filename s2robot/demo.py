@@ -73,7 +73,8 @@ def collect_stage(cfg: DictConfig, store: Path) -> None:
     _say(f"1/4 collect: {want} scripted {c.task.name} demos at {c.task.image_size} px -> {store}")
     kwargs = dict(episodes=want, out=str(store), seed=int(c.seed), only_success=bool(c.only_success),
                   image_size=c.get("image_size"), cameras=list(c.cameras) if c.get("cameras") else None,
-                  max_attempts=c.get("max_attempts"), record_sim_state=bool(c.get("record_sim_state", True)))
+                  max_attempts=c.get("max_attempts"), record_sim_state=bool(c.get("record_sim_state", True)),
+                  action_noise=float(c.get("action_noise", 0.0)))
     proc = mp.get_context("spawn").Process(target=_collect_in_child, name="s2robot-collect",
                                            args=(OmegaConf.to_container(c.task, resolve=True), kwargs))
     proc.start()
