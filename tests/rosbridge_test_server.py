@@ -242,6 +242,7 @@ class SimRobotServer:
         self.hold_steps = 0  # sync mode: steps of this episode taken on the timeout (no command arrived in time)
         self._command_event = threading.Event()
         self.command_log: list[tuple[float, np.ndarray]] = []  # (monotonic receive, env action applied)
+        self.malformed: list[dict] = []  # Float64MultiArray commands of the wrong length (ignored)
         server.on_publish(cfg.command.topic, self._on_command)
         if cfg.gripper is not None:
             server.on_publish(cfg.gripper.topic, self._on_gripper)
@@ -259,7 +260,12 @@ class SimRobotServer:
             target = np.asarray([pt["positions"][order[n]] for n in self.cfg.command.joint_names], np.float32)
             rest = None
         else:
-            data = np.asarray(msg["data"], np.float32)
+            entries = self.cfg.command_indices()
+            if len(msg["data"]) != len(entries):  # what a group controller would reject
+                self.malformed.append(msg)
+                return
+            data = self.hold_action.astype(np.float32).copy()
+            data[entries] = np.asarray(msg["data"], np.float32)
             target = data[acfg.position_indices]
             rest = data
         with self._lock:

@@ -208,15 +208,24 @@ class RosbridgeRobot(Robot):
             LOG.warning("e-stop reset received on %s", self.cfg.estop_reset_topic)
         self.estop.reset()
 
-    def _out_topic(self, topic: str) -> str:
-        return self.cfg.shadow_prefix.rstrip("/") + topic if self.dry_run else topic
-
     def _outputs(self) -> dict[str, tuple[str, str]]:
-        """Output key -> (topic as published, i.e. shadowed in dry run; message type)."""
-        outs = {"command": (self.cfg.command.topic, self.cfg.command.type)}
-        if self.cfg.gripper is not None:
-            outs["gripper"] = (self.cfg.gripper.topic, self.cfg.gripper.type)
-        return {key: (self._out_topic(topic), msg_type) for key, (topic, msg_type) in outs.items()}
+        """Output key -> (topic as published, i.e. shadowed in dry run; message type).
+
+        In a dry run every published topic is checked against every configured topic here too (the config already
+        refuses such a ``shadow_prefix``): a dry run that could reach a real topic raises instead."""
+        cfg = self.cfg
+        outs = {"command": (cfg.command.topic, cfg.command.type)}
+        if cfg.gripper is not None:
+            outs["gripper"] = (cfg.gripper.topic, cfg.gripper.type)
+        if not self.dry_run:
+            return outs
+        shadowed = {key: (cfg.shadow_topic(topic), msg_type) for key, (topic, msg_type) in outs.items()}
+        real = set(cfg.input_topics().values()) | set(cfg.output_topics().values())
+        clash = sorted(topic for topic, _ in shadowed.values() if topic in real)
+        if clash:
+            raise ValueError(f"dry run would publish on real topics {clash} (robot.shadow_prefix="
+                             f"{cfg.shadow_prefix!r}); refusing")
+        return shadowed
 
     def _advertise_all(self) -> None:
         import roslibpy
@@ -331,7 +340,8 @@ class RosbridgeRobot(Robot):
             targets = a[pos] + base
         else:
             targets = a[pos]
-        self._last_targets = np.asarray(targets, dtype=np.float64)
+        targets = self._within_limits(np.asarray(targets, dtype=np.float64))
+        self._last_targets = targets
         t_now = time.time()
         self._cmd_seq += 1
         header = M.make_header(t_now, cfg.command.frame_id, cfg.ros_version, self._cmd_seq)
@@ -344,11 +354,26 @@ class RosbridgeRobot(Robot):
         else:
             full = a.copy()
             full[pos] = targets
-            cmd = M.float64_multiarray_msg(full)
+            if acfg.gripper_index is not None:
+                full[acfg.gripper_index] = self._gripper_within_limits(full[acfg.gripper_index])
+            cmd = M.float64_multiarray_msg(full[cfg.command_indices()])  # the gripper entry only if no own topic
         out = {"command": cmd}
         if cfg.gripper is not None and acfg.gripper_index is not None:
-            out["gripper"] = M.gripper_msg(a[acfg.gripper_index], cfg.gripper.type, cfg.gripper.max_effort)
+            grip = self._gripper_within_limits(a[acfg.gripper_index])
+            out["gripper"] = M.gripper_msg(grip, cfg.gripper.type, cfg.gripper.max_effort)
         return out
+
+    def _within_limits(self, targets: np.ndarray) -> np.ndarray:
+        """float64 targets clamped to ``safety.low/high`` once more, in the dtype that goes on the wire (JSON
+        doubles): re-integrating a delta on the set-point can land an ulp outside a limit the filter clamped to."""
+        s, space = self.cfg.safety, self.cfg.action.space
+        if s.low and space in ("ee", "joint") and len(s.low) == targets.size:
+            return np.clip(targets, np.asarray(s.low, np.float64), np.asarray(s.high, np.float64))
+        return targets
+
+    def _gripper_within_limits(self, value: float) -> float:
+        s = self.cfg.safety
+        return float(min(max(float(value), s.gripper_low), s.gripper_high))
 
     def send_action(self, action: np.ndarray) -> bool:
         if not self.is_connected:
