@@ -56,7 +56,7 @@ def test_deploy_sim_robot_records_episodes(tiny_ckpt, tmp_path, capsys):
 
 
 def test_deploy_rejects_mismatched_robot(tiny_ckpt, tmp_path):
-    with pytest.raises(ValueError, match=r"policy needs cameras .*missing"):
+    with pytest.raises(SystemExit, match=r"^s2robot deploy: policy needs cameras .*missing"):
         main(["deploy", f"checkpoint={tiny_ckpt}", "robot=ur_ros2_joint_example", f"out={tmp_path}",
               "device=cpu"])
 
@@ -91,3 +91,112 @@ def test_deploy_rosbridge_dry_run_publishes_shadow_only(tiny_ckpt, tmp_path):
         assert np.all((data[:, :3] >= lo - 1e-6) & (data[:, :3] <= hi + 1e-6))
     summary = json.loads((tmp_path / "deploy_summary.json").read_text())
     assert summary["dry_run"] is True and summary["episodes"][0]["commands"] >= 5
+
+
+class LiftRobot:
+    """lift_cube served as a rosbridge robot (rosbridge_lift_cube.yaml's topics) on a test server."""
+
+    def __init__(self, overrides=()):
+        from omegaconf import OmegaConf
+
+        from s2robot.cli import compose
+        from s2robot.envs import make_env
+        from s2robot.ros.robot import RobotConfig
+
+        self.env = make_env("lift_cube", image_size=IMG)
+        self.server = RosbridgeTestServer(max_lifetime_s=100).start()
+        self.cfg = RobotConfig.from_dict(OmegaConf.to_container(compose(
+            "deploy", ["robot=rosbridge_lift_cube", f"robot.port={self.server.port}", *overrides]).robot))
+        self.sim = SimRobotServer(self.server, self.env, self.cfg, rate_hz=20,
+                                  setpoint_fn=lambda: self.env.unwrapped.target_pos)
+        self.sim.reset(seed=0, max_steps=100_000)
+        self.sim.start()
+
+    def published(self):
+        return {t: len(m) for t, m in self.server.received.items() if m}
+
+    def close(self):
+        self.sim.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def lift_robot():
+    robots = []
+
+    def make(*overrides):
+        robots.append(LiftRobot(overrides))
+        return robots[-1]
+
+    yield make
+    for r in robots:
+        r.close()
+
+
+def _deploy(ckpt, tmp_path, *args):
+    return main(["deploy", f"checkpoint={ckpt}", f"out={tmp_path}", "device=cpu", *args])
+
+
+def test_bad_values_fail_before_connecting_with_one_line(tiny_ckpt, tmp_path):
+    """Nothing listens on port 1: any attempt to connect would fail differently (exit 3), not with these lines."""
+    cases = [("robot.rate_hz=fast", r"robot.rate_hz='fast': expected a number$"),
+             ("robot.secure=yes", r"robot.secure='yes': expected true or false$"),
+             ("robot.estop_topic=5", r"robot.estop_topic=5: expected a string or null$"),
+             ("robot.gripper=abc", r"robot.gripper='abc': expected a mapping"),
+             ("robot.shadow_prefix=/", r"robot.shadow_prefix='/': expected a namespace"),
+             ("robot.safety.max_delta=[0.1,0.2]", r"robot.safety.max_delta=\[0.1, 0.2\]: expected one number or 3"),
+             ("episodes=abc", r"episodes='abc': expected an integer$"),
+             ("dry_run=yes", r"dry_run='yes': expected true or false$"),
+             ("rate_hz=fast", r"rate_hz='fast': expected a number or null$")]
+    for ov, msg in cases:
+        with pytest.raises(SystemExit, match=r"^s2robot deploy: " + msg) as e:
+            _deploy(tiny_ckpt, tmp_path, "robot=rosbridge_lift_cube", "robot.port=1", ov)
+        assert "\n" not in str(e.value.code), ov
+    assert not (tmp_path / "deploy_summary.json").exists()
+
+
+def test_bad_value_from_the_command_line_is_one_line_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "s2robot.cli", "deploy", "checkpoint=none", "robot=rosbridge_lift_cube",
+                        "robot.port=abc", f"out={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r
+    assert r.stderr.strip() == "s2robot deploy: robot.port='abc': expected an integer", r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_users_own_robot_file_is_validated_and_deploys(tiny_ckpt, tmp_path, lift_robot, monkeypatch):
+    from omegaconf import OmegaConf
+
+    rob = lift_robot()
+    mine = OmegaConf.create(OmegaConf.to_container(OmegaConf.load(
+        __import__("s2robot.configs", fromlist=["x"]).__file__.replace("__init__.py", "robot/rosbridge_lift_cube.yaml"))))
+    mine.name, mine.port = "my_arm", rob.server.port
+    monkeypatch.chdir(tmp_path)
+    OmegaConf.save(mine, tmp_path / "my_robot.yaml")
+    mine.safety.max_delta = "fast"
+    OmegaConf.save(mine, tmp_path / "my_bad_robot.yaml")
+    with pytest.raises(SystemExit, match=r"^s2robot deploy: robot.safety.max_delta='fast': expected a number"):
+        _deploy(tiny_ckpt, tmp_path / "o1", "robot=./my_bad_robot.yaml")
+    rc = _deploy(tiny_ckpt, tmp_path / "o2", "robot=./my_robot.yaml", "dry_run=true", "max_steps=10")
+    summary = json.loads((tmp_path / "o2" / "deploy_summary.json").read_text())
+    assert rc == 0 and summary["robot"] == "my_arm" and summary["episodes"][0]["commands"] >= 3, summary
+    assert set(rob.published()) == {"/s2robot/shadow/s2robot/command"}
+
+
+def test_wrong_camera_topic_and_misspelled_joint_are_named(tiny_ckpt, tmp_path, lift_robot, capsys):
+    rob = lift_robot()
+    port = f"robot.port={rob.server.port}"
+    rc = _deploy(tiny_ckpt, tmp_path / "cam", "robot=rosbridge_lift_cube", port, "input_timeout_s=1.5",
+                 "robot.cameras.front.topic=/front/image_rect")
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "cam" / "deploy_summary.json").read_text())
+    assert rc == 4 and summary["exit_name"] == "INPUTS" and summary["episodes"] == []
+    assert "/front/image_rect (robot.cameras.front.topic)" in summary["detail"] and "/front/image_rect" in out
+    rc = _deploy(tiny_ckpt, tmp_path / "joint", "robot=rosbridge_lift_cube", port, "input_timeout_s=3",
+                 "robot.proprio.2.names=[j0,j1,j2,j3,j_4]")
+    summary = json.loads((tmp_path / "joint" / "deploy_summary.json").read_text())
+    assert rc == 4, summary
+    assert "/joint_states (robot.joint_state_topic)" in summary["detail"] and "j_4" in summary["detail"]
+    assert rob.published() == {}  # it never started commanding

@@ -97,10 +97,10 @@ def typed_kwargs(klass: type, d: Mapping[str, Any], prefix: str) -> dict[str, An
     fields = {f.name: f for f in dataclasses.fields(klass) if f.init}
     unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ConfigError(f"{prefix}: unknown keys {unknown}; valid keys: {sorted(fields)}")
+        raise ConfigError(f"{prefix or klass.__name__}: unknown keys {unknown}; valid keys: {sorted(fields)}")
     required = [n for n, f in fields.items()
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [n for n in required if n not in d]
     if missing:
-        raise ConfigError(f"{prefix}: missing required keys {missing} ({', '.join(describe(hints[n]) for n in missing)})")
-    return {k: check_value(v, hints[k], f"{prefix}.{k}") for k, v in d.items()}
+        raise ConfigError(f"{prefix or klass.__name__}: missing required keys {missing} ({', '.join(describe(hints[n]) for n in missing)})")
+    return {k: check_value(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in d.items()}

@@ -32,6 +32,11 @@ class RobotDisconnected(RuntimeError):
     """The link to the robot is down; commanding stopped."""
 
 
+class ObservationError(ValueError):
+    """A received message cannot be turned into the observation the config describes (e.g. a JointState without a
+    configured joint, an image encoding not supported). The message names the topic and what is wrong."""
+
+
 class Robot(abc.ABC):
     """A robot the control loop can drive. Implementations: ``RosbridgeRobot``, ``RospyRobot``, ``SimRobot``."""
 
@@ -47,7 +52,8 @@ class Robot(abc.ABC):
     def get_observation(self) -> tuple[dict[str, np.ndarray], float] | None:
         """Newest complete observation and its capture time (``time.monotonic()`` domain), or None if none yet.
 
-        Raises ``RobotDisconnected`` when the link is down.
+        Raises ``RobotDisconnected`` when the link is down, ``ObservationError`` when a message does not fit the
+        config.
         """
 
     @abc.abstractmethod
@@ -70,6 +76,11 @@ class Robot(abc.ABC):
     def reset_setpoint(self) -> None:
         """Forget the set-point that delta actions integrate on (episode start, after a hold); the next delta
         starts from the measured position. No-op for robots that take the action as is."""
+
+    def missing_inputs(self) -> dict[str, str]:
+        """Config key -> topic of every input that has not delivered a message on the current link (empty for
+        robots without topics)."""
+        return {}
 
     def estop_latched(self) -> bool:
         """True while a software e-stop received from the robot side is latched."""

@@ -20,15 +20,18 @@ Incoming messages are only stored by the roslibpy callbacks (cheap, on the netwo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from s2robot.ros import messages as M
-from s2robot.ros.robot import Robot, RobotConfig, RobotDisconnected
+from s2robot.ros.robot import ObservationError, Robot, RobotConfig, RobotDisconnected
 from s2robot.ros.safety import EStop
 
 LOG = logging.getLogger(__name__)
@@ -41,6 +44,25 @@ class _Latest:
 
     def __init__(self, msg, recv_mono, recv_wall, epoch, seq):
         self.msg, self.recv_mono, self.recv_wall, self.epoch, self.seq = msg, recv_mono, recv_wall, epoch, seq
+
+
+@dataclass
+class InputStats:
+    """What one subscribed topic delivered since connect: message count, first/last receive time (monotonic),
+    recent ``receive wall time - header stamp`` values (s), and the newest message."""
+
+    topic: str
+    count: int = 0
+    first: float | None = None
+    last: float | None = None
+    stamp_lags: deque = field(default_factory=lambda: deque(maxlen=50))
+    msg: dict | None = None
+
+    @property
+    def rate_hz(self) -> float | None:
+        if self.count < 2 or self.last is None or self.first is None or self.last <= self.first:
+            return None
+        return (self.count - 1) / (self.last - self.first)
 
 
 def _abandon(ros) -> None:
@@ -56,11 +78,15 @@ def _abandon(ros) -> None:
 
 
 class RosbridgeRobot(Robot):
-    """Robot on a rosbridge websocket. ``dry_run=True`` publishes every command to ``shadow_prefix + topic``."""
+    """Robot on a rosbridge websocket. ``dry_run=True`` publishes every command to ``shadow_prefix + topic``;
+    ``publish=False`` (the pre-flight check) advertises nothing and refuses every command."""
 
-    def __init__(self, cfg: RobotConfig, dry_run: bool = False, image_size: tuple[int, int] | None = None):
+    def __init__(self, cfg: RobotConfig, dry_run: bool = False, image_size: tuple[int, int] | None = None,
+                 publish: bool = True):
         self.cfg = cfg
         self.dry_run = bool(dry_run)
+        self.publish = bool(publish)
+        self.inputs: dict[str, InputStats] = {key: InputStats(topic) for key, topic in self._input_keys().items()}
         self.image_size = tuple(image_size) if image_size is not None else (
             tuple(cfg.image_size) if cfg.image_size else None)
         self.action_dim = cfg.action.dim
@@ -113,7 +139,8 @@ class RosbridgeRobot(Robot):
         ros.on("ready", self._on_ready)
         self._connected = True
         self._subscribe_all()
-        self._advertise_all()
+        if self.publish:
+            self._advertise_all()
         LOG.info("connected to rosbridge at %s (ROS %d, %s transport, dry_run=%s)", self.url, cfg.ros_version,
                  cfg.transport, self.dry_run)
 
@@ -184,6 +211,40 @@ class RosbridgeRobot(Robot):
         with self._lock:
             self._seq += 1
             self._latest[key] = _Latest(msg, now_mono, now_wall, self._epoch, self._seq)
+            st = self.inputs.get(key)
+            if st is not None:
+                st.count += 1
+                st.first = now_mono if st.first is None else st.first
+                st.last, st.msg = now_mono, msg
+                try:
+                    stamp = M.header_stamp(msg)
+                except (ValueError, TypeError, KeyError):
+                    stamp = None
+                if stamp is not None:
+                    st.stamp_lags.append(now_wall - stamp)
+
+    def _input_keys(self) -> dict[str, str]:
+        """Observation input key (as in ``_latest``) -> topic."""
+        cfg = self.cfg
+        keys = {f"cam:{c}": cam.topic for c, cam in cfg.cameras.items()}
+        if any(s.source == "joint_state" for s in cfg.proprio):
+            keys["joint_state"] = cfg.joint_state_topic
+        if any(s.source == "ee_pose" for s in cfg.proprio):
+            keys["ee_pose"] = cfg.ee_pose_topic
+        return keys
+
+    @staticmethod
+    def config_key(input_key: str) -> str:
+        """``"cam:front"`` -> ``"robot.cameras.front.topic"``, ``"joint_state"`` -> ``"robot.joint_state_topic"``."""
+        if input_key.startswith("cam:"):
+            return f"robot.cameras.{input_key[4:]}.topic"
+        return f"robot.{input_key}_topic"
+
+    def missing_inputs(self) -> dict[str, str]:
+        with self._lock:
+            epoch = self._epoch
+            return {self.config_key(k): topic for k, topic in self._input_keys().items()
+                    if k not in self._latest or self._latest[k].epoch != epoch}
 
     def _subscribe_all(self) -> None:
         cfg = self.cfg
@@ -287,13 +348,24 @@ class RosbridgeRobot(Robot):
         self._decoded[cam] = (item.seq, img)
         return img
 
+    @contextlib.contextmanager
+    def _naming_errors(self, key: str):
+        """Turn a decoding error of input ``key``'s message into an ``ObservationError`` naming its topic."""
+        try:
+            yield
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            what = e.args[0] if e.args else repr(e)
+            raise ObservationError(f"{self._input_keys()[key]} ({self.config_key(key)}): {what}") from None
+
     def _proprio(self, latest: dict[str, _Latest]) -> np.ndarray:
         parts = []
         for seg in self.cfg.proprio:
             if seg.source == "ee_pose":
-                v = M.pose_position(latest["ee_pose"].msg)[: seg.size]
+                with self._naming_errors("ee_pose"):
+                    v = M.pose_position(latest["ee_pose"].msg)[: seg.size]
             else:
-                v = M.joint_state_values(latest["joint_state"].msg, seg.names, seg.field)
+                with self._naming_errors("joint_state"):
+                    v = M.joint_state_values(latest["joint_state"].msg, seg.names, seg.field)
                 if seg.reduce == "sum":
                     v = v.sum(keepdims=True)
                 elif seg.reduce == "mean":
@@ -302,12 +374,7 @@ class RosbridgeRobot(Robot):
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
     def required_keys(self) -> list[str]:
-        keys = [f"cam:{c}" for c in self.cfg.cameras]
-        if any(s.source == "joint_state" for s in self.cfg.proprio):
-            keys.append("joint_state")
-        if any(s.source == "ee_pose" for s in self.cfg.proprio):
-            keys.append("ee_pose")
-        return keys
+        return list(self._input_keys())
 
     def get_observation(self) -> tuple[dict[str, np.ndarray], float] | None:
         if not self.is_connected:
@@ -319,7 +386,8 @@ class RosbridgeRobot(Robot):
             return None
         obs: dict[str, np.ndarray] = {}
         for cam in self.cfg.cameras:
-            obs[f"{cam}_image"] = self._image(cam, latest[f"cam:{cam}"])
+            with self._naming_errors(f"cam:{cam}"):
+                obs[f"{cam}_image"] = self._image(cam, latest[f"cam:{cam}"])
         obs["proprio"] = self._proprio(latest)
         ts = min(self._capture_time(v) for v in latest.values())
         self._last_proprio = obs["proprio"]
@@ -376,6 +444,8 @@ class RosbridgeRobot(Robot):
         return float(min(max(float(value), s.gripper_low), s.gripper_high))
 
     def send_action(self, action: np.ndarray) -> bool:
+        if not self.publish:
+            raise RuntimeError("this robot link was opened with publish=False (pre-flight check): nothing is sent")
         if not self.is_connected:
             self.dropped_while_down += 1
             return False
