@@ -18,6 +18,16 @@ IMG = 32
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     """A random-weight bc_mlp checkpoint with lift_cube's shapes (5-dim actions, 9-dim proprio, 2 cameras)."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "step_0")
+
+
+@pytest.fixture(scope="module")
+def nan_ckpt(tmp_path_factory):
+    """The same with every weight NaN: a policy that only emits NaN."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("nan_ckpt") / "step_0", nan=True)
+
+
+def _tiny_checkpoint(path, nan=False):
     from s2robot.datasets.normalizer import Normalizer
     from s2robot.encoders import build_encoder
     from s2robot.policies import build_policy
@@ -32,8 +42,13 @@ def tiny_ckpt(tmp_path_factory):
     act = np.concatenate([rng.uniform(-0.03, 0.03, (64, 4)), rng.uniform(-1, 1, (64, 1))], 1)
     norm = Normalizer().fit({"action": act, "proprio": rng.normal(size=(64, 9))})
     policy = build_policy(TINY_POLICIES["bc_mlp"], meta, norm, enc)
+    if nan:
+        with torch.no_grad():
+            for p in policy.parameters():
+                if p.requires_grad:
+                    p.fill_(float("nan"))
     cfg = {"policy": TINY_POLICIES["bc_mlp"], "shape_meta": meta.to_dict(), "encoder": TINY_ENCODER}
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "step_0", policy, cfg, step=0, epoch=0)
+    return save_checkpoint(path, policy, cfg, step=0, epoch=0)
 
 
 def test_deploy_sim_robot_records_episodes(tiny_ckpt, tmp_path, capsys):
@@ -200,3 +215,67 @@ def test_wrong_camera_topic_and_misspelled_joint_are_named(tiny_ckpt, tmp_path, 
     assert rc == 4, summary
     assert "/joint_states (robot.joint_state_topic)" in summary["detail"] and "j_4" in summary["detail"]
     assert rob.published() == {}  # it never started commanding
+
+
+def test_check_reports_inputs_runs_the_policy_and_publishes_nothing(tiny_ckpt, tmp_path, lift_robot, capsys):
+    rob = lift_robot()
+    port = f"robot.port={rob.server.port}"
+    rc = _deploy(tiny_ckpt, tmp_path, "robot=rosbridge_lift_cube", port, "check=true", "check_listen_s=1.0")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "/front/image_raw: " in out and f"{IMG}x{IMG} rgb8" in out and "jpeg" in out and "Hz" in out
+    assert "joints found ['finger_l', 'finger_r', 'j0', 'j1', 'j2', 'j3', 'j4']" in out
+    assert "clock offset" in out and "policy forward" in out and "observation-to-command latency" in out
+    assert "check passed" in out
+    rc = _deploy(tiny_ckpt, tmp_path, "robot=rosbridge_lift_cube", port, "check=true", "check_listen_s=0.5",
+                 "input_timeout_s=1.0", "robot.cameras.front.topic=/front/image_rect",
+                 "robot.proprio.2.names=[j0,j1,j2,j3,j_4]")
+    out = capsys.readouterr().out
+    assert rc == 4, out
+    assert "no message on /front/image_rect (robot.cameras.front.topic)" in out
+    assert "joint 'j_4' (robot.proprio) not in the JointState (did you mean 'j4'?)" in out
+    assert rob.server.advertised == {} and rob.published() == {}  # nothing advertised, nothing published
+
+
+def test_policy_fault_exit_code_and_summary(nan_ckpt, tmp_path):
+    rc = _deploy(nan_ckpt, tmp_path, "robot=sim_lift_cube", "episodes=2", "max_steps=20")
+    summary = json.loads((tmp_path / "deploy_summary.json").read_text())
+    assert rc == 5 and summary["exit_name"] == "POLICY_FAULT"
+    assert [e["status"] for e in summary["episodes"]] == ["policy_fault"]  # no second episode into the same fault
+    assert summary["episodes"][0]["commands"] == 0 and "consecutive actions rejected" in summary["episodes"][0]["detail"]
+
+
+@pytest.mark.parametrize("sig, code, ending", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_signals_end_with_summary_partial_episode_and_exit_code(tiny_ckpt, tmp_path, lift_robot, sig, code, ending):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    rob = lift_robot()
+    shadow = "/s2robot/shadow/s2robot/command"
+    proc = subprocess.Popen([sys.executable, "-m", "s2robot.cli", "deploy", f"checkpoint={tiny_ckpt}",
+                             "robot=rosbridge_lift_cube", f"robot.port={rob.server.port}", "dry_run=true",
+                             "episodes=3", "max_steps=100000", f"out={tmp_path}", "device=cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 90
+        while len(rob.server.messages(shadow)) < 5 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert len(rob.server.messages(shadow)) >= 5, proc.communicate(timeout=5)[0] if proc.poll() is not None else ""
+        proc.send_signal(getattr(signal, sig))
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, out
+    assert "Traceback" not in out
+    summary = json.loads((tmp_path / "deploy_summary.json").read_text())
+    assert summary["ending"] == ending and summary["exit_code"] == code
+    ep = summary["episodes"]
+    assert len(ep) == 1 and ep[0]["status"] == "interrupted" and ep[0]["partial"] is True
+    assert ep[0]["commands"] >= 5 and summary["success_rate"] is None
+    n = len(rob.server.messages(shadow))
+    time.sleep(0.3)
+    assert len(rob.server.messages(shadow)) == n  # nothing after the process ended
