@@ -286,7 +286,7 @@ def test_nan_policy(scenario):
 
 
 def test_huge_output_policy(scenario):
-    sc = scenario("huge-output policy (|a| 1 to 1e6, towards low then high)")
+    sc = scenario("huge-output policy (magnitudes 1 to 1e6, towards low then high)")
     rng, calls = np.random.default_rng(0), []
 
     def huge(obs):  # pushes every dimension towards its low limit for 20 calls, then towards its high limit
