@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,8 +186,8 @@ def test_users_own_robot_file_is_validated_and_deploys(tiny_ckpt, tmp_path, lift
     from omegaconf import OmegaConf
 
     rob = lift_robot()
-    mine = OmegaConf.create(OmegaConf.to_container(OmegaConf.load(
-        __import__("s2robot.configs", fromlist=["x"]).__file__.replace("__init__.py", "robot/rosbridge_lift_cube.yaml"))))
+    shipped = Path(__import__("s2robot.configs", fromlist=["x"]).__file__).parent / "robot/rosbridge_lift_cube.yaml"
+    mine = OmegaConf.load(shipped)
     mine.name, mine.port = "my_arm", rob.server.port
     monkeypatch.chdir(tmp_path)
     OmegaConf.save(mine, tmp_path / "my_robot.yaml")
@@ -242,7 +243,8 @@ def test_policy_fault_exit_code_and_summary(nan_ckpt, tmp_path):
     summary = json.loads((tmp_path / "deploy_summary.json").read_text())
     assert rc == 5 and summary["exit_name"] == "POLICY_FAULT"
     assert [e["status"] for e in summary["episodes"]] == ["policy_fault"]  # no second episode into the same fault
-    assert summary["episodes"][0]["commands"] == 0 and "consecutive actions rejected" in summary["episodes"][0]["detail"]
+    ep = summary["episodes"][0]
+    assert ep["commands"] == 0 and "consecutive actions rejected" in ep["detail"]
 
 
 @pytest.mark.parametrize("sig, code, ending", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])

@@ -165,8 +165,8 @@ def matrix_table():
     yield
     path = os.environ.get("S2ROBOT_FAULT_MATRIX_TABLE")
     if path and ROWS:
-        lines = ["| scenario | end status | ticks | commands (real topics) | commands (shadow) | holds | safety events |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = ["| scenario | end status | ticks | commands (real topics) | commands (shadow) | holds "
+                 "| safety events |", "|---|---|---|---|---|---|---|"]
         for r in ROWS:
             holds = ", ".join(f"{k} {v}" for k, v in sorted(r["holds"].items())) or "-"
             ev = ", ".join(f"{k} {v}" for k, v in sorted(r["events"].items())) or "-"

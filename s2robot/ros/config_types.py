@@ -102,5 +102,6 @@ def typed_kwargs(klass: type, d: Mapping[str, Any], prefix: str) -> dict[str, An
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [n for n in required if n not in d]
     if missing:
-        raise ConfigError(f"{prefix or klass.__name__}: missing required keys {missing} ({', '.join(describe(hints[n]) for n in missing)})")
+        wanted = ", ".join(describe(hints[n]) for n in missing)
+        raise ConfigError(f"{prefix or klass.__name__}: missing required keys {missing} ({wanted})")
     return {k: check_value(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in d.items()}
