@@ -168,6 +168,8 @@ def test_bad_values_fail_before_connecting_with_one_line(tiny_ckpt, tmp_path):
         with pytest.raises(SystemExit, match=r"^s2robot deploy: " + msg) as e:
             _deploy(tiny_ckpt, tmp_path, "robot=rosbridge_lift_cube", "robot.port=1", ov)
         assert "\n" not in str(e.value.code), ov
+    with pytest.raises(SystemExit, match=r"^s2robot deploy: checkpoint=\S*missing device=cpu: checkpoint not found"):
+        _deploy(tmp_path / "missing", tmp_path, "robot=sim_lift_cube")
     assert not (tmp_path / "deploy_summary.json").exists()
 
 

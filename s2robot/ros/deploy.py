@@ -9,10 +9,10 @@ to the shadow topics (``shadow_prefix + topic``) only. ``record=PATH`` appends e
 store. ``check=true`` runs the pre-flight check (``preflight.py``) instead and publishes nothing.
 
 ``<out>/deploy_summary.json`` is written on every ending once the robot is built (including SIGINT / SIGTERM, with
-the running episode marked ``partial``). Exit codes (``ExitCode``): 0 every episode ended normally (success or
-max_steps) or the check passed; 1 a config / usage error (one line, before connecting); 3 robot unreachable;
-4 inputs missing or not fitting the config (pre-start wait, ``no_input`` episode, failed check); 5 policy fault;
-6 link lost for longer than ``reconnect_timeout_s``; 130 SIGINT (Ctrl-C); 143 SIGTERM.
+the running episode marked ``partial``; it is not recorded). Exit codes (``ExitCode``): 0 every episode ended
+normally (success or max_steps) or the check passed; 1 a config / usage error (one line, before connecting); 3 robot
+unreachable; 4 inputs missing or not fitting the config (pre-start wait, ``no_input`` episode, failed check);
+5 policy fault; 6 link lost for longer than ``reconnect_timeout_s``; 130 SIGINT (Ctrl-C); 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -204,8 +204,11 @@ def run_episodes(robot: Robot, policy: ChunkPolicy, robot_cfg: RobotConfig, loop
             loop.run_episode(report=rep, start_after=None if isinstance(robot, SimRobot) else time.monotonic())
         finally:
             if recorder is not None:
-                with signals_deferred():
-                    recorder.end_episode(rep.success, rep.status)
+                with signals_deferred():  # an interrupted episode is not a demonstration: not recorded
+                    if rep.status == "interrupted":
+                        recorder.discard()
+                    else:
+                        recorder.end_episode(rep.success, rep.status)
         s = rep.summary()
         LOG.info("episode %d/%d: %s success=%s steps=%d commands=%d late=%d holds=%s latency p50 %.1f ms",
                  ep + 1, episodes, s["status"], s["success"], s["steps"], s["commands"], s["late_ticks"],
@@ -268,8 +271,11 @@ def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
     from s2robot import load_policy
     from s2robot.device import resolve_device
 
-    device = resolve_device(opts.device)
-    policy = load_policy(opts.checkpoint, device=device)
+    try:
+        device = resolve_device(opts.device)
+        policy = load_policy(opts.checkpoint, device=device)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:  # a missing / unreadable checkpoint, no CUDA, ...
+        raise SystemExit(f"s2robot deploy: checkpoint={opts.checkpoint} device={opts.device}: {e}") from None
     try:
         check_policy_matches(policy, robot_cfg)
     except ValueError as e:
