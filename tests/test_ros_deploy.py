@@ -260,7 +260,8 @@ def test_signals_end_with_summary_partial_episode_and_exit_code(tiny_ckpt, tmp_p
     shadow = "/s2robot/shadow/s2robot/command"
     proc = subprocess.Popen([sys.executable, "-m", "s2robot.cli", "deploy", f"checkpoint={tiny_ckpt}",
                              "robot=rosbridge_lift_cube", f"robot.port={rob.server.port}", "dry_run=true",
-                             "episodes=3", "max_steps=100000", f"out={tmp_path}", "device=cpu"],
+                             "episodes=3", "max_steps=100000", f"out={tmp_path}", "device=cpu",
+                             f"record={tmp_path / 'rec.zarr'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -280,6 +281,7 @@ def test_signals_end_with_summary_partial_episode_and_exit_code(tiny_ckpt, tmp_p
     ep = summary["episodes"]
     assert len(ep) == 1 and ep[0]["status"] == "interrupted" and ep[0]["partial"] is True
     assert ep[0]["commands"] >= 5 and summary["success_rate"] is None
+    assert not (tmp_path / "rec.zarr").exists()  # an interrupted episode is not recorded as a demonstration
     n = len(rob.server.messages(shadow))
     time.sleep(0.3)
     assert len(rob.server.messages(shadow)) == n  # nothing after the process ended
