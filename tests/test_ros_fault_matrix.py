@@ -318,7 +318,7 @@ def test_dry_run_prefix_that_reaches_real_topics_is_refused(prefix):
         with pytest.raises(ValueError, match="dry run would publish on real topics"):
             RosbridgeRobot(cfg, dry_run=True).connect()
         time.sleep(0.1)
-        assert server.advertised == {} and not any(server.received.values())
+        assert server.n_connections == 0 and server.advertised == {} and not any(server.received.values())
     ROWS.append({"scenario": f"dry run, shadow_prefix {prefix!r}", "status": "refused before connecting",
                  "ticks": 0, "real": 0, "shadow": 0, "holds": {}, "events": {}})
 

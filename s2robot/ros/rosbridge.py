@@ -119,6 +119,7 @@ class RosbridgeRobot(Robot):
         from roslibpy.core import RosTimeoutError
 
         cfg = self.cfg
+        self._outputs()  # a dry run that could reach a real topic fails here, before any link is opened
         ros = roslibpy.Ros(cfg.host, int(cfg.port), is_secure=bool(cfg.secure), transport=cfg.transport)
         try:
             ros.run(timeout=cfg.connect_timeout_s)
