@@ -321,6 +321,9 @@ def run(cfg) -> int:
     except KeyboardInterrupt as e:
         ending = "terminated" if isinstance(e, Terminated) else "interrupted"
         LOG.warning("%s: commanding stopped", "SIGTERM" if ending == "terminated" else "interrupted")
+    except BaseException as e:  # a bug: the traceback follows (exit code 1); the summary says so first
+        ending, detail = "error", f"{type(e).__name__}: {e}"
+        raise
     finally:
         with signals_deferred():
             robot.close()
@@ -336,10 +339,11 @@ def run(cfg) -> int:
 def _summary(robot_cfg: RobotConfig, opts: DeployOptions, reports: list[EpisodeReport], ending: str, detail: str,
              code: ExitCode, wall_s: float) -> dict[str, Any]:
     done = [r for r in reports if r.status != "interrupted"]
+    code_name = (1, "ERROR") if ending == "error" else (int(code), code.name)  # an exception exits 1
     return {
         "robot": robot_cfg.name, "backend": robot_cfg.backend, "dry_run": opts.dry_run,
-        "checkpoint": str(opts.checkpoint), "ending": ending, "detail": detail, "exit_code": int(code),
-        "exit_name": code.name, "episodes": [r.summary() for r in reports],
+        "checkpoint": str(opts.checkpoint), "ending": ending, "detail": detail, "exit_code": code_name[0],
+        "exit_name": code_name[1], "episodes": [r.summary() for r in reports],
         "success_rate": (sum(r.success for r in done) / len(done)) if done else None,
         "wall_s": wall_s, "record": opts.record,
     }
