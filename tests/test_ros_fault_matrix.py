@@ -229,18 +229,18 @@ def test_stale_stamps(scenario):
 
 
 def test_disconnect_with_refused_reconnects(scenario):
-    sc = scenario("disconnect, reconnects refused 0.8 s", max_steps=70)
+    sc = scenario("disconnect, reconnects refused 1.5 s", max_steps=90)
 
     def cut(k, rep):
         if k == 10:
             sc.mark("cut")
-            sc.server.disconnect(refuse_for_s=0.8)
+            sc.server.disconnect(refuse_for_s=1.5)
         if "back" not in [e for _, e in sc.events] and sc.events and k > 12 and sc.robot.is_connected:
             sc.mark("back")
 
     rep = sc.run(expert(sc), on_tick=cut)
     sc.check()
-    assert rep.holds["disconnected"] >= 5
+    assert rep.holds["disconnected"] >= 5 and sc.server.refused >= 1, (rep.holds, sc.server.refused)
     assert any(a["t"] > sc.events[-1][0] for a in sc.robot.audit), "resumed after the reconnect"
 
 
