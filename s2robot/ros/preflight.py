@@ -46,9 +46,10 @@ def _joint_problems(found: list[str], configured: list[str], what: str) -> list[
 
 
 def _input_lines(robot, cfg: RobotConfig, stale_s: float) -> tuple[list[str], list[str]]:
-    """Per-input report lines and problems from ``robot.inputs`` (``InputStats`` per input key)."""
+    """Per-input report lines and problems from ``robot.input_stats()`` (``InputStats`` per input key)."""
     lines, problems = [], []
-    for key, st in getattr(robot, "inputs", {}).items():
+    stats = robot.input_stats() if hasattr(robot, "input_stats") else {}
+    for key, st in stats.items():
         if st.msg is None:
             continue
         rate = st.rate_hz
@@ -131,7 +132,7 @@ def run_check(robot: Robot, cfg: RobotConfig, policy, timeout_s: float = 10.0, l
     stale_s = cfg.safety.stale_periods * cfg.period
     missing = wait_for_inputs(robot, timeout_s)
     problems = [f"no message on {topic} ({key}) within {timeout_s:g} s" for key, topic in missing.items()]
-    if len(missing) < len(getattr(robot, "inputs", {})):
+    if len(missing) < len(robot.input_stats() if hasattr(robot, "input_stats") else {}):
         time.sleep(listen_s)
     lines, p = _input_lines(robot, cfg, stale_s)
     problems += p

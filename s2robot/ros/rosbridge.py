@@ -21,6 +21,7 @@ Incoming messages are only stored by the roslibpy callbacks (cheap, on the netwo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -240,6 +241,12 @@ class RosbridgeRobot(Robot):
         if input_key.startswith("cam:"):
             return f"robot.cameras.{input_key[4:]}.topic"
         return f"robot.{input_key}_topic"
+
+    def input_stats(self) -> dict[str, InputStats]:
+        """A consistent copy of what every input topic delivered so far (for the pre-flight check)."""
+        with self._lock:
+            return {k: dataclasses.replace(st, stamp_lags=deque(st.stamp_lags, maxlen=st.stamp_lags.maxlen))
+                    for k, st in self.inputs.items()}
 
     def missing_inputs(self) -> dict[str, str]:
         with self._lock:
