@@ -24,6 +24,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +62,14 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def signals_as_interrupts():
-    """While active, SIGTERM raises ``Terminated`` (SIGINT raises ``KeyboardInterrupt`` as usual)."""
+    """While active, SIGTERM raises ``Terminated`` (SIGINT raises ``KeyboardInterrupt`` as usual). Signal handlers
+    belong to the main thread: elsewhere (deploy run from a thread) this does nothing."""
     def on_term(signum, frame):
         raise Terminated(f"signal {signum}")
 
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
@@ -74,7 +79,10 @@ def signals_as_interrupts():
 
 @contextlib.contextmanager
 def signals_deferred():
-    """While active (closing the link, writing the summary) SIGINT and SIGTERM are ignored."""
+    """While active (closing the link, writing the summary) SIGINT and SIGTERM are ignored (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
