@@ -285,3 +285,20 @@ def test_signals_end_with_summary_partial_episode_and_exit_code(tiny_ckpt, tmp_p
     n = len(rob.server.messages(shadow))
     time.sleep(0.3)
     assert len(rob.server.messages(shadow)) == n  # nothing after the process ended
+
+
+def test_exit_codes_are_distinct_and_the_most_severe_wins():
+    from s2robot.ros.control_loop import EpisodeReport
+    from s2robot.ros.deploy import ExitCode, exit_code
+
+    def reps(*statuses):
+        return [EpisodeReport(status=s) for s in statuses]
+
+    assert len({int(c) for c in ExitCode}) == len(ExitCode)
+    assert exit_code("finished", reps("success", "max_steps")) == ExitCode.OK == 0
+    assert exit_code("finished", reps("max_steps", "disconnected")) == ExitCode.DISCONNECTED == 6
+    assert exit_code("finished", reps("disconnected", "policy_fault")) == ExitCode.POLICY_FAULT == 5
+    assert exit_code("finished", reps("policy_fault", "no_input")) == ExitCode.INPUTS == 4
+    assert exit_code("unreachable", []) == ExitCode.UNREACHABLE == 3
+    assert exit_code("interrupted", reps("policy_fault", "interrupted")) == ExitCode.INTERRUPTED == 130
+    assert exit_code("terminated", reps("interrupted")) == ExitCode.TERMINATED == 143
