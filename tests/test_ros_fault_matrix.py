@@ -83,6 +83,14 @@ class Scenario:
     def mark(self, kind):
         self.events.append((time.monotonic(), kind))
 
+    def track_link(self):
+        """After a "cut": mark "down" once the client has seen the link drop, then "back" once it is up again."""
+        kinds = [kind for _, kind in self.events]
+        if "cut" in kinds and "down" not in kinds and not self.robot.is_connected:
+            self.mark("down")
+        elif "down" in kinds and "back" not in kinds and self.robot.is_connected:
+            self.mark("back")
+
     def run(self, policy_fn, on_tick=None):
         cfg = self.cfg
         loop = ControlLoop(self.robot, CallablePolicy(policy_fn), SafetyFilter(cfg.action, cfg.safety, 1 / RATE),
@@ -244,12 +252,12 @@ def test_disconnect_with_refused_reconnects(scenario):
         if k == 10:
             sc.mark("cut")
             sc.server.disconnect(refuse_for_s=1.5)
-        if "back" not in [e for _, e in sc.events] and sc.events and k > 12 and sc.robot.is_connected:
-            sc.mark("back")
+        sc.track_link()
 
     rep = sc.run(expert(sc), on_tick=cut)
     sc.check()
     assert rep.holds["disconnected"] >= 5 and sc.server.refused >= 1, (rep.holds, sc.server.refused)
+    assert [kind for _, kind in sc.events] == ["cut", "down", "back"]
     assert any(a["t"] > sc.events[-1][0] for a in sc.robot.audit), "resumed after the reconnect"
 
 
@@ -260,12 +268,12 @@ def test_server_restart_on_the_same_port(scenario):
         if k == 10:
             sc.mark("cut")
             sc.server.restart(down_s=0.5)
-        if len(sc.events) == 1 and k > 10 and sc.robot.is_connected:
-            sc.mark("back")
+        sc.track_link()
 
     rep = sc.run(expert(sc), on_tick=restart)
     sc.check()
     assert rep.holds["disconnected"] >= 1 and sc.server.n_connections >= 1
+    assert [kind for _, kind in sc.events] == ["cut", "down", "back"]
     assert any(a["t"] > sc.events[-1][0] for a in sc.robot.audit), "resumed after the restart"
 
 
