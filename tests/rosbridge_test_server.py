@@ -3,7 +3,8 @@
 ``RosbridgeTestServer`` speaks the subset of the rosbridge v2 JSON protocol that roslibpy uses (advertise,
 unadvertise, publish, subscribe, unsubscribe, call_service for ``/rosapi/get_time``). Fault knobs: ``latency_s``
 (delay of every server->client message), ``drop_prob`` (drop server->client publishes, seeded), ``handshake_delay_s``,
-``disconnect(refuse_for_s)`` (close every client link and refuse handshakes for a while).
+``disconnect(refuse_for_s)`` (close every client link and refuse handshakes for a while), ``restart(down_s)`` (stop
+and start again on the same port).
 
 ``SimRobotServer`` puts a gymnasium env behind the server as "the robot": at ``rate_hz`` on its own clock it applies
 the newest command received, steps the env, and publishes camera images, joint states and the end-effector pose
@@ -105,6 +106,16 @@ class RosbridgeTestServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    def restart(self, down_s: float = 0.5) -> None:
+        """Stop the server (every client link drops), stay down ``down_s`` (connections refused: nothing listens),
+        and start again on the same port; what was received and the robot-side callbacks are kept."""
+        self.stop()
+        self._subs.clear()
+        self._clients.clear()
+        self._started.clear()
+        time.sleep(down_s)
+        self.start()
+
     # ---------------------------------------------------------------------------------------------- protocol
     async def _process_request(self, connection, request):
         if self.handshake_delay_s > 0:
@@ -175,10 +186,13 @@ class RosbridgeTestServer:
             for ws in list(self._subs.get(topic, ())):
                 asyncio.ensure_future(self._safe_send(ws, payload))
 
-        if self.latency_s > 0:
-            loop.call_soon_threadsafe(loop.call_later, self.latency_s, _send)
-        else:
-            loop.call_soon_threadsafe(_send)
+        try:
+            if self.latency_s > 0:
+                loop.call_soon_threadsafe(loop.call_later, self.latency_s, _send)
+            else:
+                loop.call_soon_threadsafe(_send)
+        except RuntimeError:  # the loop closed in between (server stopped or restarting): nothing to send to
+            pass
 
     @staticmethod
     async def _safe_send(ws, payload):
@@ -242,6 +256,7 @@ class SimRobotServer:
         self.hold_steps = 0  # sync mode: steps of this episode taken on the timeout (no command arrived in time)
         self._command_event = threading.Event()
         self.command_log: list[tuple[float, np.ndarray]] = []  # (monotonic receive, env action applied)
+        self.malformed: list[dict] = []  # Float64MultiArray commands of the wrong length (ignored)
         server.on_publish(cfg.command.topic, self._on_command)
         if cfg.gripper is not None:
             server.on_publish(cfg.gripper.topic, self._on_gripper)
@@ -259,7 +274,12 @@ class SimRobotServer:
             target = np.asarray([pt["positions"][order[n]] for n in self.cfg.command.joint_names], np.float32)
             rest = None
         else:
-            data = np.asarray(msg["data"], np.float32)
+            entries = self.cfg.command_indices()
+            if len(msg["data"]) != len(entries):  # what a group controller would reject
+                self.malformed.append(msg)
+                return
+            data = self.hold_action.astype(np.float32).copy()
+            data[entries] = np.asarray(msg["data"], np.float32)
             target = data[acfg.position_indices]
             rest = data
         with self._lock:

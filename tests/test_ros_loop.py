@@ -111,3 +111,33 @@ def test_policy_exception_propagates_and_stops():
 
     with pytest.raises(RuntimeError, match="policy crashed"):
         _loop(robot, CallablePolicy(boom), max_steps=10, realtime=False).run_episode()
+
+
+class BlindRobot(ClockRobot):
+    """Connected, but its camera topic never delivers (or its joint states do not fit the config)."""
+
+    def __init__(self, error=None):
+        super().__init__()
+        self.error = error
+
+    def get_observation(self):
+        if self.error:
+            from s2robot.ros.robot import ObservationError
+
+            raise ObservationError(self.error)
+        return None
+
+    def missing_inputs(self):
+        return {} if self.error else {"robot.cameras.front.topic": "/front/image_rect"}
+
+
+@pytest.mark.parametrize("error, detail", [
+    (None, "no message on /front/image_rect (robot.cameras.front.topic)"),
+    ("/joint_states (robot.joint_state_topic): JointState lacks joints ['j_4']", "lacks joints ['j_4']"),
+])
+def test_episode_without_usable_observation_ends_naming_the_input(error, detail):
+    robot = BlindRobot(error)
+    rep = _loop(robot, CallablePolicy(lambda obs: np.zeros(4, np.float32)), max_steps=200,
+                input_timeout_s=0.3).run_episode()
+    assert rep.status == "no_input" and detail in rep.detail and rep.steps < 40
+    assert rep.holds["bad_obs" if error else "no_obs"] == rep.steps - 1 and robot.sent == []  # the last tick ends it

@@ -129,7 +129,7 @@ def test_robot_config_validation_names_the_problem():
     assert cfg.proprio_dim == 4 and cfg.period == pytest.approx(0.1)
     with pytest.raises(ValueError, match="unknown robot config keys"):
         _robot_cfg(bogus=1)
-    with pytest.raises(ValueError, match="camera topic must be absolute"):
+    with pytest.raises(ValueError, match=r"robot.cameras.front.topic='front': expected an absolute"):
         _robot_cfg(cameras={"front": {"topic": "front"}})
     with pytest.raises(ValueError, match="command type"):
         _robot_cfg(command={"topic": "/cmd", "type": "std_msgs/String"})

@@ -56,7 +56,7 @@ def _wait(pred, timeout: float = 5.0) -> bool:
 
 def test_rospy_config_validation_and_deploy_builds_it():
     """Runs without ROS: constructing the robot imports nothing from ROS."""
-    with pytest.raises(ValueError, match="ros_version: 1"):
+    with pytest.raises(ValueError, match=r"robot.ros_version=2: expected 1 with backend=rospy"):
         RobotConfig.from_dict({**FAKE_ROBOT_CFG, "backend": "rospy"})  # FAKE_ROBOT_CFG is ROS 2
     with pytest.raises(ValueError, match="master_uri"):
         _cfg("localhost:11311")

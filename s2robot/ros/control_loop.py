@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from s2robot.ros.robot import Robot, RobotDisconnected
+from s2robot.ros.robot import ObservationError, Robot, RobotDisconnected
 from s2robot.ros.safety import EStop, PolicyFault, SafetyFilter, Watchdog
 
 LOG = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class LoopConfig:
     late_tolerance: float = 0.5  # fraction of a period after its slot a tick counts as late
     max_wait: float = 0.5  # fraction of a period a tick may wait for a running inference when nothing is planned
     reconnect_timeout_s: float = 10.0  # end the episode when the link stays down longer
+    input_timeout_s: float = 10.0  # end the episode when no usable observation (none / undecodable / stale) arrives
     stop_on_success: bool = True
     realtime: bool = True  # False: no sleeping and inference inline (deterministic, for lockstep simulation)
 
@@ -110,7 +111,8 @@ class LoopConfig:
 class EpisodeReport:
     """What happened in one deployed episode (times in seconds)."""
 
-    status: str = "running"  # success | max_steps | disconnected | policy_fault | stopped
+    status: str = "running"  # success | max_steps | disconnected | no_input | policy_fault | interrupted | stopped
+    detail: str = ""  # why it ended, for the statuses that are faults (names topics, the policy error, ...)
     steps: int = 0
     commands: int = 0
     success: bool = False
@@ -130,7 +132,8 @@ class EpisodeReport:
 
         periods = np.diff(self.tick_times) if len(self.tick_times) > 1 else np.zeros(0)
         return {
-            "status": self.status, "success": self.success, "steps": self.steps, "commands": self.commands,
+            "status": self.status, "partial": self.status in ("interrupted", "running"), "detail": self.detail,
+            "success": self.success, "steps": self.steps, "commands": self.commands,
             "late_ticks": self.late_ticks, "skipped_ticks": self.skipped_ticks, "holds": dict(self.holds),
             "safety_events": dict(self.safety_events),
             "rate_hz": float(1.0 / periods.mean()) if periods.size else float("nan"),
@@ -288,15 +291,20 @@ class ControlLoop:
     def _estopped(self) -> bool:
         return self.estop.latched or self.robot.estop_latched()
 
+    def _starved_detail(self, status: str, bad_obs: str) -> str:
+        return _starved_detail_text(status, bad_obs, self.robot.missing_inputs())
+
     def run_episode(self, on_tick: Callable[[int, EpisodeReport], None] | None = None,
-                    start_after: float | None = None) -> EpisodeReport:
+                    start_after: float | None = None, report: EpisodeReport | None = None) -> EpisodeReport:
         """Run one episode. ``start_after`` (monotonic s): only observations captured after it are used (e.g. the
         moment the scene was reset), so a frame from the previous episode never drives the first command.
-        ``on_tick(k, report)`` is called at the end of every tick (progress display, tests)."""
+        ``on_tick(k, report)`` is called at the end of every tick (progress display, tests). ``report``: the
+        ``EpisodeReport`` to fill (the caller keeps it when an interrupt ends the episode: a ``KeyboardInterrupt``
+        marks it ``interrupted`` and is re-raised)."""
         cfg, robot = self.cfg, self.robot
         if start_after is not None:
             self.watchdog.fault_time = start_after
-        rep = EpisodeReport()
+        rep = report if report is not None else EpisodeReport()
         n_obs = max(1, int(self.policy.n_obs_steps))
         history: deque[dict] = deque(maxlen=n_obs)
         queue = ActionQueue(cfg.temporal_ensemble, cfg.n_action_steps)
@@ -306,6 +314,8 @@ class ControlLoop:
         robot.reset_setpoint()
         chunk_obs_time: dict[int, float] = {}
         down_since: float | None = None
+        starved_since: float | None = None  # first tick of the current run without a usable observation
+        bad_obs = ""
         was_ok = False
         t0 = time.monotonic()
         k = 0
@@ -331,20 +341,35 @@ class ControlLoop:
                 rep.steps = k + 1
 
                 # ---- observation + watchdog
+                bad_obs = ""
                 try:
                     got = robot.get_observation()
                     connected = robot.is_connected
                 except RobotDisconnected:
                     got, connected = None, False
+                except ObservationError as e:
+                    got, connected, bad_obs = None, robot.is_connected, str(e)
                 obs, obs_time = got if got is not None else (None, None)
                 status = self.watchdog.check(obs_time, now, connected, self._estopped(), robot.link_epoch)
+                if status == "no_obs" and bad_obs:
+                    status = "bad_obs"
+                    if not rep.holds["bad_obs"]:
+                        LOG.error("tick %d: observation does not fit the robot config: %s", k, bad_obs)
                 if status == "disconnected":
                     down_since = down_since or now
                     if now - down_since > cfg.reconnect_timeout_s:
-                        rep.status = "disconnected"
+                        rep.status, rep.detail = "disconnected", f"link down for more than {cfg.reconnect_timeout_s} s"
                         break
                 else:
                     down_since = None
+                if status in ("no_obs", "bad_obs", "stale"):
+                    starved_since = starved_since or now
+                    if now - starved_since > cfg.input_timeout_s:
+                        rep.status, rep.detail = "no_input", self._starved_detail(status, bad_obs)
+                        LOG.error("no usable observation for %.1f s: %s", now - starved_since, rep.detail)
+                        break
+                else:
+                    starved_since = None
                 if status != "ok":
                     rep.holds[status] += 1
                     if was_ok:
@@ -416,13 +441,24 @@ class ControlLoop:
                 rep.status = "max_steps"
         except PolicyFault as e:
             LOG.error("policy fault: %s", e)
-            rep.status = "policy_fault"
+            rep.status, rep.detail = "policy_fault", str(e)
+        except KeyboardInterrupt:  # SIGINT (or SIGTERM turned into it by deploy): keep what happened so far
+            rep.status = "interrupted"
+            raise
         finally:
             infer.close()
         if rep.status == "running":
             rep.status = "stopped"
         rep.success = rep.success or (self.success_fn() if self.success_fn is not None else False)
         return rep
+
+
+def _starved_detail_text(status: str, bad_obs: str, missing: dict[str, str]) -> str:
+    if status == "bad_obs":
+        return f"observation does not fit the robot config: {bad_obs}"
+    if missing:
+        return "no message on " + ", ".join(f"{topic} ({key})" for key, topic in missing.items())
+    return f"observations {status} (every input arrived, but too old or not yet complete)"
 
 
 def loop_rate_summary(reps: list[EpisodeReport]) -> dict[str, float]:

@@ -1,21 +1,36 @@
-"""``s2robot deploy checkpoint=PATH robot=<config> [dry_run=true]``: run a trained policy on a robot.
+"""``s2robot deploy checkpoint=PATH robot=<config | ./my_robot.yaml> [dry_run=true] [check=true]``.
 
-Builds the robot from ``robot/<config>.yaml`` (``backend: rosbridge`` for a ROS 1/2 robot behind rosbridge_server,
-``backend: rospy`` for a ROS 1 master reached directly, ``backend: sim`` for a built-in MuJoCo task), loads the
-policy with ``s2robot.load_policy``, checks that the policy's cameras / proprio / action sizes match the robot config,
-and runs ``episodes`` episodes of the fixed-rate control loop with the safety layer. ``dry_run=true`` publishes every command to the shadow topics
-(``shadow_prefix + topic``) only. ``record=PATH`` appends every deployed episode to a zarr store.
+Checks the deploy options and the robot config (``robot/<config>.yaml`` or a user's own file; ``backend:
+rosbridge`` for a ROS 1/2 robot behind rosbridge_server, ``rospy`` for a ROS 1 master reached directly, ``sim`` for
+a built-in MuJoCo task) before anything connects, loads the policy with ``s2robot.load_policy``, checks that the
+policy's cameras / proprio / action sizes match the robot config, waits for every input topic, and runs
+``episodes`` episodes of the fixed-rate control loop with the safety layer. ``dry_run=true`` publishes every command
+to the shadow topics (``shadow_prefix + topic``) only. ``record=PATH`` appends every deployed episode to a zarr
+store. ``check=true`` runs the pre-flight check (``preflight.py``) instead and publishes nothing.
+
+``<out>/deploy_summary.json`` is written on every ending once the robot is built (including SIGINT / SIGTERM, with
+the running episode marked ``partial``; it is not recorded). Exit codes (``ExitCode``): 0 every episode ended
+normally (success or max_steps) or the check passed; 1 a config / usage error (one line, before connecting); 3 robot
+unreachable; 4 inputs missing or not fitting the config (pre-start wait, ``no_input`` episode, failed check);
+5 policy fault; 6 link lost for longer than ``reconnect_timeout_s``; 130 SIGINT (Ctrl-C); 143 SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import enum
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from s2robot.ros.config_types import ConfigError, bad, typed_kwargs
 from s2robot.ros.control_loop import ChunkPolicy, ControlLoop, EpisodeReport, LoopConfig, TorchPolicy
 from s2robot.ros.robot import Robot, RobotConfig
 from s2robot.ros.safety import SafetyFilter, Watchdog
@@ -23,8 +38,118 @@ from s2robot.ros.safety import SafetyFilter, Watchdog
 LOG = logging.getLogger("s2robot.deploy")
 
 
-def build_robot(cfg: RobotConfig, dry_run: bool = False, image_size=None) -> Robot:
-    """The Robot for ``cfg.backend`` (not yet connected)."""
+class ExitCode(enum.IntEnum):
+    """``s2robot deploy`` exit codes (documented in docs/ros.md)."""
+
+    OK = 0
+    CONFIG = 1  # also what ``SystemExit("message")`` gives
+    UNREACHABLE = 3
+    INPUTS = 4
+    POLICY_FAULT = 5
+    DISCONNECTED = 6
+    INTERRUPTED = 130  # SIGINT / Ctrl-C (128 + 2)
+    TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+#: episode status -> exit code; the most severe over all episodes wins (statuses not listed: OK)
+STATUS_EXIT = {"disconnected": ExitCode.DISCONNECTED, "policy_fault": ExitCode.POLICY_FAULT,
+               "no_input": ExitCode.INPUTS}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised on the main thread so that it ends the run like Ctrl-C (summary written, link closed)."""
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    """While active, SIGTERM raises ``Terminated`` (SIGINT raises ``KeyboardInterrupt`` as usual). Signal handlers
+    belong to the main thread: elsewhere (deploy run from a thread) this does nothing."""
+    def on_term(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """While active (closing the link, writing the summary) SIGINT and SIGTERM are ignored (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class DeployOptions:
+    """The ``configs/deploy.yaml`` keys (besides ``robot``), type-checked like the robot config."""
+
+    checkpoint: str | None = None
+    dry_run: bool = False
+    check: bool = False
+    check_listen_s: float = 2.0
+    episodes: int = 1
+    max_steps: int = 200
+    rate_hz: float | None = None
+    n_action_steps: int | None = None
+    temporal_ensemble: float | None = None
+    reconnect_timeout_s: float = 10.0
+    input_timeout_s: float = 10.0
+    sim_realtime: bool = False
+    device: str = "auto"
+    seed: int = 0
+    record: str | None = None
+    out: str = "outputs/deploy"
+
+    def __post_init__(self):
+        if not self.checkpoint:
+            raise bad("checkpoint", self.checkpoint, "PATH, a checkpoint directory with model.safetensors (required)")
+        for key in ("episodes", "max_steps"):
+            if getattr(self, key) < 1:
+                raise bad(key, getattr(self, key), "an integer >= 1")
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise bad("n_action_steps", self.n_action_steps, "an integer >= 1 or null")
+        if self.rate_hz is not None and not 0 < self.rate_hz <= 1000:
+            raise bad("rate_hz", self.rate_hz, "a number in (0, 1000] or null (robot.rate_hz)")
+        if self.temporal_ensemble is not None and self.temporal_ensemble < 0:
+            raise bad("temporal_ensemble", self.temporal_ensemble, "a number >= 0 or null")
+        for key in ("reconnect_timeout_s", "input_timeout_s", "check_listen_s"):
+            if not getattr(self, key) > 0:
+                raise bad(key, getattr(self, key), "a number > 0")
+
+    @classmethod
+    def from_cfg(cls, cfg) -> DeployOptions:
+        from omegaconf import OmegaConf
+
+        d = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "robot"}
+        return cls(**typed_kwargs(cls, d, ""))
+
+
+def load_configs(cfg) -> tuple[DeployOptions, RobotConfig]:
+    """Deploy options and robot config, checked; a bad value is ``SystemExit`` with one line (exit code 1)."""
+    try:
+        opts = DeployOptions.from_cfg(cfg)
+        robot_cfg = RobotConfig.from_dict(cfg.robot)
+        if opts.rate_hz is not None:
+            robot_cfg = dataclasses.replace(robot_cfg, rate_hz=opts.rate_hz)
+    except ConfigError as e:
+        raise SystemExit(f"s2robot deploy: {e}") from None
+    return opts, robot_cfg
+
+
+def build_robot(cfg: RobotConfig, dry_run: bool = False, image_size=None, publish: bool = True) -> Robot:
+    """The Robot for ``cfg.backend`` (not yet connected); ``publish=False`` for the pre-flight check."""
     if cfg.backend == "sim":
         from s2robot.ros.sim_robot import SimRobot
 
@@ -36,10 +161,10 @@ def build_robot(cfg: RobotConfig, dry_run: bool = False, image_size=None) -> Rob
     if cfg.backend == "rospy":
         from s2robot.ros.rospy_robot import RospyRobot
 
-        return RospyRobot(cfg, dry_run=dry_run, image_size=image_size)
+        return RospyRobot(cfg, dry_run=dry_run, image_size=image_size, publish=publish)
     from s2robot.ros.rosbridge import RosbridgeRobot
 
-    return RosbridgeRobot(cfg, dry_run=dry_run, image_size=image_size)
+    return RosbridgeRobot(cfg, dry_run=dry_run, image_size=image_size, publish=publish)
 
 
 def check_policy_matches(policy, cfg: RobotConfig) -> None:
@@ -60,12 +185,17 @@ def check_policy_matches(policy, cfg: RobotConfig) -> None:
 
 
 def run_episodes(robot: Robot, policy: ChunkPolicy, robot_cfg: RobotConfig, loop_cfg: LoopConfig, episodes: int,
-                 seed: int = 0, recorder=None, between=None) -> list[EpisodeReport]:
-    """Run ``episodes`` episodes; SimRobot episodes are reset with seeds ``seed, seed+1, ...``."""
+                 seed: int = 0, recorder=None, between=None,
+                 reports: list[EpisodeReport] | None = None) -> list[EpisodeReport]:
+    """Run ``episodes`` episodes; SimRobot episodes are reset with seeds ``seed, seed+1, ...``.
+
+    Each episode's report is appended to ``reports`` when it starts, so an interrupt (which propagates) leaves the
+    running one there, marked ``interrupted``. Episodes stop after one that ended in a fault (policy_fault,
+    disconnected, no_input): the next would meet the same fault."""
     from s2robot.ros.sim_robot import SimRobot
 
+    reports = [] if reports is None else reports
     safety = SafetyFilter(robot_cfg.action, robot_cfg.safety, 1.0 / loop_cfg.rate_hz)
-    reports = []
     for ep in range(episodes):
         if isinstance(robot, SimRobot):
             robot.reset(seed=seed + ep)
@@ -76,14 +206,24 @@ def run_episodes(robot: Robot, policy: ChunkPolicy, robot_cfg: RobotConfig, loop
                 between(ep)
         watchdog = Watchdog(1.0 / loop_cfg.rate_hz, robot_cfg.safety.stale_periods)
         loop = ControlLoop(robot, policy, safety, watchdog, loop_cfg, recorder=recorder, success_fn=success_fn)
-        rep = loop.run_episode()
-        if recorder is not None:
-            recorder.end_episode(rep.success, rep.status)
+        rep = EpisodeReport()
+        reports.append(rep)
+        try:  # a streaming robot: only frames captured from now on (after the operator's reset) drive commands
+            loop.run_episode(report=rep, start_after=None if isinstance(robot, SimRobot) else time.monotonic())
+        finally:
+            if recorder is not None:
+                with signals_deferred():  # an interrupted episode is not a demonstration: not recorded
+                    if rep.status == "interrupted":
+                        recorder.discard()
+                    else:
+                        recorder.end_episode(rep.success, rep.status)
         s = rep.summary()
         LOG.info("episode %d/%d: %s success=%s steps=%d commands=%d late=%d holds=%s latency p50 %.1f ms",
                  ep + 1, episodes, s["status"], s["success"], s["steps"], s["commands"], s["late_ticks"],
                  s["holds"], s["latency_ms_p50"])
-        reports.append(rep)
+        if rep.status in STATUS_EXIT:
+            LOG.error("episode %d ended with %s (%s): not starting another", ep + 1, rep.status, rep.detail)
+            break
     return reports
 
 
@@ -92,54 +232,146 @@ def _operator_reset(ep: int) -> None:
         input(f"episode {ep + 1}: reset the scene, then press Enter to start (Ctrl-C to stop) ")
 
 
-def run(cfg) -> int:
-    """CLI verb: see the module docstring. Returns a process exit code."""
-    from omegaconf import OmegaConf
+def exit_code(ending: str, reports: list[EpisodeReport]) -> ExitCode:
+    """The process exit code for how the run ended and what its episodes did (most severe wins)."""
+    if ending == "terminated":
+        return ExitCode.TERMINATED
+    if ending == "interrupted":
+        return ExitCode.INTERRUPTED
+    if ending in ("unreachable", "no_input"):
+        return ExitCode.UNREACHABLE if ending == "unreachable" else ExitCode.INPUTS
+    codes = [STATUS_EXIT[r.status] for r in reports if r.status in STATUS_EXIT]
+    severity = [ExitCode.INPUTS, ExitCode.POLICY_FAULT, ExitCode.DISCONNECTED]
+    return min(codes, key=severity.index) if codes else ExitCode.OK
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not cfg.get("checkpoint"):
-        raise SystemExit("s2robot deploy: checkpoint=PATH is required (a directory with model.safetensors)")
-    robot_cfg = RobotConfig.from_dict(OmegaConf.to_container(cfg.robot, resolve=True))
-    if cfg.get("rate_hz"):
-        robot_cfg.rate_hz = float(cfg.rate_hz)
+
+def _connect(robot: Robot) -> str:
+    """Connect; returns "" or why the robot cannot be reached."""
+    try:
+        robot.connect()
+    except ConnectionError as e:
+        return str(e)
+    return ""
+
+
+def _start(robot: Robot, robot_cfg: RobotConfig, opts: DeployOptions) -> tuple[str, str]:
+    """Connect and wait for every input; returns (ending, detail): ("", "") when ready."""
+    from s2robot.ros.preflight import wait_for_inputs
+    from s2robot.ros.robot import ObservationError
+
+    why = _connect(robot)
+    if why:
+        return "unreachable", why
+    if robot_cfg.backend == "sim":
+        return "", ""
+    missing = wait_for_inputs(robot, opts.input_timeout_s)
+    if missing:
+        return "no_input", "no message within {:g} s on {}".format(
+            opts.input_timeout_s, ", ".join(f"{topic} ({key})" for key, topic in missing.items()))
+    try:
+        robot.get_observation()
+    except ObservationError as e:
+        return "no_input", f"observation does not fit the robot config: {e}"
+    return "", ""
+
+
+def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
     from s2robot import load_policy
     from s2robot.device import resolve_device
 
-    device = resolve_device(cfg.get("device", "auto"))
-    policy = load_policy(cfg.checkpoint, device=device)
-    check_policy_matches(policy, robot_cfg)
+    try:
+        device = resolve_device(opts.device)
+        policy = load_policy(opts.checkpoint, device=device)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:  # a missing / unreadable checkpoint, no CUDA, ...
+        raise SystemExit(f"s2robot deploy: checkpoint={opts.checkpoint} device={opts.device}: {e}") from None
+    try:
+        check_policy_matches(policy, robot_cfg)
+    except ValueError as e:
+        raise SystemExit(f"s2robot deploy: {e}") from None
+    return policy, device
+
+
+def run(cfg) -> int:
+    """CLI verb: see the module docstring. Returns a process exit code (``ExitCode``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    opts, robot_cfg = load_configs(cfg)
+    policy, device = _load_policy(opts, robot_cfg)
     meta = getattr(policy, "shape_meta", None)
     image_size = robot_cfg.image_size or (meta.image_shape[:2] if meta is not None and meta.image_shape else None)
-    robot = build_robot(robot_cfg, dry_run=bool(cfg.dry_run), image_size=image_size)
-    loop_cfg = LoopConfig(rate_hz=robot_cfg.rate_hz, max_steps=int(cfg.max_steps),
-                          temporal_ensemble=cfg.get("temporal_ensemble"), n_action_steps=cfg.get("n_action_steps"),
-                          reconnect_timeout_s=float(cfg.get("reconnect_timeout_s", 10.0)),
-                          realtime=robot_cfg.backend != "sim" or bool(cfg.get("sim_realtime", False)))
+    robot = build_robot(robot_cfg, dry_run=opts.dry_run, image_size=image_size, publish=not opts.check)
+    torch_policy = TorchPolicy(policy, device, opts.n_action_steps)
+    if opts.check:
+        return _run_check(robot, robot_cfg, torch_policy, opts)
+    loop_cfg = LoopConfig(rate_hz=robot_cfg.rate_hz, max_steps=opts.max_steps, temporal_ensemble=opts.temporal_ensemble,
+                          n_action_steps=opts.n_action_steps, reconnect_timeout_s=opts.reconnect_timeout_s,
+                          input_timeout_s=opts.input_timeout_s,
+                          realtime=robot_cfg.backend != "sim" or opts.sim_realtime)
     recorder = None
-    if cfg.get("record"):
+    if opts.record:
         from s2robot.ros.recorder import EpisodeRecorder
 
-        recorder = EpisodeRecorder(cfg.record, attrs={"robot": robot_cfg.name, "fps": robot_cfg.rate_hz,
-                                                      "checkpoint": str(cfg.checkpoint)})
-    out = Path(cfg.get("out") or "outputs/deploy")
+        recorder = EpisodeRecorder(opts.record, attrs={"robot": robot_cfg.name, "fps": robot_cfg.rate_hz,
+                                                       "checkpoint": str(opts.checkpoint)})
+    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     reports: list[EpisodeReport] = []
+    ending, detail = "finished", ""
     try:
-        robot.connect()
-        reports = run_episodes(robot, TorchPolicy(policy, device, cfg.get("n_action_steps")), robot_cfg, loop_cfg,
-                               int(cfg.episodes), int(cfg.get("seed", 0)), recorder, between=_operator_reset)
-    except KeyboardInterrupt:
-        LOG.warning("interrupted: commanding stopped")
+        with signals_as_interrupts():
+            started, why = _start(robot, robot_cfg, opts)
+            if started:
+                ending, detail = started, why
+                LOG.error("%s", why)
+            else:
+                run_episodes(robot, torch_policy, robot_cfg, loop_cfg, opts.episodes, opts.seed, recorder,
+                             between=_operator_reset, reports=reports)
+    except KeyboardInterrupt as e:
+        ending = "terminated" if isinstance(e, Terminated) else "interrupted"
+        LOG.warning("%s: commanding stopped", "SIGTERM" if ending == "terminated" else "interrupted")
+    except BaseException as e:  # a bug: the traceback follows (exit code 1); the summary says so first
+        ending, detail = "error", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        with signals_deferred():
+            robot.close()
+            code = exit_code(ending, reports)
+            summary = _summary(robot_cfg, opts, reports, ending, detail, code, time.time() - t0)
+            (out / "deploy_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"deploy: {ending}, {len(reports)} episode(s), success rate {summary['success_rate']}, exit code "
+          f"{int(code)} ({code.name}); summary in {out / 'deploy_summary.json'}"
+          + (f"; episodes recorded to {opts.record}" if recorder else "") + (f"\n{detail}" if detail else ""))
+    return int(code)
+
+
+def _summary(robot_cfg: RobotConfig, opts: DeployOptions, reports: list[EpisodeReport], ending: str, detail: str,
+             code: ExitCode, wall_s: float) -> dict[str, Any]:
+    done = [r for r in reports if r.status != "interrupted"]
+    code_name = (1, "ERROR") if ending == "error" else (int(code), code.name)  # an exception exits 1
+    return {
+        "robot": robot_cfg.name, "backend": robot_cfg.backend, "dry_run": opts.dry_run,
+        "checkpoint": str(opts.checkpoint), "ending": ending, "detail": detail, "exit_code": code_name[0],
+        "exit_name": code_name[1], "episodes": [r.summary() for r in reports],
+        "success_rate": (sum(r.success for r in done) / len(done)) if done else None,
+        "wall_s": wall_s, "record": opts.record,
+    }
+
+
+def _run_check(robot: Robot, robot_cfg: RobotConfig, policy: TorchPolicy, opts: DeployOptions) -> int:
+    from s2robot.ros.preflight import run_check
+
+    try:
+        with signals_as_interrupts():
+            why = _connect(robot)
+            if why:
+                print(f"check FAILED: {why}")
+                return int(ExitCode.UNREACHABLE)
+            if robot_cfg.backend == "sim":
+                robot.reset(seed=opts.seed)
+            problems = run_check(robot, robot_cfg, policy, timeout_s=opts.input_timeout_s,
+                                 listen_s=opts.check_listen_s)
+    except KeyboardInterrupt as e:
+        return int(ExitCode.TERMINATED if isinstance(e, Terminated) else ExitCode.INTERRUPTED)
     finally:
         robot.close()
-    summary: dict[str, Any] = {
-        "robot": robot_cfg.name, "backend": robot_cfg.backend, "dry_run": bool(cfg.dry_run),
-        "checkpoint": str(cfg.checkpoint), "episodes": [r.summary() for r in reports],
-        "success_rate": (sum(r.success for r in reports) / len(reports)) if reports else None,
-        "wall_s": time.time() - t0, "record": str(cfg.record) if cfg.get("record") else None,
-    }
-    (out / "deploy_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"deploy: {len(reports)} episode(s), success rate {summary['success_rate']}; summary in "
-          f"{out / 'deploy_summary.json'}" + (f"; episodes recorded to {cfg.record}" if recorder else ""))
-    return 0
+    return int(ExitCode.INPUTS if problems else ExitCode.OK)

@@ -20,15 +20,19 @@ Incoming messages are only stored by the roslibpy callbacks (cheap, on the netwo
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from s2robot.ros import messages as M
-from s2robot.ros.robot import Robot, RobotConfig, RobotDisconnected
+from s2robot.ros.robot import ObservationError, Robot, RobotConfig, RobotDisconnected
 from s2robot.ros.safety import EStop
 
 LOG = logging.getLogger(__name__)
@@ -41,6 +45,25 @@ class _Latest:
 
     def __init__(self, msg, recv_mono, recv_wall, epoch, seq):
         self.msg, self.recv_mono, self.recv_wall, self.epoch, self.seq = msg, recv_mono, recv_wall, epoch, seq
+
+
+@dataclass
+class InputStats:
+    """What one subscribed topic delivered since connect: message count, first/last receive time (monotonic),
+    recent ``receive wall time - header stamp`` values (s), and the newest message."""
+
+    topic: str
+    count: int = 0
+    first: float | None = None
+    last: float | None = None
+    stamp_lags: deque = field(default_factory=lambda: deque(maxlen=50))
+    msg: dict | None = None
+
+    @property
+    def rate_hz(self) -> float | None:
+        if self.count < 2 or self.last is None or self.first is None or self.last <= self.first:
+            return None
+        return (self.count - 1) / (self.last - self.first)
 
 
 def _abandon(ros) -> None:
@@ -56,11 +79,15 @@ def _abandon(ros) -> None:
 
 
 class RosbridgeRobot(Robot):
-    """Robot on a rosbridge websocket. ``dry_run=True`` publishes every command to ``shadow_prefix + topic``."""
+    """Robot on a rosbridge websocket. ``dry_run=True`` publishes every command to ``shadow_prefix + topic``;
+    ``publish=False`` (the pre-flight check) advertises nothing and refuses every command."""
 
-    def __init__(self, cfg: RobotConfig, dry_run: bool = False, image_size: tuple[int, int] | None = None):
+    def __init__(self, cfg: RobotConfig, dry_run: bool = False, image_size: tuple[int, int] | None = None,
+                 publish: bool = True):
         self.cfg = cfg
         self.dry_run = bool(dry_run)
+        self.publish = bool(publish)
+        self.inputs: dict[str, InputStats] = {key: InputStats(topic) for key, topic in self._input_keys().items()}
         self.image_size = tuple(image_size) if image_size is not None else (
             tuple(cfg.image_size) if cfg.image_size else None)
         self.action_dim = cfg.action.dim
@@ -93,6 +120,7 @@ class RosbridgeRobot(Robot):
         from roslibpy.core import RosTimeoutError
 
         cfg = self.cfg
+        self._outputs()  # a dry run that could reach a real topic fails here, before any link is opened
         ros = roslibpy.Ros(cfg.host, int(cfg.port), is_secure=bool(cfg.secure), transport=cfg.transport)
         try:
             ros.run(timeout=cfg.connect_timeout_s)
@@ -113,7 +141,8 @@ class RosbridgeRobot(Robot):
         ros.on("ready", self._on_ready)
         self._connected = True
         self._subscribe_all()
-        self._advertise_all()
+        if self.publish:
+            self._advertise_all()
         LOG.info("connected to rosbridge at %s (ROS %d, %s transport, dry_run=%s)", self.url, cfg.ros_version,
                  cfg.transport, self.dry_run)
 
@@ -184,6 +213,46 @@ class RosbridgeRobot(Robot):
         with self._lock:
             self._seq += 1
             self._latest[key] = _Latest(msg, now_mono, now_wall, self._epoch, self._seq)
+            st = self.inputs.get(key)
+            if st is not None:
+                st.count += 1
+                st.first = now_mono if st.first is None else st.first
+                st.last, st.msg = now_mono, msg
+                try:
+                    stamp = M.header_stamp(msg)
+                except (ValueError, TypeError, KeyError):
+                    stamp = None
+                if stamp is not None:
+                    st.stamp_lags.append(now_wall - stamp)
+
+    def _input_keys(self) -> dict[str, str]:
+        """Observation input key (as in ``_latest``) -> topic."""
+        cfg = self.cfg
+        keys = {f"cam:{c}": cam.topic for c, cam in cfg.cameras.items()}
+        if any(s.source == "joint_state" for s in cfg.proprio):
+            keys["joint_state"] = cfg.joint_state_topic
+        if any(s.source == "ee_pose" for s in cfg.proprio):
+            keys["ee_pose"] = cfg.ee_pose_topic
+        return keys
+
+    @staticmethod
+    def config_key(input_key: str) -> str:
+        """``"cam:front"`` -> ``"robot.cameras.front.topic"``, ``"joint_state"`` -> ``"robot.joint_state_topic"``."""
+        if input_key.startswith("cam:"):
+            return f"robot.cameras.{input_key[4:]}.topic"
+        return f"robot.{input_key}_topic"
+
+    def input_stats(self) -> dict[str, InputStats]:
+        """A consistent copy of what every input topic delivered so far (for the pre-flight check)."""
+        with self._lock:
+            return {k: dataclasses.replace(st, stamp_lags=deque(st.stamp_lags, maxlen=st.stamp_lags.maxlen))
+                    for k, st in self.inputs.items()}
+
+    def missing_inputs(self) -> dict[str, str]:
+        with self._lock:
+            epoch = self._epoch
+            return {self.config_key(k): topic for k, topic in self._input_keys().items()
+                    if k not in self._latest or self._latest[k].epoch != epoch}
 
     def _subscribe_all(self) -> None:
         cfg = self.cfg
@@ -208,15 +277,24 @@ class RosbridgeRobot(Robot):
             LOG.warning("e-stop reset received on %s", self.cfg.estop_reset_topic)
         self.estop.reset()
 
-    def _out_topic(self, topic: str) -> str:
-        return self.cfg.shadow_prefix.rstrip("/") + topic if self.dry_run else topic
-
     def _outputs(self) -> dict[str, tuple[str, str]]:
-        """Output key -> (topic as published, i.e. shadowed in dry run; message type)."""
-        outs = {"command": (self.cfg.command.topic, self.cfg.command.type)}
-        if self.cfg.gripper is not None:
-            outs["gripper"] = (self.cfg.gripper.topic, self.cfg.gripper.type)
-        return {key: (self._out_topic(topic), msg_type) for key, (topic, msg_type) in outs.items()}
+        """Output key -> (topic as published, i.e. shadowed in dry run; message type).
+
+        In a dry run every published topic is checked against every configured topic here too (the config already
+        refuses such a ``shadow_prefix``): a dry run that could reach a real topic raises instead."""
+        cfg = self.cfg
+        outs = {"command": (cfg.command.topic, cfg.command.type)}
+        if cfg.gripper is not None:
+            outs["gripper"] = (cfg.gripper.topic, cfg.gripper.type)
+        if not self.dry_run:
+            return outs
+        shadowed = {key: (cfg.shadow_topic(topic), msg_type) for key, (topic, msg_type) in outs.items()}
+        real = set(cfg.input_topics().values()) | set(cfg.output_topics().values())
+        clash = sorted(topic for topic, _ in shadowed.values() if topic in real)
+        if clash:
+            raise ValueError(f"dry run would publish on real topics {clash} (robot.shadow_prefix="
+                             f"{cfg.shadow_prefix!r}); refusing")
+        return shadowed
 
     def _advertise_all(self) -> None:
         import roslibpy
@@ -278,13 +356,24 @@ class RosbridgeRobot(Robot):
         self._decoded[cam] = (item.seq, img)
         return img
 
+    @contextlib.contextmanager
+    def _naming_errors(self, key: str):
+        """Turn a decoding error of input ``key``'s message into an ``ObservationError`` naming its topic."""
+        try:
+            yield
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            what = e.args[0] if e.args else repr(e)
+            raise ObservationError(f"{self._input_keys()[key]} ({self.config_key(key)}): {what}") from None
+
     def _proprio(self, latest: dict[str, _Latest]) -> np.ndarray:
         parts = []
         for seg in self.cfg.proprio:
             if seg.source == "ee_pose":
-                v = M.pose_position(latest["ee_pose"].msg)[: seg.size]
+                with self._naming_errors("ee_pose"):
+                    v = M.pose_position(latest["ee_pose"].msg)[: seg.size]
             else:
-                v = M.joint_state_values(latest["joint_state"].msg, seg.names, seg.field)
+                with self._naming_errors("joint_state"):
+                    v = M.joint_state_values(latest["joint_state"].msg, seg.names, seg.field)
                 if seg.reduce == "sum":
                     v = v.sum(keepdims=True)
                 elif seg.reduce == "mean":
@@ -293,12 +382,7 @@ class RosbridgeRobot(Robot):
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
     def required_keys(self) -> list[str]:
-        keys = [f"cam:{c}" for c in self.cfg.cameras]
-        if any(s.source == "joint_state" for s in self.cfg.proprio):
-            keys.append("joint_state")
-        if any(s.source == "ee_pose" for s in self.cfg.proprio):
-            keys.append("ee_pose")
-        return keys
+        return list(self._input_keys())
 
     def get_observation(self) -> tuple[dict[str, np.ndarray], float] | None:
         if not self.is_connected:
@@ -310,7 +394,8 @@ class RosbridgeRobot(Robot):
             return None
         obs: dict[str, np.ndarray] = {}
         for cam in self.cfg.cameras:
-            obs[f"{cam}_image"] = self._image(cam, latest[f"cam:{cam}"])
+            with self._naming_errors(f"cam:{cam}"):
+                obs[f"{cam}_image"] = self._image(cam, latest[f"cam:{cam}"])
         obs["proprio"] = self._proprio(latest)
         ts = min(self._capture_time(v) for v in latest.values())
         self._last_proprio = obs["proprio"]
@@ -331,7 +416,8 @@ class RosbridgeRobot(Robot):
             targets = a[pos] + base
         else:
             targets = a[pos]
-        self._last_targets = np.asarray(targets, dtype=np.float64)
+        targets = self._within_limits(np.asarray(targets, dtype=np.float64))
+        self._last_targets = targets
         t_now = time.time()
         self._cmd_seq += 1
         header = M.make_header(t_now, cfg.command.frame_id, cfg.ros_version, self._cmd_seq)
@@ -344,13 +430,30 @@ class RosbridgeRobot(Robot):
         else:
             full = a.copy()
             full[pos] = targets
-            cmd = M.float64_multiarray_msg(full)
+            if acfg.gripper_index is not None:
+                full[acfg.gripper_index] = self._gripper_within_limits(full[acfg.gripper_index])
+            cmd = M.float64_multiarray_msg(full[cfg.command_indices()])  # the gripper entry only if no own topic
         out = {"command": cmd}
         if cfg.gripper is not None and acfg.gripper_index is not None:
-            out["gripper"] = M.gripper_msg(a[acfg.gripper_index], cfg.gripper.type, cfg.gripper.max_effort)
+            grip = self._gripper_within_limits(a[acfg.gripper_index])
+            out["gripper"] = M.gripper_msg(grip, cfg.gripper.type, cfg.gripper.max_effort)
         return out
 
+    def _within_limits(self, targets: np.ndarray) -> np.ndarray:
+        """float64 targets clamped to ``safety.low/high`` once more, in the dtype that goes on the wire (JSON
+        doubles): re-integrating a delta on the set-point can land an ulp outside a limit the filter clamped to."""
+        s, space = self.cfg.safety, self.cfg.action.space
+        if s.low and space in ("ee", "joint") and len(s.low) == targets.size:
+            return np.clip(targets, np.asarray(s.low, np.float64), np.asarray(s.high, np.float64))
+        return targets
+
+    def _gripper_within_limits(self, value: float) -> float:
+        s = self.cfg.safety
+        return float(min(max(float(value), s.gripper_low), s.gripper_high))
+
     def send_action(self, action: np.ndarray) -> bool:
+        if not self.publish:
+            raise RuntimeError("this robot link was opened with publish=False (pre-flight check): nothing is sent")
         if not self.is_connected:
             self.dropped_while_down += 1
             return False

@@ -192,10 +192,11 @@ def ensure_node(master_uri: str, name: str = "s2robot"):
 class RospyRobot(RosbridgeRobot):
     """Robot as a ROS 1 node (see the module docstring). ``dry_run=True`` publishes to ``shadow_prefix + topic``."""
 
-    def __init__(self, cfg: RobotConfig, dry_run: bool = False, image_size: tuple[int, int] | None = None):
+    def __init__(self, cfg: RobotConfig, dry_run: bool = False, image_size: tuple[int, int] | None = None,
+                 publish: bool = True):
         if cfg.ros_version != 1:
             raise ValueError("RospyRobot is ROS 1: robot.ros_version must be 1")
-        super().__init__(cfg, dry_run=dry_run, image_size=image_size)
+        super().__init__(cfg, dry_run=dry_run, image_size=image_size, publish=publish)
         self.master_uri = cfg.master_uri or os.environ.get("ROS_MASTER_URI") or DEFAULT_MASTER_URI
         self._rospy = None
         self._subs: list[Any] = []
@@ -233,7 +234,8 @@ class RospyRobot(RosbridgeRobot):
         with self._lock:
             self._connected = True
         self._subscribe_all()
-        self._advertise_all()
+        if self.publish:
+            self._advertise_all()
         self._watch = threading.Thread(target=self._watch_master, name="s2robot-rospy-master", daemon=True)
         self._watch.start()
         LOG.info("ROS 1 node %s on master %s (dry_run=%s)", self._rospy.get_name(), self.master_uri, self.dry_run)

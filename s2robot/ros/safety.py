@@ -30,7 +30,8 @@ class PolicyFault(RuntimeError):
 
 @dataclass
 class SafetyDecision:
-    """Result of filtering one action. ``action`` is None when the action was rejected (hold)."""
+    """Result of filtering one action. ``action`` float64 (A,), None when the action was rejected (hold);
+    ``target`` float64 (len(position_indices),) the clamped absolute position target."""
 
     action: np.ndarray | None
     target: np.ndarray | None = None
@@ -132,7 +133,8 @@ class SafetyFilter:
                 events.append("gripper_limit")
             out[g] = gv
         self.consecutive_rejects = 0
-        return SafetyDecision(out.astype(np.float32), target, events)
+        # float64 all the way to the wire: a float32 cast here would round a clamped target outward past its limit
+        return SafetyDecision(out, target, events)
 
 
 class EStop:
