@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's policy results (issue 5), reproduced on CPU:  bash scripts/study.sh [stage ...]
 # Stages: lift_cube, push_t (diffusion + BC on cached S2 tokens), s2 (fine-detail S2 table), s2_resnet (baseline),
-# s2_b16 (the two MobileNetV2 rows again at the ResNet row's batch size, for a same-budget comparison).
+# s2_b16 (the two MobileNetV2 rows again at the ResNet row's batch size, for a same-budget comparison);
+# policies_<task> (issue 12: privileged-state vs image policies, 3 training seeds, learning curves; DEMOS=300).
 # Every command is a plain `s2robot` call; outputs go under $OUT (default outputs/study). Sized for 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,28 @@ s2_b16)   # MobileNetV2 one scale vs S2 (1,2) at batch 16: the same samples seen
       encoder=mobilenet_v2 "encoder.scales=$sc" policy=$S2_POLICY train.batch_size=16
   done
   ;;
-*) echo "unknown stage $stage (lift_cube | push_t | s2 | s2_resnet | s2_b16)" >&2; exit 2 ;;
+policies_*)   # issue 12: state (control-only upper bound) vs images (frozen MobileNetV2 S2 (1,2) PCA-256 tokens),
+  # BC-MLP and diffusion U-Net, SEEDS training seeds, 50 eval episodes on seeds 100000+, rollouts every EVAL_EVERY
+  # steps for the learning curve (train.csv/val.csv/eval.csv + learning_curve.png in each run).
+  task=${stage#policies_}
+  P_DEMOS=${P_DEMOS:-300}; P_STEPS=${P_STEPS:-1500}; SEEDS=${SEEDS:-"0 1 2"}; EVAL_EVERY=${EVAL_EVERY:-500}
+  data=$OUT/$task-$P_DEMOS.zarr
+  run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true out=$data
+  run $S2 cache dataset=$data "${MNV2_96[@]}" token_dim=256
+  CURVE=(train.eval_every=$EVAL_EVERY train.eval_episodes=50 train.eval_n_envs=2 train.eval_videos=0
+         train.val_every=$EVAL_EVERY train.tensorboard=false train.progress=false train.steps=$P_STEPS
+         task.image_size=96)
+  for seed in $SEEDS; do
+    for spec in "state-bc_mlp policy=bc_mlp task.cameras=[] task.env_kwargs.state_obs=true" \
+                "images-bc_mlp policy=bc_mlp token_dim=256" \
+                "images-diffusion_unet policy=diffusion_unet token_dim=256"; do
+      set -- $spec; name=$1; shift
+      d=$OUT/runs/$task-$name-seed$seed
+      run $S2 train task=$task dataset=$data "${MNV2_96[@]}" "${CURVE[@]}" "$@" seed=$seed out_dir=$d
+      run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval
+    done
+  done
+  ;;
+*) echo "unknown stage $stage (lift_cube | push_t | s2 | s2_resnet | s2_b16 | policies_<task>)" >&2; exit 2 ;;
 esac; done
 echo "study outputs in $OUT"

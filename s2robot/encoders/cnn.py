@@ -36,7 +36,7 @@ class TorchvisionTrunk(nn.Module):
     fixed_size = False  # convolutional: any tile size works
     num_prefix_tokens = 0
 
-    def __init__(self, arch: str, model: nn.Module, input_size: int) -> None:
+    def __init__(self, arch: str, model: nn.Module, input_size: int, feature_layers: int | None = None) -> None:
         super().__init__()
         if arch == "resnet18":
             self.stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
@@ -46,6 +46,13 @@ class TorchvisionTrunk(nn.Module):
             self.stem = nn.Identity()
             self.stages = model.features  # last entry: 1x1 conv -> BN -> ReLU6 to 1280 channels
             self.final_norm = model.features[-1][1]
+            if feature_layers is not None:  # an earlier, finer map: e.g. 14 -> 96 channels at stride 16
+                if not 1 <= int(feature_layers) <= len(model.features):
+                    raise ValueError(f"arch.feature_layers must be in [1, {len(model.features)}] for mobilenet_v2, "
+                                     f"got {feature_layers}")
+                self.stages = model.features[: int(feature_layers)]
+                norms = [m for m in self.stages.modules() if isinstance(m, nn.BatchNorm2d)]
+                self.final_norm = norms[-1]
         else:
             raise ValueError(f"unsupported torchvision trunk {arch!r}")
         self.blocks = list(self.stages)
@@ -64,9 +71,13 @@ def build_torchvision(model_name: str, checkpoint: str | None, input_size: int |
     import torchvision
 
     ctor = {"resnet18": torchvision.models.resnet18, "mobilenet_v2": torchvision.models.mobilenet_v2}[model_name]
+    arch = dict(arch or {})
+    feature_layers = arch.pop("feature_layers", None)  # trunk depth (mobilenet_v2), not a constructor argument
+    if feature_layers is not None and model_name != "mobilenet_v2":
+        raise ValueError(f"arch.feature_layers is supported for mobilenet_v2 only, not {model_name}")
     with seeded(seed):
-        model = ctor(weights=None, **(arch or {}))
+        model = ctor(weights=None, **arch)
     if checkpoint is not None:
         load_strict(model, load_state_file(checkpoint), f"torchvision {model_name} checkpoint {checkpoint}")
     size = int(input_size) if input_size is not None else 224
-    return TorchvisionTrunk(model_name, model, size), size, IMAGENET_MEAN, IMAGENET_STD
+    return TorchvisionTrunk(model_name, model, size, feature_layers), size, IMAGENET_MEAN, IMAGENET_STD

@@ -174,6 +174,13 @@ def train(cfg: Any) -> Path:
     """Train per ``cfg`` (the composed ``configs/train.yaml``); returns the final checkpoint directory."""
     c = _plain(cfg)
     info, device = init_distributed(c.get("device", "auto"))
+    threads = c.get("threads")
+    if device.type == "cpu" and threads:
+        # Small policy models on a shared 2-core CPU: one thread ran a cached-token BC-MLP step 20x faster than two
+        # (13-24 vs 0.6-1 steps/s with other jobs running, docs/policies.md); OpenMP teams stall when oversubscribed.
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1 or null, got {threads}")
+        torch.set_num_threads(int(threads))
     try:
         with contextlib.ExitStack() as cleanup:  # store, logger and progress bar are closed on any exit
             return _train(c, info, device, cleanup)
