@@ -8,9 +8,9 @@ Control loop (one iteration = one control step for every active env):
    host-to-device copies on CUDA only). So there is at most one forward per control step, and usually one per
    ``n_action_steps`` steps. For a policy with a frozen image encoder the image histories go in as tokens
    (``FrameTokenCache``): a frame already encoded by an earlier forward is not encoded again, so a policy that
-   replans every step with ``n_obs_steps > 1`` encodes each frame once. Only rows that need a chunk are queried: re-planning envs that are mid-chunk would
-   change what they execute, and would consume their random streams at times that depend on the batch, so an
-   episode's outcome would depend on N.
+   replans every step with ``n_obs_steps > 1`` encodes each frame once. Only rows that need a chunk are
+   queried: re-planning envs that are mid-chunk would change what they execute, and would consume their random
+   streams at times that depend on the batch, so an episode's outcome would depend on N.
 2. Every active env executes the next action of its chunk; all step concurrently in their worker processes.
 3. Envs whose episode ended (success, ``terminated``, or the time limit) are recorded, then reset with the next
    unclaimed episode's seed so the batch stays full until all episodes are claimed.
