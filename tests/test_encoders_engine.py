@@ -168,3 +168,23 @@ def test_batch_scales_equals_one_call_per_scale():
         assert calls == [2 + 8, 8]
         ref = s2_forward(model, x, img_sizes=(16, 24, 32), max_split_size=16)
         assert torch.allclose(got, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_noop_move_keeps_the_compiled_form_and_a_real_change_rebuilds(weights, engine):
+    """``policy.to(device)`` before every evaluation must not rebuild (an OpenVINO conversion takes seconds)."""
+    enc = _mobilenet(weights, engine)
+    x = _uint8()
+    enc.encode(x)
+    runner, built = enc._runner, enc._runner._run
+    enc.to("cpu")
+    enc.encode(x)
+    assert enc._runner is runner and runner._run is built
+    ref = _mobilenet(weights, "torch")
+    with torch.no_grad():
+        for p in list(enc.adapter.parameters())[:3]:  # replace storage (as a dtype/device round trip does)
+            p.data = p.data.clone() * 1.5
+        for p in list(ref.adapter.parameters())[:3]:
+            p.data = p.data * 1.5
+    assert runner._run is built and (enc.encode(x) - ref.encode(x)).abs().max().item() < ATOL
+    assert runner._run is not built

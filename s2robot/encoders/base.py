@@ -243,11 +243,6 @@ class S2Encoder(nn.Module):
         """The engine ``encode`` uses now ("torch", "fused" or "openvino"): ``engine`` resolved for the device."""
         return resolve_engine(self.engine, self.adapter, self.trainable, self.device)
 
-    def _apply(self, fn, *args, **kwargs):
-        """``.to()``/``.cuda()``/``.double()`` (also through a parent module) drop the compiled engine."""
-        self._runner = None
-        return super()._apply(fn, *args, **kwargs)
-
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         """Loading weights (also ``assign=True``, also through a parent module) drops the compiled engine."""
         self._runner = None

@@ -18,9 +18,10 @@ Measured (``benchmarks/bench_encode.py``): bf16 (PyTorch or OpenVINO) ran 1.5-2x
 CPU but moved MobileNetV2 maps by ~6 % of their norm, so no engine uses it. ``torch.compile`` (inductor with
 freezing) is not used: see docs/encoders.md for its measurement.
 
-The compiled form is built lazily on first use and rebuilt when the weights change in place (``copy_`` and
-``load_state_dict`` bump the tensors' version counters), the input device or torch's thread count changes;
-:class:`~s2robot.encoders.base.S2Encoder` also drops it on ``.to()`` and on any ``load_state_dict``. It is a plain attribute, never a
+The compiled form is built lazily on first use and rebuilt when a weight changes (in place: ``copy_`` and
+``load_state_dict`` bump the tensors' version counters; moved or converted: its storage changes), the input device
+or torch's thread count changes; :class:`~s2robot.encoders.base.S2Encoder` also drops it on any
+``load_state_dict``. A ``.to()`` that changes nothing keeps it. It is a plain attribute, never a
 sub-module, so state dicts are unchanged, and it is dropped on pickling/deepcopy.
 """
 
