@@ -8,19 +8,21 @@ so it is not part of an encoder's ``config`` or ``config_hash`` (cached features
   ``channels_last`` activations. Needs only torch.
 - ``"openvino"``: the backbone converted once to an OpenVINO model (``openvino.convert_model``, dynamic batch and
   tile size) and run by OpenVINO's CPU plugin in float32 (``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or
-  AVX512-BF16 the plugin's default would be bf16, which does not hold parity), with as many threads as torch uses.
+  AVX512-BF16 the plugin's default would be bf16, which does not hold parity), with as many threads as torch used
+  at its first call.
   Needs the ``openvino`` extra (``pip install 's2robot[openvino]'``).
 - ``"auto"`` (default): ``openvino`` when installed, else ``fused``, for a frozen backbone that supports engines
   (``supports_engines = True``: the torchvision CNN trunks) on the CPU; ``torch`` otherwise (trainable
   encoders, CUDA, ViTs).
 
-Measured (``benchmarks/bench_encode.py``): bf16 (PyTorch or OpenVINO) ran 1.5-2x faster than float32 on an AMX
-CPU but moved MobileNetV2 maps by ~6 % of their norm, so no engine uses it. ``torch.compile`` (inductor with
-freezing) is not used: see docs/encoders.md for its measurement.
+bf16 is not used: on this project's AMX CPU it ran ~1.6x float32 (PyTorch and OpenVINO) but moved MobileNetV2
+maps by up to 0.15 (~6 % of their norm), no parity. ``torch.compile`` is not used either (docs/encoders.md has
+both measurements).
 
 The compiled form is built lazily on first use and rebuilt when a weight changes (in place: ``copy_`` and
-``load_state_dict`` bump the tensors' version counters; moved or converted: its storage changes), the input device
-or torch's thread count changes; :class:`~s2robot.encoders.base.S2Encoder` also drops it on any
+``load_state_dict`` bump the tensors' version counters; moved or converted: its storage changes) or the input
+device changes (OpenVINO keeps the torch thread count of its first use: torch's count is per thread, and a rebuild
+whenever a call came from another thread would ping-pong); :class:`~s2robot.encoders.base.S2Encoder` also drops it on any
 ``load_state_dict``. A ``.to()`` that changes nothing keeps it. It is a plain attribute, never a
 sub-module, so state dicts are unchanged, and it is dropped on pickling/deepcopy.
 """
@@ -132,7 +134,7 @@ class EngineRunner:
 
     def _current_key(self, x: torch.Tensor) -> tuple:
         """What the compiled form depends on; the tensor list is re-read only when the cheap check fails."""
-        return (x.device, torch.get_num_threads(), len(self._tensors), _weights_state(self._tensors))
+        return (x.device, len(self._tensors), _weights_state(self._tensors))
 
     def _build(self, x: torch.Tensor) -> None:
         if self.engine == "fused":
