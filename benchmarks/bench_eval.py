@@ -6,6 +6,10 @@ the speed-up over the sequential loop, and where the wall time goes (physics, re
 
     python benchmarks/bench_eval.py [--task lift_cube] [--image-size 96] [--encoder mobilenet_v2] [--ns 1,2,4,8]
     python benchmarks/bench_eval.py --device cuda --ns 16,32,64 --policies s2     # the GPU check
+    python benchmarks/bench_eval.py --policies s2 --n-action-steps 1             # replanning every step
+
+The S2 policy runs twice: "now" (this package) and "reference" (as computed before the CPU inference work:
+plain PyTorch encoder, no kept history tokens, plain U-Net loop), side by side.
 
 Threads are pinned (1 BLAS/torch thread per process) so runs are comparable; on a shared machine the figures
 are noisy. Physics/render fractions come from the env's own ``render_camera`` timing (workers sum theirs).
@@ -45,7 +49,25 @@ class ConstantPolicy(torch.nn.Module):
         return torch.zeros(obs["proprio"].shape[0], self.n_action_steps, self.action_dim)
 
 
-def build_s2_policy(task: str, image_size: int, encoder: str, device: str, input_size: int | None = None):
+class ReferencePolicy(torch.nn.Module):
+    """The S2 policy computed as before the CPU inference work (``bench_policy.reference_predict``: encoder engine
+    "torch", whole FiLM product and ``nn.Conv1d`` every DDIM step); no ``obs_encoder`` attribute, so the evaluator
+    feeds it raw images and re-encodes every history frame in every forward, as before."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.inner = policy
+        self.n_obs_steps, self.n_action_steps = policy.n_obs_steps, policy.n_action_steps
+        self.shape_meta, self.obs_keys = policy.shape_meta, policy.obs_keys
+
+    def predict_action(self, obs, generators=None):
+        from bench_policy import reference_predict
+
+        return reference_predict(self.inner, obs)
+
+
+def build_s2_policy(task: str, image_size: int, encoder: str, device: str, input_size: int | None = None,
+                    n_action_steps: int | None = None):
     """The real S2 diffusion U-Net policy (random weights) on a frozen ``encoder`` reading raw images."""
     from s2robot.datasets.normalizer import Normalizer
     from s2robot.encoders import build_encoder
@@ -62,6 +84,8 @@ def build_s2_policy(task: str, image_size: int, encoder: str, device: str, input
     norm = Normalizer().fit({"action": np.stack([lo, hi]), "proprio": np.random.default_rng(0).normal(size=(64, P))})
     env.close()
     cfg = _policy_cfg("diffusion_unet")
+    if n_action_steps:
+        cfg.n_action_steps = int(n_action_steps)
     torch.manual_seed(0)
     return build_policy(cfg, meta, norm, enc).to(device).eval()
 
@@ -85,7 +109,10 @@ def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int
 
     env = make_env(task, image_size=image_size)
     clock = RenderClock(env)
-    env.reset(seed=seed)  # warm-up: the GL context and renderer are created on the first render
+    first, _ = env.reset(seed=seed)  # warm-up: the GL context and renderer are created on the first render
+    warm = {k: torch.from_numpy(np.stack([first[k]] * policy.n_obs_steps))[None].to(device) for k in first}
+    with torch.inference_mode(), autocast_for(torch.device(device)):
+        policy.predict_action(warm)  # warm-up: encoder engines are built on first use
     t_env = t_policy = t_render = 0.0
     steps = 0
     n_obs = policy.n_obs_steps
@@ -119,18 +146,21 @@ def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int
             "render": t_render / wall, "policy": t_policy / wall}
 
 
-def batched(policy, task: str, image_size: int, n: int, episodes: int, max_steps: int, device: str = "cpu") -> dict:
+def batched(policy, task: str, image_size: int, n: int, episodes: int, max_steps: int, device: str = "cpu",
+            token_history: bool = True) -> dict:
     from s2robot.evaluation import evaluate
 
     s = evaluate(policy, task=task, n_envs=n, episodes=episodes, seed=0, device=device, n_videos=0,
-                 env_kwargs={"image_size": image_size}, max_steps=max_steps, progress=False)
+                 env_kwargs={"image_size": image_size}, max_steps=max_steps, progress=False,
+                 token_history=token_history)
     wall = s["time_s"]["loop"]  # steady state: no worker start-up / shutdown
     busy = max(wall * n, 1e-9)  # worker-seconds available
     return {"steps": s["env_steps"], "wall": wall, "sps": s["env_steps_per_s"],
             "physics": s["time_s"].get("env_physics_and_task", 0.0) / busy,
             "render": s["time_s"].get("env_render", 0.0) / busy, "policy": s["time_s"]["policy"] / wall,
             "forwards": s["policy_forwards"], "batch": s["mean_forward_batch"], "startup": s["time_s"]["startup"],
-            "latency_ms": 1e3 * s["time_s"]["policy"] / max(1, s["policy_forwards"])}
+            "latency_ms": 1e3 * s["time_s"]["policy"] / max(1, s["policy_forwards"]),
+            "frames_encoded": s["frames_encoded"]}
 
 
 def main() -> None:
@@ -144,6 +174,10 @@ def main() -> None:
     ap.add_argument("--policies", default="cheap,s2")
     ap.add_argument("--input-size", type=int, default=96, help="encoder base tile size (the demo uses 96)")
     ap.add_argument("--device", default="cpu", help="policy device (cuda for the GPU check)")
+    ap.add_argument("--paths", default="reference,now",
+                    help="S2 policy paths: 'now' and/or 'reference' (as before the CPU inference work)")
+    ap.add_argument("--n-action-steps", type=int, default=None,
+                    help="S2 policy chunk length (default the config's 8; 1 = replan every step)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -151,9 +185,17 @@ def main() -> None:
     ns = [int(v) for v in args.ns.split(",")]
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
     print(f"task={args.task} image={args.image_size}px max_steps={args.max_steps} cpus={os.cpu_count()} "
-          f"threads/process=1 policy device={args.device} gpu={gpu}")
+          f"threads/process=1 policy device={args.device} gpu={gpu} load {os.getloadavg()[0]:.2f}")
+    by_path: dict[int, dict[str, float]] = {}
     header = f"{'policy':<8} {'mode':<12} {'env-steps/s':>11} {'vs seq':>7} {'physics':>8} {'render':>7} {'policy':>7}"
+    runs = []
     for kind in args.policies.split(","):
+        if kind == "cheap":
+            runs.append(("cheap", "cheap"))
+        else:
+            runs += [(kind, path) for path in args.paths.split(",")]
+    s2_policy = None
+    for kind, path in runs:
         if kind == "cheap":
             from s2robot.envs import make_env
 
@@ -162,20 +204,30 @@ def main() -> None:
             env.close()
             name = "cheap"
         else:
-            policy = build_s2_policy(args.task, args.image_size, args.encoder, args.device, args.input_size)
-            name = f"s2:{args.encoder}"
+            if s2_policy is None:
+                s2_policy = build_s2_policy(args.task, args.image_size, args.encoder, args.device, args.input_size,
+                                            args.n_action_steps)
+            policy = s2_policy if path == "now" else ReferencePolicy(s2_policy)
+            name = f"s2 {path}"
+        dev = args.device if kind != "cheap" else "cpu"
         print(f"\n{header}")
         seq = sequential(policy, args.task, args.image_size, max(2, args.episodes_per_env), args.max_steps,
-                         device=args.device if kind != "cheap" else "cpu")
+                         device=dev)
         print(f"{name:<8} {'sequential':<12} {seq['sps']:>11.1f} {1.0:>7.2f} {seq['physics']:>8.1%} "
               f"{seq['render']:>7.1%} {seq['policy']:>7.1%}")
         for n in ns:
             r = batched(policy, args.task, args.image_size, n, n * args.episodes_per_env, args.max_steps,
-                        device=args.device if kind != "cheap" else "cpu")
+                        device=dev, token_history=path != "reference")
             print(f"{name:<8} {f'batched N={n}':<12} {r['sps']:>11.1f} {r['sps'] / seq['sps']:>7.2f} "
                   f"{r['physics']:>8.1%} {r['render']:>7.1%} {r['policy']:>7.1%}   "
                   f"(forwards {r['forwards']}, mean batch {r['batch']:.1f}, "
-                  f"{r['latency_ms']:.1f} ms/forward, startup {r['startup']:.1f}s)")
+                  f"{r['latency_ms']:.1f} ms/forward, startup {r['startup']:.1f}s, frames encoded "
+                  f"{r['frames_encoded']})")
+            if kind != "cheap":
+                by_path.setdefault(n, {})[path] = r["sps"]
+    for n, d in by_path.items():
+        if {"now", "reference"} <= set(d):
+            print(f"S2 policy N={n}: now / reference env-steps/s = {d['now'] / d['reference']:.2f}x")
     print("\nphysics/render: share of worker time (batched) or of wall (sequential); policy: share of wall.")
 
 

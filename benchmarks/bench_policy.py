@@ -2,6 +2,7 @@
 chunk (diffusion U-Net with DDIM 10 / 100 steps, BC-MLP), measured side by side in one run.
 
     python benchmarks/bench_policy.py [--encoder mobilenet_v2] [--image-size 96] [--batch 16] [--threads 1]
+    python benchmarks/bench_policy.py --input-size 96 --latency-only   # the demo's encoder size, latency only
 
 Training steps use the real pipeline pieces: ``SequenceDataset.get_batch`` from a synthetic zarr store (cached
 ``features/<hash>`` vs ``<cam>_image``), ``compute_loss``, backward, AdamW step. Policies use the shipped
@@ -39,6 +40,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per mode")
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (1: stable on a shared CPU)")
+    ap.add_argument("--input-size", type=int, default=None, help="encoder tile size (default: the config's)")
+    ap.add_argument("--latency-only", action="store_true", help="skip the training-steps comparison")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -46,19 +49,41 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     torch.set_num_threads(args.threads)
-    from s2robot.datasets.feature_cache import cache_features
     from s2robot.datasets.normalizer import Normalizer
-    from s2robot.datasets.sampler import SequenceDataset
-    from s2robot.datasets.store import EpisodeStore
     from s2robot.encoders import build_encoder
-    from s2robot.policies import ShapeMeta, build_policy
-    from s2robot.training.optim import OptimConfig, build_optimizer
+    from s2robot.policies import ShapeMeta
 
     cfg_dir = Path(__file__).resolve().parents[1] / "configs"
     enc_cfg = OmegaConf.to_container(OmegaConf.load(cfg_dir / "encoder" / f"{args.encoder}.yaml"))
+    if args.input_size:
+        enc_cfg["input_size"] = args.input_size
     encoder = build_encoder(**enc_cfg)
     cams, P, A, S = ("front", "wrist"), 9, 7, args.image_size
     rng = np.random.default_rng(0)
+    norm = Normalizer().fit({"action": rng.normal(size=(100, A)), "proprio": rng.normal(size=(100, P))})
+    meta = ShapeMeta(cameras=list(cams), proprio_dim=P, action_dim=A, image_shape=[S, S, 3],
+                     token_shape=[encoder.num_tokens, encoder.out_dim], num_prefix=encoder.num_prefix)
+    print(f"# bench_policy  encoder={args.encoder} (N={encoder.num_tokens}, D={encoder.out_dim}, scales="
+          f"{list(encoder.scales)}, input {encoder.input_size})  images {S}px x {len(cams)} cams  batch={args.batch}  "
+          f"threads={args.threads}  torch {torch.__version__}  CPU  load {os.getloadavg()[0]:.2f}")
+    if not args.latency_only:
+        training_table(args, encoder, meta, norm, cfg_dir, S, P, A, cams)
+    latency_table(encoder, meta, norm, cfg_dir, S, P, cams)
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+def training_table(args, encoder, meta, norm, cfg_dir, S, P, A, cams) -> None:
+    """Feature caching time and training steps/s on cached features vs online encoding."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from s2robot.datasets.feature_cache import cache_features
+    from s2robot.datasets.sampler import SequenceDataset
+    from s2robot.datasets.store import EpisodeStore
+    from s2robot.policies import build_policy
+    from s2robot.training.optim import OptimConfig, build_optimizer
+
+    rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.zarr"
         store = EpisodeStore.create(path, attrs={"task": "bench", "cameras": list(cams)})
@@ -72,9 +97,6 @@ def main() -> None:
         key = cache_features(path, encoder, device="cpu", progress=False)
         cache_s = time.perf_counter() - t0
         n_frames = 2 * 60 * len(cams)
-        norm = Normalizer().fit({"action": rng.normal(size=(100, A)), "proprio": rng.normal(size=(100, P))})
-        meta = ShapeMeta(cameras=list(cams), proprio_dim=P, action_dim=A, image_shape=[S, S, 3],
-                         token_shape=[encoder.num_tokens, encoder.out_dim], num_prefix=encoder.num_prefix)
         pcfg = OmegaConf.to_container(OmegaConf.load(cfg_dir / "policy" / "diffusion_unet.yaml"))
         keys = [f"{c}_image" for c in cams] + ["proprio"]
         rows = []
@@ -95,36 +117,77 @@ def main() -> None:
                 opt.step()
 
             rows.append((mode, 1.0 / _timeit(step, args.steps)))
-        print(f"# bench_policy  encoder={args.encoder} (N={encoder.num_tokens}, D={encoder.out_dim}, scales="
-              f"{list(encoder.scales)})  images {S}px x {len(cams)} cams  batch={args.batch}  threads={args.threads}  "
-              f"torch {torch.__version__}  CPU")
-        print(f"feature cache: {n_frames} frames in {cache_s:.1f} s ({n_frames / cache_s:.1f} frames/s)")
-        print("\n## training (diffusion_unet as configured)\n| mode | steps/s |\n|---|---|")
-        for mode, sps in rows:
-            print(f"| {mode} | {sps:.3f} |")
-        print(f"speed-up of cached features: {rows[0][1] / rows[1][1]:.1f}x")
+    print(f"feature cache ({encoder.engine_in_use} engine): {n_frames} frames in {cache_s:.1f} s "
+          f"({n_frames / cache_s:.1f} frames/s)")
+    print("\n## training (diffusion_unet as configured)\n| mode | steps/s |\n|---|---|")
+    for mode, sps in rows:
+        print(f"| {mode} | {sps:.3f} |")
+    print(f"speed-up of cached features: {rows[0][1] / rows[1][1]:.1f}x")
 
-        g = torch.Generator().manual_seed(0)
-        obs_tok = {f"{c}_tokens": torch.randn(1, 2, encoder.num_tokens, encoder.out_dim, generator=g) for c in cams}
-        obs_tok["proprio"] = torch.randn(1, 2, P, generator=g)
-        obs_img = {f"{c}_image": torch.randint(0, 256, (1, 2, S, S, 3), dtype=torch.uint8, generator=g) for c in cams}
-        obs_img["proprio"] = obs_tok["proprio"]
-        print("\n## inference: one action chunk, batch 1\n| policy | input | ms |\n|---|---|---|")
-        lat = {}
-        for name, steps in (("diffusion_unet", 10), ("diffusion_unet", 100), ("bc_mlp", None)):
-            pc = OmegaConf.to_container(OmegaConf.load(cfg_dir / "policy" / f"{name}.yaml"))
-            if steps:
-                pc["num_inference_steps"] = steps
-            policy = build_policy(pc, meta, norm, encoder).eval()
-            label = f"{name}" + (f" DDIM {steps}" if steps else "")
-            with torch.inference_mode():
-                for inp, obs in (("cached tokens", obs_tok), ("raw images", obs_img)):
-                    ms = 1000 * _timeit(lambda: policy.predict_action(obs), reps=5 if (steps or 0) < 100 else 3)
-                    lat[(label, inp)] = ms
-                    print(f"| {label} | {inp} | {ms:.1f} |")
-        d10, d100 = lat[("diffusion_unet DDIM 10", "cached tokens")], lat[("diffusion_unet DDIM 100", "cached tokens")]
-        print(f"DDIM 100 / DDIM 10 latency: {d100 / d10:.1f}x; DDIM 10 / BC-MLP: "
-              f"{d10 / lat[('bc_mlp', 'cached tokens')]:.1f}x")
+
+def reference_predict(policy, obs):
+    """The chunk as computed before the CPU inference work: encoder engine "torch", the U-Net's whole FiLM product
+    and ``nn.Conv1d`` in every DDIM step (the previous ``DiffusionPolicy.predict_action`` loop)."""
+    import torch
+
+    from s2robot.policies.diffusion import DiffusionPolicy
+    from s2robot.policies.unet1d import GemmConv1d
+
+    enc = policy.obs_encoder.frozen_encoder
+    engine, enc.engine = enc.engine, "torch"
+    convs = [m for m in policy.modules() if isinstance(m, GemmConv1d)]
+    for m in convs:
+        m.gemm = False
+    try:
+        if not isinstance(policy, DiffusionPolicy):
+            return policy.predict_action(obs)
+        cond, sched = policy._cond(obs), policy.inference_scheduler
+        sched.set_timesteps(policy.num_inference_steps)
+        x = torch.randn(cond.shape[0], policy.horizon, policy.action_dim)
+        for t in sched.timesteps:
+            x = sched.step(policy.denoiser(x, t.expand(cond.shape[0]), cond), t, x).prev_sample
+        start = policy.n_obs_steps - 1
+        return policy.unnormalize_action(x[:, start : start + policy.n_action_steps])
+    finally:
+        enc.engine = engine
+        for m in convs:
+            m.gemm = True
+
+
+def latency_table(encoder, meta, norm, cfg_dir, S, P, cams) -> None:
+    """One action chunk at batch 1: reference path vs the current one, interleaved, median of the repeats."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from s2robot.policies import build_policy
+
+    g = torch.Generator().manual_seed(0)
+    obs_tok = {f"{c}_tokens": torch.randn(1, 2, encoder.num_tokens, encoder.out_dim, generator=g) for c in cams}
+    obs_tok["proprio"] = torch.randn(1, 2, P, generator=g)
+    obs_img = {f"{c}_image": torch.randint(0, 256, (1, 2, S, S, 3), dtype=torch.uint8, generator=g) for c in cams}
+    obs_img["proprio"] = obs_tok["proprio"]
+    print(f"\n## inference: one action chunk, batch 1 (encoder engine now: {encoder.engine_in_use})\n"
+          "| policy | input | reference ms | now ms | speed-up |\n|---|---|---|---|---|")
+    for name, steps in (("diffusion_unet", 10), ("diffusion_unet", 100), ("bc_mlp", None)):
+        pc = OmegaConf.to_container(OmegaConf.load(cfg_dir / "policy" / f"{name}.yaml"))
+        if steps:
+            pc["num_inference_steps"] = steps
+        policy = build_policy(pc, meta, norm, encoder).eval()
+        label = f"{name}" + (f" DDIM {steps}" if steps else "")
+        with torch.inference_mode():
+            for inp, obs in (("cached tokens", obs_tok), ("raw images", obs_img)):
+                reps = 7 if (steps or 0) < 100 else 3
+                ref, now = [], []
+                policy.predict_action(obs), reference_predict(policy, obs)  # warm-up (engines build here)
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    reference_predict(policy, obs)
+                    ref.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    policy.predict_action(obs)
+                    now.append(time.perf_counter() - t)
+                r, n = 1000 * statistics.median(ref), 1000 * statistics.median(now)
+                print(f"| {label} | {inp} | {r:.1f} | {n:.1f} | {r / n:.2f}x |")
 
 
 if __name__ == "__main__":

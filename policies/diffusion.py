@@ -128,8 +128,14 @@ class DiffusionPolicy(BasePolicy):
         if sched.num_inference_steps != self.num_inference_steps:
             sched.set_timesteps(self.num_inference_steps)  # CPU timesteps: the scheduler indexes CPU tables with them
         x = randn_rows((B, self.horizon, self.action_dim), generators, cond.device, cond.dtype)
-        for t in sched.timesteps:
-            eps = self.denoiser(x, t.to(cond.device).expand(B), cond)
+        film = None
+        if isinstance(self.denoiser, ConditionalUnet1D):  # every step's FiLM terms in one pass per chunk
+            film = self.denoiser.film_tables(sched.timesteps.to(cond.device), cond)
+        for i, t in enumerate(sched.timesteps):
+            if film is None:
+                eps = self.denoiser(x, t.to(cond.device).expand(B), cond)
+            else:
+                eps = self.denoiser(x, None, film=[table[i] for table in film])
             x = sched.step(eps, t, x).prev_sample  # eta = 0: deterministic given the initial noise
         start = self.n_obs_steps - 1
         return self.unnormalize_action(x[:, start : start + self.n_action_steps])

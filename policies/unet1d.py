@@ -12,9 +12,10 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SinusoidalPosEmb", "ConditionalUnet1D"]
+__all__ = ["SinusoidalPosEmb", "ConditionalUnet1D", "GemmConv1d"]
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -33,8 +34,36 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
 
+class GemmConv1d(nn.Conv1d):
+    """``nn.Conv1d`` (same parameters, same state dict) whose float32 CPU inference forward is one im2col GEMM.
+
+    At the U-Net's sizes (batch 1-8, T = 4-16, 64-512 channels) PyTorch's CPU convolution runs its generic
+    im2col path at batch 1 and a oneDNN path that re-lays the weights on every call above it; one ``addmm`` over
+    the unfolded input was 2-3x faster at both (benchmarks/bench_policy.py). Training (grad enabled), other
+    devices and dtypes use ``nn.Conv1d.forward``, as does ``gemm = False`` (the reference, for benchmarks and
+    tests). Results equal within float32 rounding.
+    """
+
+    gemm = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not self.gemm or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or self.groups != 1
+                or self.dilation != (1,) or self.padding_mode != "zeros" or isinstance(self.padding, str)):
+            return super().forward(x)
+        B, C, _ = x.shape
+        (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
+        if pad:
+            x = F.pad(x, (pad, pad))
+        cols = x.unfold(2, k, stride)  # (B, C, T_out, k)
+        T_out = cols.shape[2]
+        cols = cols.permute(0, 2, 1, 3).reshape(B * T_out, C * k)
+        weight = self.weight.reshape(self.out_channels, C * k).t()
+        out = torch.mm(cols, weight) if self.bias is None else torch.addmm(self.bias, cols, weight)
+        return out.reshape(B, T_out, self.out_channels).transpose(1, 2)
+
+
 def _conv_block(cin: int, cout: int, k: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(cin, cout, k, padding=k // 2), nn.GroupNorm(groups, cout), nn.Mish())
+    return nn.Sequential(GemmConv1d(cin, cout, k, padding=k // 2), nn.GroupNorm(groups, cout), nn.Mish())
 
 
 class FiLMResBlock1D(nn.Module):
@@ -45,12 +74,29 @@ class FiLMResBlock1D(nn.Module):
         self.block1 = _conv_block(cin, cout, k, groups)
         self.block2 = _conv_block(cout, cout, k, groups)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
-        self.residual = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.residual = GemmConv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def film_table(self, step_dim: int, step: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """This block's FiLM pre-activations for S diffusion steps at once: step embeddings (S, step_dim) and
+        observation (B, cond_dim) -> (S, B, 2 * Cout).
+
+        ``film(cat[step, cond]) = Mish(step) @ W_step^T + Mish(cond) @ W_cond^T + b`` (Mish is elementwise), so a
+        chunk needs one product with each weight half instead of one with the whole matrix per step.
+        """
+        weight, bias = self.film[1].weight, self.film[1].bias
+        obs = F.linear(self.film[0](cond), weight[:, step_dim:], bias)  # (B, 2C)
+        steps = F.linear(self.film[0](step), weight[:, :step_dim])  # (S, 2C)
+        return steps[:, None] + obs[None]
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None, film: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``cond``: the FiLM input (B, step_dim + cond_dim); or ``film``: its pre-activations (B, 2 * Cout) from
+        :meth:`film_table`."""
         h = self.block1(x)
-        scale, bias = self.film(cond)[..., None].chunk(2, dim=1)
-        h = self.block2(scale * h + bias)
+        if film is None:
+            film = self.film(cond)
+        scale, bias = film[..., None].chunk(2, dim=1)
+        h = self.block2(torch.addcmul(bias, scale, h))
         return h + self.residual(x)
 
 
@@ -93,7 +139,7 @@ class ConditionalUnet1D(nn.Module):
             self.down.append(nn.ModuleList([
                 FiLMResBlock1D(cin, cout, film_dim, kernel_size, n_groups),
                 FiLMResBlock1D(cout, cout, film_dim, kernel_size, n_groups),
-                nn.Conv1d(cout, cout, 3, stride=2, padding=1) if not last else nn.Identity(),
+                GemmConv1d(cout, cout, 3, stride=2, padding=1) if not last else nn.Identity(),
             ]))
         mid = down_dims[-1]
         self.mid = nn.ModuleList([FiLMResBlock1D(mid, mid, film_dim, kernel_size, n_groups) for _ in range(2)])
@@ -105,20 +151,43 @@ class ConditionalUnet1D(nn.Module):
                 nn.ConvTranspose1d(cout, cout, 4, stride=2, padding=1),
             ]))
         self.final = nn.Sequential(_conv_block(down_dims[0], down_dims[0], kernel_size, n_groups),
-                                   nn.Conv1d(down_dims[0], action_dim, 1))
+                                   GemmConv1d(down_dims[0], action_dim, 1))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        film = torch.cat([self.step_embed(timestep), cond.flatten(1)], dim=-1)
+    def res_blocks(self) -> list[FiLMResBlock1D]:
+        """Every FiLM block in forward order."""
+        blocks = [b for level in self.down for b in level[:2]] + list(self.mid)
+        return blocks + [b for level in self.up for b in level[:2]]
+
+    def film_tables(self, timesteps: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
+        """FiLM pre-activations of every block for the diffusion steps ``timesteps`` (S,) and conditioning ``cond``
+        (B, L, d): a list (one per block, forward order) of (S, B, 2 * C_block). ``forward(..., film=[tab[s] for
+        tab in tables])`` then equals ``forward(x, timesteps[s], cond)`` within float rounding, without the FiLM
+        products (most of this U-Net's weights at batch 1) in every step."""
+        step = self.step_embed(timesteps.reshape(-1))
+        flat = cond.flatten(1)
+        return [block.film_table(step.shape[1], step, flat) for block in self.res_blocks()]
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | None, cond: torch.Tensor | None = None,
+                film: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """eps (B, T, A) from ``sample`` (B, T, A), ``timestep`` (B,) and ``cond`` (B, L, d); or, instead of
+        ``timestep`` and ``cond``, ``film``: this step's row of :meth:`film_tables` (list of (B, 2 * C_block))."""
+        if film is None:
+            if cond is None or timestep is None:
+                raise ValueError("ConditionalUnet1D needs timestep and cond, or film")
+            joint = torch.cat([self.step_embed(timestep), cond.flatten(1)], dim=-1)
+            args = iter([{"cond": joint}] * len(self.res_blocks()))
+        else:
+            args = iter([{"film": f} for f in film])
         x = sample.transpose(1, 2)  # (B, A, T)
         skips = []  # outputs of the levels below the top one, consumed by the up path in reverse
         for res1, res2, down in self.down:
-            x = res2(res1(x, film), film)
+            x = res2(res1(x, **next(args)), **next(args))
             skips.append(x)
             x = down(x)
         skips.pop(0)  # the top level's output has no matching up level
         for res in self.mid:
-            x = res(x, film)
+            x = res(x, **next(args))
         for res1, res2, up in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = up(res2(res1(x, film), film))
+            x = up(res2(res1(x, **next(args)), **next(args)))
         return self.final(x).transpose(1, 2)

@@ -244,7 +244,7 @@ def test_torchvision_pth_roundtrip(tmp_path, arch):
     src.eval()
     torch.save(src.state_dict(), tmp_path / f"{arch}.pth")
     enc = build_encoder(arch, checkpoint=str(tmp_path / f"{arch}.pth"), input_size=64, scales=(1, 2),
-                        arch=kw or None)
+                        arch=kw or None, engine="torch")  # the reference engine: bitwise equal (others: test_encoders_engine)
     trunk = create_feature_extractor(src, {"layer4" if arch == "resnet18" else "features": "out"})
     x = _uint8(size=64)
     pre = enc.preprocess(x)

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from s2robot.encoders.engine import EngineRunner, check_engine, resolve_engine
 from s2robot.s2 import plan_scales, s2_forward
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -153,6 +154,10 @@ class S2Encoder(nn.Module):
 
     ``encode(images)``: uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> float32 (B, N, D) with
     D = C * len(scales) and N = num_prefix + grid**2 (prefix first).
+
+    ``engine`` (:mod:`s2robot.encoders.engine`) picks how a frozen backbone is computed ("auto", "torch",
+    "fused", "openvino"); it changes speed, not tokens (beyond float32 rounding), so it is in neither ``config``
+    nor ``config_hash``. ``engine_in_use`` says which one runs on the encoder's current device.
     """
 
     def __init__(
@@ -171,8 +176,11 @@ class S2Encoder(nn.Module):
         hash_extra: dict[str, Any] | None = None,
         max_batch: int | None = None,
         device: str | torch.device = "cpu",
+        engine: str = "auto",
     ) -> None:
         super().__init__()
+        self.engine = check_engine(engine)
+        self._runner: EngineRunner | None = None  # built lazily; a plain attribute, never a sub-module
         if not scales:
             raise ValueError("scales must be a non-empty sequence")
         self.adapter = adapter
@@ -230,6 +238,22 @@ class S2Encoder(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    @property
+    def engine_in_use(self) -> str:
+        """The engine ``encode`` uses now ("torch", "fused" or "openvino"): ``engine`` resolved for the device."""
+        return resolve_engine(self.engine, self.adapter, self.trainable, self.device)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        """Loading weights (also ``assign=True``, also through a parent module) drops the compiled engine."""
+        self._runner = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling/deepcopy drop the compiled engine (OpenVINO objects do not copy); it is rebuilt on use."""
+        state = self.__dict__.copy()
+        state["_runner"] = None
+        return state
+
     def train(self, mode: bool = True) -> "S2Encoder":
         """Stays in eval mode: frozen statistics (BatchNorm, dropout) whatever the trainable mode."""
         return super().train(False)
@@ -269,10 +293,17 @@ class S2Encoder(nn.Module):
     def encode(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Multiscale tokens float32 (B, num_tokens, out_dim); gradients flow only if not frozen."""
         x = self.preprocess(images)
+        engine = self.engine_in_use
+        model = self.adapter
+        if engine != "torch":
+            if self._runner is None or self._runner.engine != engine:
+                self._runner = EngineRunner(self.adapter, engine)
+            model, x = self._runner, x.contiguous()  # contiguous: the fast bicubic kernel for the upscaled tiles
         grad = torch.no_grad() if self.trainable == "frozen" else contextlib.nullcontext()
         with grad:
-            tokens = s2_forward(self.adapter, x, scales=self.scales, max_split_size=self.max_split_size,
-                                num_prefix=self.num_prefix_model, output="tokens", max_batch=self.max_batch)
+            tokens = s2_forward(model, x, scales=self.scales, max_split_size=self.max_split_size,
+                                num_prefix=self.num_prefix_model, output="tokens", max_batch=self.max_batch,
+                                batch_scales=engine != "torch")
         if self.num_prefix_model and not self.use_prefix:
             tokens = tokens[:, self.num_prefix_model:]
         return tokens.float()

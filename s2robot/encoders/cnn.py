@@ -35,6 +35,7 @@ class TorchvisionTrunk(nn.Module):
 
     fixed_size = False  # convolutional: any tile size works
     num_prefix_tokens = 0
+    supports_engines = True  # frozen: conv+BN folding / OpenVINO (s2robot.encoders.engine) compute the same maps
 
     def __init__(self, arch: str, model: nn.Module, input_size: int, feature_layers: int | None = None) -> None:
         super().__init__()

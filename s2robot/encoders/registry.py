@@ -67,6 +67,7 @@ def build_encoder(
     seed: int = 0,
     arch: dict[str, Any] | None = None,
     max_batch: int | None = None,
+    engine: str = "auto",
 ) -> S2Encoder:
     """Build a frozen (eval, ``requires_grad=False``) S2 encoder.
 
@@ -84,6 +85,10 @@ def build_encoder(
         seed: init seed for random weights (independent of the global RNG).
         arch: architecture overrides (e.g. tiny test sizes: ``{"embed_dim": 32, "depth": 2}``).
         max_batch: most tiles per backbone call (bounds memory; results unchanged; not part of ``config_hash``).
+        engine: how a frozen backbone is computed: "auto" (fastest available on the CPU), "torch" (plain PyTorch,
+            the reference), "fused" (conv+BN folded, channels_last) or "openvino"; see
+            :mod:`s2robot.encoders.engine`. Tokens match the reference within float32 rounding, so the engine is in
+            neither ``config`` nor ``config_hash`` (cached features stay valid when only the engine changes).
 
     Returns:
         :class:`S2Encoder` with ``encode``, ``out_dim``, ``num_tokens``, ``grid``, ``num_prefix``, ``input_size``,
@@ -125,4 +130,4 @@ def build_encoder(
     hash_extra = {"arch": config["arch"], "seed": seed if digest is None else None}
     return S2Encoder(adapter, config=config, input_size=size, mean=mean, std=std, scales=scales,
                      max_split_size=max_split_size, trainable=trainable, use_prefix=use_prefix, digest=digest,
-                     hash_extra=hash_extra, max_batch=max_batch, device=resolve_device(device))
+                     hash_extra=hash_extra, max_batch=max_batch, device=resolve_device(device), engine=engine)

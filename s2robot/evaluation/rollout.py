@@ -6,9 +6,11 @@ Control loop (one iteration = one control step for every active env):
    forward** (encoder + head, inside ``predict_action``) on exactly those rows: their (T_obs, ...) observation
    histories, on ``device``, under ``torch.inference_mode()`` (+ bf16 autocast on CUDA only; pinned, non-blocking
    host-to-device copies on CUDA only). So there is at most one forward per control step, and usually one per
-   ``n_action_steps`` steps. Only rows that need a chunk are queried: re-planning envs that are mid-chunk would
-   change what they execute, and would consume their random streams at times that depend on the batch, so an
-   episode's outcome would depend on N.
+   ``n_action_steps`` steps. For a policy with a frozen image encoder the image histories go in as tokens
+   (``FrameTokenCache``): a frame already encoded by an earlier forward is not encoded again, so a policy that
+   replans every step with ``n_obs_steps > 1`` encodes each frame once. Only rows that need a chunk are
+   queried: re-planning envs that are mid-chunk would change what they execute, and would consume their random
+   streams at times that depend on the batch, so an episode's outcome would depend on N.
 2. Every active env executes the next action of its chunk; all step concurrently in their worker processes.
 3. Envs whose episode ended (success, ``terminated``, or the time limit) are recorded, then reset with the next
    unclaimed episode's seed so the batch stays full until all episodes are claimed.
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
+from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
 from s2robot.evaluation.metrics import summarize_episodes
 from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text, write_report
 from s2robot.evaluation.vector_env import EnvPool, StepResult, TaskEnvFactory
@@ -110,13 +113,21 @@ def _warn_image_mismatch(policy, image_shapes: dict[str, tuple[int, ...]]) -> No
 
 
 def _forward(policy, hist: dict[str, np.ndarray], rows: list[int], gens: list[torch.Generator],
-             device: torch.device) -> np.ndarray:
-    """One batched ``predict_action`` on ``rows`` of the history buffers -> float32 (len(rows), L, *A) on CPU."""
+             device: torch.device, token_cache: FrameTokenCache | None = None) -> np.ndarray:
+    """One batched ``predict_action`` on ``rows`` of the history buffers -> float32 (len(rows), L, *A) on CPU.
+
+    With ``token_cache`` the image histories go in as ``"<cam>_tokens"``: only frames no earlier forward encoded
+    are encoded (the same tokens the policy would compute from the images).
+    """
     batch = {}
-    for key, buf in hist.items():
-        t = torch.from_numpy(buf[rows])  # fancy indexing copies: (B, T_obs, ...)
-        batch[key] = pin_if_cuda(t, device).to(device, non_blocking=device.type == "cuda")
     with torch.inference_mode(), autocast_for(device):
+        if token_cache is not None:
+            batch.update(token_cache.tokens({k: buf[rows] for k, buf in hist.items() if k.endswith("_image")}))
+        for key, buf in hist.items():
+            if key in batch or (token_cache is not None and key.endswith("_image")):
+                continue
+            t = torch.from_numpy(buf[rows])  # fancy indexing copies: (B, T_obs, ...)
+            batch[key] = pin_if_cuda(t, device).to(device, non_blocking=device.type == "cuda")
         out = policy.predict_action(batch, generators=gens)
     return out.float().cpu().numpy()
 
@@ -125,7 +136,7 @@ class _BatchedRollout:
     """The control loop over an :class:`EnvPool` (see the module docstring); ``run()`` fills ``records``."""
 
     def __init__(self, policy, pool: EnvPool, device: torch.device, episodes: int, seed: int, limit: int,
-                 video: VideoRecorder, bar, timers: _Timers):
+                 video: VideoRecorder, bar, timers: _Timers, token_history: bool = True):
         self.policy, self.pool, self.device = policy, pool, device
         self.episodes, self.seed, self.limit = episodes, seed, limit
         self.video, self.bar, self.timers = video, bar, timers
@@ -138,6 +149,11 @@ class _BatchedRollout:
         # per env: the last n_obs observations of every key the policy reads, (n_envs, n_obs, *shape)
         self.hist = {k: np.zeros((n, n_obs, *shape), dtype=np.dtype(dt))
                      for k, (shape, dt) in pool.obs_spec.items() if k in keys}
+        encode = frozen_token_encoder(policy) if token_history else None
+        n_image = sum(k.endswith("_image") for k in self.hist)
+        # every frame the next forwards can reuse: n envs x n_obs steps x cameras, twice over
+        self.token_cache = (FrameTokenCache(encode, capacity=max(1, 2 * n * n_obs * n_image), device=device)
+                            if encode is not None and n_image else None)
         self.act_shape = pool.action_shape
         self.chunks = np.zeros((n, 0, *self.act_shape), dtype=np.float32)  # (n_envs, L, *A) current chunks
         self.chunk_len = np.zeros(n, dtype=np.int64)
@@ -204,7 +220,8 @@ class _BatchedRollout:
     def plan(self, need: list[int]) -> None:
         """One batched forward for the envs in ``need``; rows with non-finite actions abort their episode."""
         t0 = time.perf_counter()
-        out = _forward(self.policy, self.hist, need, [self.slots[k].generator for k in need], self.device)
+        out = _forward(self.policy, self.hist, need, [self.slots[k].generator for k in need], self.device,
+                       self.token_cache)
         self.timers.policy += time.perf_counter() - t0
         self.timers.forwards += 1
         self.timers.forward_rows += len(need)
@@ -275,7 +292,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
              device: str | torch.device = "auto", out_dir: str | Path | None = None, n_videos: int = 2,
              env_kwargs: dict | None = None, backend: str = "cpu", env_fn: Callable | None = None,
              max_steps: int | None = None, progress: bool = True, step_timeout: float | None = 300.0,
-             fps: float | None = None, policy_info: dict[str, Any] | None = None) -> dict[str, Any]:
+             fps: float | None = None, policy_info: dict[str, Any] | None = None,
+             token_history: bool = True) -> dict[str, Any]:
     """Run ``episodes`` seeded episodes of ``policy`` on ``n_envs`` parallel envs; return the summary dict.
 
     Args:
@@ -296,6 +314,10 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         fps: video frame rate; default the env's ``metadata["render_fps"]`` or 10.
         policy_info: where the policy comes from, recorded as ``summary["policy"]`` and named in the plot:
             ``{"checkpoint": path or None, "step": int, "trained_task": name}``.
+        token_history: for a policy with a frozen image encoder, keep the tokens of history frames
+            (:class:`s2robot.encoders.history.FrameTokenCache`) so each frame is encoded once, also when the policy
+            replans every step with ``n_obs_steps > 1``; False re-encodes every frame of the window in every
+            forward (the same tokens, more encoder calls).
 
     Returns: the summary (success rate, 95% Wilson interval, mean max score, lengths, env-steps/s, timings,
         ``all_errored``: True when every episode was aborted by an error, paths of written files) plus
@@ -343,7 +365,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos",
                               range(min(n_videos, episodes)) if has_images else [], fps or pool.fps or 10.0)
         bar = tqdm(total=episodes, desc=f"eval {task_name}", unit="ep", disable=not progress, dynamic_ncols=True)
-        loop = _BatchedRollout(policy, pool, dev, episodes, seed, int(limit), video, bar, timers)
+        loop = _BatchedRollout(policy, pool, dev, episodes, seed, int(limit), video, bar, timers, token_history)
         loop.refill()
         t_started = time.perf_counter()  # startup = workers + first resets (GL contexts are created there)
         timers.env_wait, timers.env_inner, timers.env_parts = 0.0, 0.0, {}  # timings below: steady state only
@@ -372,6 +394,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         "wall_s": round(time.perf_counter() - t_begin, 3),
         "env_steps_per_s": timers.env_steps / loop_wall if loop_wall > 0 else 0.0,
         "policy_forwards": timers.forwards,
+        "frames_encoded": None if loop.token_cache is None else loop.token_cache.frames_encoded,
         "mean_forward_batch": timers.forward_rows / max(1, timers.forwards),
         "worker_restarts": pool.restarts,
         "time_s": {"startup": round(t_started - t_begin, 3), "loop": round(loop_wall, 3),

@@ -1,0 +1,154 @@
+"""Execution engines for frozen backbones: the same function as the PyTorch module, computed faster.
+
+An engine changes how a frozen backbone's forward is *computed*, never what it computes (within float32 rounding),
+so it is not part of an encoder's ``config`` or ``config_hash`` (cached features stay valid whatever the engine).
+
+- ``"torch"``: the plain PyTorch module, eager, default memory layout (the reference).
+- ``"fused"``: PyTorch with every conv+BatchNorm pair folded into one conv (``torch.fx`` ``fuse``) and
+  ``channels_last`` activations. Needs only torch.
+- ``"openvino"``: the backbone converted once to an OpenVINO model (``openvino.convert_model``, dynamic batch and
+  tile size) and run by OpenVINO's CPU plugin in float32 (``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or
+  AVX512-BF16 the plugin's default would be bf16, which does not hold parity), with as many threads as torch used
+  at its first call.
+  Needs the ``openvino`` extra (``pip install 's2robot[openvino]'``).
+- ``"auto"`` (default): ``openvino`` when installed, else ``fused``, for a frozen backbone that supports engines
+  (``supports_engines = True``: the torchvision CNN trunks) on the CPU; ``torch`` otherwise (trainable
+  encoders, CUDA, ViTs).
+
+bf16 is not used: on this project's AMX CPU it ran ~1.6x float32 (PyTorch and OpenVINO) but moved MobileNetV2
+maps by up to 0.15 (~6 % of their norm), no parity. ``torch.compile`` is not used either (docs/encoders.md has
+both measurements).
+
+The compiled form is built lazily on first use and rebuilt when a weight changes (in place: ``copy_`` and
+``load_state_dict`` bump the tensors' version counters; moved or converted: its storage changes) or the input
+device changes (OpenVINO keeps the torch thread count of its first use: torch's count is per thread, and a rebuild
+whenever a call came from another thread would ping-pong); :class:`~s2robot.encoders.base.S2Encoder` also drops it on any
+``load_state_dict``. A ``.to()`` that changes nothing keeps it. It is a plain attribute, never a
+sub-module, so state dicts are unchanged, and it is dropped on pickling/deepcopy.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import itertools
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["ENGINES", "resolve_engine", "openvino_available", "EngineRunner"]
+
+ENGINES = ("auto", "torch", "fused", "openvino")
+
+
+def openvino_available() -> bool:
+    """True when the ``openvino`` package is importable."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not one of {ENGINES}")
+    return engine
+
+
+def resolve_engine(engine: str, adapter: nn.Module, trainable: str, device: torch.device) -> str:
+    """The engine that runs ``adapter`` now: ``auto`` resolved, explicit requests checked (one-line errors)."""
+    check_engine(engine)
+    if engine == "torch":
+        return "torch"
+    supported = bool(getattr(adapter, "supports_engines", False))
+    if engine == "auto":
+        if trainable != "frozen" or device.type != "cpu" or not supported:
+            return "torch"
+        return "openvino" if openvino_available() else "fused"
+    if trainable != "frozen":
+        raise ValueError(f"engine={engine!r} runs frozen encoders only (trainable={trainable!r}); use engine='torch'")
+    if not supported:
+        raise ValueError(f"engine={engine!r} supports the torchvision CNN trunks (resnet18, mobilenet_v2) only; "
+                         f"use engine='torch' or 'auto' for {type(adapter).__name__}")
+    if engine == "openvino":
+        if device.type != "cpu":
+            raise ValueError(f"engine='openvino' runs on the CPU, but the encoder is on {device}")
+        if not openvino_available():
+            raise ValueError("engine='openvino' needs the openvino package: pip install 's2robot[openvino]'")
+    return engine
+
+
+def _weights_state(tensors: list[torch.Tensor]) -> tuple:
+    """Storage + version counter of each tensor: changes when a weight is replaced, moved or edited in place."""
+    key = []
+    for t in tensors:
+        try:
+            version = t._version
+        except RuntimeError:  # inference tensors have no version counter
+            version = -1
+        key.append((t.data_ptr(), version))
+    return tuple(key)
+
+
+def _fuse(adapter: nn.Module) -> nn.Module:
+    """A folded copy: conv+BN pairs merged (``torch.fx``), ``channels_last`` weights, eval mode."""
+    from torch.fx.experimental.optimization import fuse
+
+    fused = fuse(copy.deepcopy(adapter).eval(), inplace=True)
+    return fused.to(memory_format=torch.channels_last).eval()
+
+
+class _OpenVinoModel:
+    """An OpenVINO float32 CPU model of a frozen backbone: (n, 3, h, w) float32 -> the backbone's output."""
+
+    def __init__(self, adapter: nn.Module, example: torch.Tensor, threads: int) -> None:
+        import openvino as ov
+
+        with warnings.catch_warnings():  # convert_model traces with torch.jit.trace, deprecated in torch 2.x
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.trace")
+            model = ov.convert_model(copy.deepcopy(adapter).eval(), example_input=example[:1].float().contiguous())
+        model.reshape([-1, 3, -1, -1])  # any batch and tile size, one compiled model
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
+                  "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().float().contiguous().numpy()
+        out = self.request.infer({0: arr}, share_inputs=True)  # outputs are copied out of the request
+        return torch.from_numpy(out[0])
+
+
+class EngineRunner:
+    """Callable (n, 3, h, w) -> backbone output that runs ``adapter`` on ``engine`` (``fused``/``openvino``).
+
+    Not thread-safe: one caller at a time (OpenVINO keeps one infer request).
+    """
+
+    def __init__(self, adapter: nn.Module, engine: str) -> None:
+        if engine not in ("fused", "openvino"):
+            raise ValueError(f"EngineRunner runs 'fused' or 'openvino', got {engine!r}")
+        self.adapter, self.engine = adapter, engine
+        self._key: tuple | None = None
+        self._tensors: list[torch.Tensor] = []
+        self._run: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def _current_key(self, x: torch.Tensor) -> tuple:
+        """What the compiled form depends on; the tensor list is re-read only when the cheap check fails."""
+        return (x.device, len(self._tensors), _weights_state(self._tensors))
+
+    def _build(self, x: torch.Tensor) -> None:
+        if self.engine == "fused":
+            self._run = _fuse(self.adapter)
+        else:
+            self._run = _OpenVinoModel(self.adapter, x, torch.get_num_threads())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._key is None or self._current_key(x) != self._key:
+            self._run, self._key = None, None
+            # parameters and buffers are re-collected: ``.to()`` may have replaced buffer objects
+            self._tensors = list(itertools.chain(self.adapter.parameters(), self.adapter.buffers()))
+            self._build(x)
+            self._key = self._current_key(x)
+        if self.engine == "fused":
+            return self._run(x.contiguous(memory_format=torch.channels_last))
+        return self._run(x).to(x.device)
