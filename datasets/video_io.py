@@ -80,6 +80,7 @@ class VideoWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.frames = 0
+        self.bytes = 0  # encoded bytes so far (the MP4 file itself appears only once its header is written)
         self._container = av.open(str(path), "w")
         try:
             self._stream = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
@@ -98,7 +99,9 @@ class VideoWriter:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = self.frames
             self.frames += 1
-            self._container.mux(self._stream.encode(frame))
+            packets = self._stream.encode(frame)
+            self.bytes += sum(p.size for p in packets)
+            self._container.mux(packets)
 
     def close(self) -> None:
         self._container.mux(self._stream.encode(None))
