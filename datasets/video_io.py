@@ -5,6 +5,7 @@ Both sides work one episode at a time, so memory holds one episode's frames of o
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class VideoWriter:
                  pix_fmt: str = "yuv420p", options: dict[str, str] | None = None):
         import av
 
+        if codec == "libsvtav1":  # SVT-AV1 prints ~20 info lines per video unless told otherwise (read at start)
+            os.environ.setdefault("SVT_LOG", "1")  # errors only
         if height % 2 or width % 2:
             raise VideoError(f"{path}: {pix_fmt} video needs even frame sizes, got {height}x{width}")
         path.parent.mkdir(parents=True, exist_ok=True)
