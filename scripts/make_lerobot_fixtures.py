@@ -6,8 +6,10 @@ Run it with the interpreter of a venv that has lerobot installed (it is not a de
     /work/venvs/lerobot/bin/python scripts/make_lerobot_fixtures.py tests/fixtures/lerobot
     # v2.1 (the last lerobot that writes v2.1 is 0.3.3, Python >= 3.10):
     /work/venvs/lerobot021/bin/python scripts/make_lerobot_fixtures.py tests/fixtures/lerobot
+    # v3.0 with the cameras as PNG images inside the Parquet rows (no videos):
+    /work/venvs/lerobot/bin/python scripts/make_lerobot_fixtures.py tests/fixtures/lerobot --images
 
-Each run writes ``<out>/v30`` or ``<out>/v21`` (by the installed lerobot's ``CODEBASE_VERSION``) plus
+Each run writes ``<out>/v30`` or ``<out>/v21`` (``v30_images`` with ``--images``) (by the installed lerobot's ``CODEBASE_VERSION``) plus
 ``<out>/<version>_expected.npz``: the exact per-frame arrays fed to ``add_frame`` (``front``/``wrist`` uint8 images,
 ``state``, ``action``, ``episode_ends``), which the tests compare the importer against (Parquet columns exactly,
 video frames within a PSNR bound). The episode lengths, fps, tasks and image content are fixed (seeded), so the
@@ -61,9 +63,9 @@ def expected_arrays() -> dict[str, np.ndarray]:
     return arrays
 
 
-def features() -> dict:
+def features(kind: str = "video") -> dict:
     feats = {
-        f"observation.images.{cam}": {"dtype": "video", "shape": (h, w, 3), "names": ["height", "width", "channels"]}
+        f"observation.images.{cam}": {"dtype": kind, "shape": (h, w, 3), "names": ["height", "width", "channels"]}
         for cam, (h, w) in CAMERAS.items()
     }
     feats["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,),
@@ -72,19 +74,20 @@ def features() -> dict:
     return feats
 
 
-def write(root: Path) -> str:
+def write(root: Path, images: bool = False) -> str:
     from lerobot.datasets import lerobot_dataset as lrd
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     version = getattr(lrd, "CODEBASE_VERSION", None)
     if version is None:
         from lerobot.datasets.utils import CODEBASE_VERSION as version
-    dst = root / version.replace(".", "")
+    dst = root / (version.replace(".", "") + ("_images" if images else ""))
     if dst.exists():
         shutil.rmtree(dst)
     arrays = expected_arrays()
-    ds = LeRobotDataset.create(repo_id=f"s2robot/fixture_{version}", fps=FPS, features=features(), root=dst,
-                               robot_type="s2robot_test_arm", use_videos=True)
+    ds = LeRobotDataset.create(repo_id=f"s2robot/fixture_{version}", fps=FPS,
+                               features=features("image" if images else "video"), root=dst,
+                               robot_type="s2robot_test_arm", use_videos=not images)
     start = 0
     for ep, n in enumerate(EPISODE_LENGTHS):
         for i in range(start, start + n):
@@ -106,9 +109,11 @@ def write(root: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="fixture folder, e.g. tests/fixtures/lerobot")
+    parser.add_argument("--images", action="store_true",
+                        help="store cameras as PNG bytes in the Parquet rows (dtype image) instead of MP4 videos")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    version = write(args.out)
+    version = write(args.out, images=args.images)
     print(f"wrote a LeRobot {version} dataset under {args.out}")
 
 

@@ -191,3 +191,13 @@ def test_decode_frames_reports_missing_time(tmp_path):
     assert decode_frames(path, np.arange(6) / 10, 10).shape == (6, 48, 64, 3)
     with pytest.raises(Exception, match="shorter than its Parquet index.*6 of 8 frames"):
         decode_frames(path, np.arange(8) / 10, 10)
+
+
+def test_import_lerobot_parquet_images_exact(tmp_path):
+    """``dtype: image`` cameras (PNG bytes in the Parquet rows, lerobot's ``use_videos=False``) are lossless."""
+    exp = expected("v30")  # the same arrays were fed to lerobot for v30_images (scripts/make_lerobot_fixtures.py)
+    store = run_import(FIXTURES / "v30_images", tmp_path / "out.zarr")
+    np.testing.assert_array_equal(store.episode_ends, exp["episode_ends"])
+    for cam in ("front", "wrist"):
+        np.testing.assert_array_equal(store.array(f"{cam}_image")[:], exp[cam])
+    np.testing.assert_array_equal(store.array("proprio")[:], exp["state"])
