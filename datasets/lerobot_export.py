@@ -64,6 +64,10 @@ def resolve_key_map(store: EpisodeStore, overrides: Mapping[str, str] | None) ->
             raise DatasetError(f"key map {src!r} -> {dst!r}: {dst!r} is a column LeRobot writes itself")
     if not key_map:
         raise DatasetError(f"{store.path}: nothing to export (no camera, proprio or action key)")
+    targets = list(key_map.values())
+    dup = sorted({t for t in targets if targets.count(t) > 1})
+    if dup:
+        raise DatasetError(f"key map sends two store keys to LeRobot feature {dup[0]!r}")
     return key_map
 
 
@@ -90,7 +94,7 @@ def features_for(store: EpisodeStore, key_map: dict[str, str], fps: int, video: 
         layout = {"proprio": attrs.get("proprio_layout"),
                   "action": (attrs.get("action_space") or {}).get("layout")}.get(src)
         recorded = (attrs.get("lerobot_features") or {}).get(dst, {}).get("names")
-        feats[dst] = {"dtype": "bool" if dtype == "bool" else dtype, "shape": [n],
+        feats[dst] = {"dtype": dtype, "shape": [n],
                       "names": recorded if recorded is not None else _names(layout, n, dst.split(".")[-1])}
     feats["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for k in ("frame_index", "episode_index", "index", "task_index"):

@@ -60,7 +60,11 @@ def resolve_key_map(meta: LeRobotMeta, overrides: Mapping[str, str] | None) -> d
     if not key_map:
         raise LeRobotFormatError(f"{meta.root}: nothing to import (no camera, state or action feature mapped)")
     for src, dst in key_map.items():
-        visual = meta.features[src].get("dtype") in ("video", "image")
+        kind = meta.features[src].get("dtype")
+        visual = kind in ("video", "image")
+        if not visual and not _numeric(kind):
+            raise LeRobotFormatError(f"feature {src!r} has dtype {kind!r}; only numeric and camera features map to "
+                                     "store arrays")
         if visual != is_image_key(dst):
             raise LeRobotFormatError(
                 f"key map {src!r} -> {dst!r}: camera features must map to a '<cam>_image' key and only they may"
@@ -70,6 +74,13 @@ def resolve_key_map(meta: LeRobotMeta, overrides: Mapping[str, str] | None) -> d
     if dup or "task_index" in stores:
         raise LeRobotFormatError(f"key map sends two features to store key {(dup or ['task_index'])[0]!r}")
     return key_map
+
+
+def _numeric(dtype: Any) -> bool:
+    try:
+        return np.dtype(dtype).kind in "biuf"
+    except TypeError:
+        return False
 
 
 def _names(feature: Mapping[str, Any]) -> Any:
@@ -138,17 +149,13 @@ def column_array(table, name: str, feature: Mapping[str, Any], where: str) -> np
     col = table.column(name).combine_chunks()
     n = len(col)
     shape = tuple(int(d) for d in feature.get("shape", (1,)))
-    dtype = np.dtype(feature.get("dtype", "float32")) if feature.get("dtype") != "bool" else np.dtype(bool)
-    if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
-        while pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
-            col = col.flatten()
-        values = col.to_numpy(zero_copy_only=False)
-    else:
-        values = col.to_numpy(zero_copy_only=False)
+    while pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+        col = col.flatten()
+    values = col.to_numpy(zero_copy_only=False)
     if values.size != n * int(np.prod(shape)):
         raise LeRobotFormatError(f"{where}: column {name!r} holds {values.size // max(n, 1)} values per frame, "
                                  f"info.json declares shape {list(shape)}")
-    return values.reshape(n, *shape).astype(dtype, copy=False)
+    return values.reshape(n, *shape).astype(np.dtype(feature["dtype"]), copy=False)
 
 
 def _decode_parquet_images(table, name: str, size: tuple[int, int] | None, where: str) -> np.ndarray:

@@ -201,3 +201,13 @@ def test_import_lerobot_parquet_images_exact(tmp_path):
     for cam in ("front", "wrist"):
         np.testing.assert_array_equal(store.array(f"{cam}_image")[:], exp[cam])
     np.testing.assert_array_equal(store.array("proprio")[:], exp["state"])
+
+
+def test_import_lerobot_rejects_bad_key_maps(tmp_path):
+    dst = str(tmp_path / "o.zarr")
+    msg = fail("dataset", "import-lerobot", str(FIXTURES / "v30"), dst, "--map", "observation.state=front_image")
+    assert "camera features must map to a '<cam>_image' key" in msg
+    msg = fail("dataset", "import-lerobot", str(FIXTURES / "v30"), dst, "--map", "observation.state=action")
+    assert "two features to store key 'action'" in msg
+    msg = fail("dataset", "import-lerobot", str(FIXTURES / "v30"), dst, "--map", "bad")
+    assert "FROM=TO" in msg
