@@ -211,3 +211,30 @@ def test_import_lerobot_rejects_bad_key_maps(tmp_path):
     assert "two features to store key 'action'" in msg
     msg = fail("dataset", "import-lerobot", str(FIXTURES / "v30"), dst, "--map", "bad")
     assert "FROM=TO" in msg
+
+
+def test_import_lerobot_resumes_after_a_half_written_episode(tmp_path, monkeypatch):
+    """Killed inside append_episode (data written, end not recorded): the rerun drops the partial steps and
+    re-imports that episode, giving the same store as an uninterrupted import."""
+    dst = tmp_path / "out.zarr"
+    real = EpisodeStore.append_episode
+
+    def die_before_the_end(self, episode):
+        if self.n_episodes == 1:
+            data = self.group["data"]
+            for k, v in episode.items():  # step 1 of append_episode: the data lands ...
+                data[k].resize((self.n_steps + len(v), *data[k].shape[1:]))
+                data[k][self.n_steps:] = v
+            raise KeyboardInterrupt("killed before the episode end was recorded")  # ... step 2 never does
+        return real(self, episode)
+
+    monkeypatch.setattr(EpisodeStore, "append_episode", die_before_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        main(["dataset", "import-lerobot", str(FIXTURES / "v30"), str(dst), "--no-progress"])
+    monkeypatch.setattr(EpisodeStore, "append_episode", real)
+    with pytest.warns(UserWarning, match="interrupted episode was dropped"):
+        store = run_import(FIXTURES / "v30", dst)
+    full = run_import(FIXTURES / "v30", tmp_path / "fresh.zarr")
+    np.testing.assert_array_equal(store.episode_ends, full.episode_ends)
+    for k in full.keys:
+        np.testing.assert_array_equal(store.array(k)[: store.n_steps], full.array(k)[:])
