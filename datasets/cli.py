@@ -1,4 +1,5 @@
-"""``s2robot dataset info PATH``, ``s2robot dataset verify PATH`` and ``s2robot dataset import-robomimic IN.hdf5 OUT.zarr``."""
+"""``s2robot dataset info PATH``, ``verify PATH``, ``import-robomimic IN.hdf5 OUT.zarr``, ``import-lerobot SRC
+OUT.zarr`` and ``export-lerobot STORE OUT_DIR``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import zarr
 
-from .store import EpisodeStore, StoreLike, describe
+from .store import DatasetError, EpisodeStore, StoreLike, describe
 
 
 def _fmt_bytes(n: float) -> str:
@@ -154,4 +155,85 @@ def import_robomimic(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["info", "verify", "import_robomimic", "summary", "size_on_disk"]
+def _pairs(text: str | None, flag: str) -> dict[str, str]:
+    """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}`` (``"a="`` maps to ``""``: drop ``a``)."""
+    out = {}
+    for item in (text or "").split(","):
+        if not item:
+            continue
+        if "=" not in item:
+            raise SystemExit(f"s2robot dataset: {flag} entries must be FROM=TO, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _image_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except ValueError:
+        raise SystemExit(f"s2robot dataset import-lerobot: --image-size must be N or HxW, got {text!r}") from None
+    if h < 1 or w < 1 or len(parts) > 2:
+        raise SystemExit(f"s2robot dataset import-lerobot: --image-size must be N or HxW, got {text!r}")
+    return h, w
+
+
+def import_lerobot(argv: list[str]) -> int:
+    """``s2robot dataset import-lerobot SRC OUT.zarr [--map K=V,...] [--image-size HxW] [--overwrite]``."""
+    from .lerobot_import import import_lerobot as convert
+
+    parser = argparse.ArgumentParser(
+        prog="s2robot dataset import-lerobot",
+        description="Import a local LeRobotDataset root (v3.0 or v2.1) into a zarr store; rerun to resume.",
+    )
+    parser.add_argument("src", help="LeRobot dataset root (holds meta/info.json)")
+    parser.add_argument("dst", help="output store; an existing one from the same import is resumed")
+    parser.add_argument("--map", default=None, help="LEROBOT_KEY=STORE_KEY,... extra or renamed keys "
+                        "(defaults: observation.images.<cam>=<cam>_image, observation.state=proprio, action=action; "
+                        "KEY= drops one)")
+    parser.add_argument("--image-size", default=None, help="resize frames to N (square) or HxW")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        store = convert(args.src, args.dst, key_map=_pairs(args.map, "--map"), image_size=_image_size(args.image_size),
+                        overwrite=args.overwrite, progress=not args.no_progress)
+    except (DatasetError, FileNotFoundError, FileExistsError) as e:
+        raise SystemExit(f"s2robot dataset import-lerobot: {e}") from None
+    print(f"imported {store.n_episodes} episodes, {store.n_steps} steps -> {os.fspath(args.dst)}")
+    return 0
+
+
+def export_lerobot(argv: list[str]) -> int:
+    """``s2robot dataset export-lerobot STORE OUT_DIR [--map K=V,...] [--vcodec C] [--crf N] [--overwrite]``."""
+    from .lerobot_export import DEFAULT_VIDEO, export_lerobot as convert
+
+    parser = argparse.ArgumentParser(
+        prog="s2robot dataset export-lerobot", description="Write a store as a LeRobot v3.0 dataset root."
+    )
+    parser.add_argument("store", help="dataset store")
+    parser.add_argument("out", help="output LeRobot dataset root (a new directory)")
+    parser.add_argument("--map", default=None, help="STORE_KEY=LEROBOT_KEY,... extra or renamed keys (KEY= drops)")
+    parser.add_argument("--vcodec", default=DEFAULT_VIDEO["codec"], help="FFmpeg video encoder (libsvtav1, libx264)")
+    parser.add_argument("--crf", type=int, default=int(DEFAULT_VIDEO["options"]["crf"]), help="encoder quality")
+    parser.add_argument("--robot-type", default=None, help="info.json robot_type")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    options = {**DEFAULT_VIDEO["options"], "crf": str(args.crf)}
+    if args.vcodec != "libsvtav1":
+        options.pop("preset")
+    try:
+        out = convert(args.store, args.out, key_map=_pairs(args.map, "--map"),
+                      video={"codec": args.vcodec, "options": options}, overwrite=args.overwrite,
+                      progress=not args.no_progress, robot_type=args.robot_type)
+    except (DatasetError, FileNotFoundError, FileExistsError) as e:
+        raise SystemExit(f"s2robot dataset export-lerobot: {e}") from None
+    print(f"exported {os.fspath(args.store)} -> LeRobot v3.0 dataset {out}")
+    return 0
+
+
+__all__ = ["info", "verify", "import_robomimic", "import_lerobot", "export_lerobot", "summary", "size_on_disk"]

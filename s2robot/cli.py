@@ -23,6 +23,8 @@ VERBS: dict[str, tuple[str, str, str | None]] = {
     "dataset info": ("s2robot.datasets.cli", "info", None),
     "dataset verify": ("s2robot.datasets.cli", "verify", None),
     "dataset import-robomimic": ("s2robot.datasets.cli", "import_robomimic", None),
+    "dataset import-lerobot": ("s2robot.datasets.cli", "import_lerobot", None),
+    "dataset export-lerobot": ("s2robot.datasets.cli", "export_lerobot", None),
 }
 
 CONFIG_GROUPS = ("task", "policy", "encoder", "dataset", "robot")
@@ -223,7 +225,9 @@ def _run(argv: list[str]) -> int:
     if verb == "dataset":
         if not rest:
             raise SystemExit("usage: s2robot dataset info PATH | s2robot dataset verify PATH | "
-                             "s2robot dataset import-robomimic IN.hdf5 OUT.zarr")
+                             "s2robot dataset import-robomimic IN.hdf5 OUT.zarr"
+                             " | s2robot dataset import-lerobot SRC OUT.zarr"
+                             " | s2robot dataset export-lerobot STORE OUT_DIR")
         verb, rest = f"dataset {rest[0]}", rest[1:]
     if verb not in VERBS:
         raise SystemExit(f"s2robot: unknown verb {verb!r}\n{_usage()}")
