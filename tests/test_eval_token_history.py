@@ -120,3 +120,31 @@ def test_evaluator_encodes_each_frame_once_with_the_same_results():
 def test_trainable_encoder_keeps_raw_images():
     assert frozen_token_encoder(_policy(trainable="norm")) is None
     assert frozen_token_encoder(torch.nn.Linear(2, 2)) is None
+
+
+def test_deployment_policy_adapter_encodes_each_frame_once():
+    """The deploy loop's ``TorchPolicy`` replanning every tick (temporal ensembling) with n_obs_steps=3: each new
+    camera frame is encoded once, and the actions equal those from raw images."""
+    from s2robot.policies import build_policy
+    from s2robot.policies.base import ShapeMeta
+    from s2robot.ros.control_loop import TorchPolicy
+
+    enc = build_encoder("vit_tiny_test")
+    cfg = copy.deepcopy(TINY_POLICIES["bc_mlp"])
+    cfg.update(n_obs_steps=3, n_action_steps=1)
+    meta = ShapeMeta(cameras=["front", "wrist"], proprio_dim=4, action_dim=2, image_shape=[8, 8, 3],
+                     token_shape=[enc.num_tokens, enc.out_dim])
+    torch.manual_seed(0)
+    policy = build_policy(cfg, meta, encoder=enc).eval()
+    fast, plain = TorchPolicy(policy), TorchPolicy(policy, token_history=False)
+    count = _Counting(fast.token_cache.encode)
+    fast.token_cache.encode = count
+    rng = np.random.default_rng(0)
+    frames = [{"front_image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+               "wrist_image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+               "proprio": rng.normal(size=4).astype(np.float32)} for _ in range(6)]
+    for t in range(3, 7):
+        history = frames[t - 3:t]
+        np.testing.assert_allclose(fast.predict(history), plain.predict(history), atol=1e-5)
+    assert count.frames == 2 * 6  # 6 distinct frames per camera, each encoded once (not 3 x 4 ticks x 2)
+    assert plain.token_cache is None

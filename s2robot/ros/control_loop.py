@@ -63,14 +63,25 @@ class CallablePolicy:
 
 
 class TorchPolicy:
-    """Adapter for an s2robot policy (``predict_action`` on dicts of (B, T_obs, ...) tensors)."""
+    """Adapter for an s2robot policy (``predict_action`` on dicts of (B, T_obs, ...) tensors).
 
-    def __init__(self, policy, device="cpu", n_action_steps: int | None = None):
+    With a frozen image encoder the tokens of history frames are kept (:class:`FrameTokenCache`), so each camera
+    frame is encoded once even when the loop replans every tick (temporal ensembling) with ``n_obs_steps > 1``.
+    ``predict`` runs on the inference worker only (the cache is not thread-safe).
+    """
+
+    def __init__(self, policy, device="cpu", n_action_steps: int | None = None, token_history: bool = True):
         import torch
+
+        from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
 
         self.policy, self.device, self.torch = policy, torch.device(device), torch
         self.n_obs_steps = int(getattr(policy, "n_obs_steps", 1))
         self.n_action_steps = int(n_action_steps or getattr(policy, "n_action_steps", 1))
+        encode = frozen_token_encoder(policy) if token_history else None
+        cams = len(getattr(getattr(policy, "shape_meta", None), "cameras", []) or [])
+        self.token_cache = None if encode is None or cams == 0 else FrameTokenCache(
+            encode, capacity=4 * self.n_obs_steps * cams, device=self.device)
 
     def reset(self) -> None:
         if hasattr(self.policy, "reset"):
@@ -78,8 +89,12 @@ class TorchPolicy:
 
     def predict(self, history):
         torch = self.torch
-        batch = {k: torch.from_numpy(np.stack([h[k] for h in history])[None]).to(self.device) for k in history[-1]}
+        arrays = {k: np.stack([h[k] for h in history])[None] for k in history[-1]}
         with torch.inference_mode():
+            batch = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()
+                     if self.token_cache is None or not k.endswith("_image")}
+            if self.token_cache is not None:
+                batch.update(self.token_cache.tokens({k: v for k, v in arrays.items() if k.endswith("_image")}))
             out = self.policy.predict_action(batch)
         return out[0, : self.n_action_steps].float().cpu().numpy()
 
