@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (1: stable on a shared CPU)")
     ap.add_argument("--input-size", type=int, default=None, help="encoder tile size (default: the config's)")
     ap.add_argument("--latency-only", action="store_true", help="skip the training-steps comparison")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="only the cached-token training table: previous path vs in-RAM PCA-256 tokens")
+    ap.add_argument("--train-batch", type=int, default=64, help="batch of the cached-token training table")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -66,7 +69,11 @@ def main() -> None:
     print(f"# bench_policy  encoder={args.encoder} (N={encoder.num_tokens}, D={encoder.out_dim}, scales="
           f"{list(encoder.scales)}, input {encoder.input_size})  images {S}px x {len(cams)} cams  batch={args.batch}  "
           f"threads={args.threads}  torch {torch.__version__}  CPU  load {os.getloadavg()[0]:.2f}")
+    if args.cached_only:
+        cached_training_table(args, encoder, norm, cfg_dir, S, P, A, cams)
+        return
     if not args.latency_only:
+        cached_training_table(args, encoder, norm, cfg_dir, S, P, A, cams)
         training_table(args, encoder, meta, norm, cfg_dir, S, P, A, cams)
     latency_table(encoder, meta, norm, cfg_dir, S, P, cams)
     print(f"load after: {os.getloadavg()[0]:.2f}")
@@ -123,6 +130,70 @@ def training_table(args, encoder, meta, norm, cfg_dir, S, P, A, cams) -> None:
     for mode, sps in rows:
         print(f"| {mode} | {sps:.3f} |")
     print(f"speed-up of cached features: {rows[0][1] / rows[1][1]:.1f}x")
+
+
+def cached_training_table(args, encoder, norm, cfg_dir, S, P, A, cams, episodes: int = 20, T: int = 60) -> None:
+    """Training steps/s on cached tokens at ``--train-batch``, BC-MLP and diffusion U-Net as shipped: the previous
+    path (full-width float16 tokens read from the store's chunks per batch) vs the new one (tokens PCA-reduced to
+    256 channels at cache time and held in RAM: a batch is a numpy gather), side by side."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from s2robot.datasets.feature_cache import cache_features
+    from s2robot.datasets.sampler import SequenceDataset
+    from s2robot.datasets.store import EpisodeStore
+    from s2robot.datasets.token_reduction import load_projection, reduce_features
+    from s2robot.policies import ShapeMeta, build_policy
+    from s2robot.training.optim import OptimConfig, build_optimizer
+
+    rng = np.random.default_rng(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench_cached.zarr"
+        store = EpisodeStore.create(path, attrs={"task": "bench", "cameras": list(cams)})
+        for _ in range(episodes):
+            ep = {f"{c}_image": rng.integers(0, 256, (T, S, S, 3), dtype=np.uint8) for c in cams}
+            ep.update(proprio=rng.normal(size=(T, P)).astype(np.float32), action=rng.normal(size=(T, A)).astype(np.float32))
+            store.append_episode(ep)
+        store.close()
+        full = cache_features(path, encoder, device="cpu", progress=False)
+        reduced = reduce_features(path, full, 256, progress=False)
+        import zarr
+
+        proj = load_projection(zarr.open_group(str(path), mode="r")["features"][reduced])
+        keys = [f"{c}_image" for c in cams] + ["proprio"]
+        print(f"\n## training on cached tokens, batch {args.train_batch}, {args.threads} thread(s): previous path vs "
+              f"in-RAM PCA-256 ({episodes * T} steps x {len(cams)} cams)\n| policy | previous: store chunks, "
+              f"{encoder.out_dim} ch (steps/s) | now: RAM, 256 ch (steps/s) | speed-up |\n|---|---:|---:|---:|")
+        for name in ("bc_mlp", "diffusion_unet"):
+            pcfg = OmegaConf.to_container(OmegaConf.load(cfg_dir / "policy" / f"{name}.yaml"))
+            rates = []
+            for fh, ram, dim in ((full, 0, encoder.out_dim), (reduced, 4 << 30, 256)):
+                meta = ShapeMeta(cameras=list(cams), proprio_dim=P, action_dim=A, image_shape=[S, S, 3],
+                                 token_shape=[encoder.num_tokens, dim], num_prefix=encoder.num_prefix,
+                                 token_reduce=None if dim == encoder.out_dim else
+                                 {"method": "pca", "dim": dim, "in_dim": encoder.out_dim})
+                torch.manual_seed(0)
+                policy = build_policy(pcfg, meta, norm, encoder).train()
+                if meta.token_reduce:
+                    policy.obs_encoder.set_token_projection(proj)
+                opt = build_optimizer(policy.trainable_named_parameters(), OptimConfig())
+                horizon = int(pcfg.get("horizon", pcfg["n_obs_steps"] - 1 + pcfg["n_action_steps"]))
+                ds = SequenceDataset(path, horizon=horizon, n_obs_steps=pcfg["n_obs_steps"],
+                                     n_action_steps=pcfg["n_action_steps"], obs_keys=keys, feature_hash=fh,
+                                     split="all", token_cache_bytes=ram)
+                order = np.random.default_rng(0).permutation(len(ds))
+                b = args.train_batch
+
+                def step(i=[0]):
+                    idx = order[(i[0] * b) % (len(ds) - b):][:b]
+                    i[0] += 1
+                    loss = policy.compute_loss(ds.get_batch(idx))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+
+                rates.append(1.0 / _timeit(step, max(args.steps, 10), warmup=3))
+            print(f"| {name} | {rates[0]:.2f} | {rates[1]:.2f} | **{rates[1] / rates[0]:.1f}x** |")
 
 
 def reference_predict(policy, obs):

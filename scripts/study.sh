@@ -69,13 +69,15 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   data=$OUT/$task-$P_DEMOS.zarr
   run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true out=$data
   run $S2 cache dataset=$data "${MNV2_96[@]}" token_dim=256
+  P_RUNS=("state-bc_mlp policy=bc_mlp task.cameras=[] task.env_kwargs.state_obs=true"
+          "images-bc_mlp policy=bc_mlp token_dim=256"
+          "images-diffusion_unet policy=diffusion_unet token_dim=256")
+  [ -n "${P_ONLY:-}" ] && P_RUNS=("${P_RUNS[@]:0:$P_ONLY}")   # P_ONLY=2: state and image BC-MLP rows only
   CURVE=(train.eval_every=$EVAL_EVERY train.eval_episodes=50 train.eval_n_envs=2 train.eval_videos=0
          train.val_every=$EVAL_EVERY train.tensorboard=false train.progress=false train.steps=$P_STEPS
          task.image_size=96)
   for seed in $SEEDS; do
-    for spec in "state-bc_mlp policy=bc_mlp task.cameras=[] task.env_kwargs.state_obs=true" \
-                "images-bc_mlp policy=bc_mlp token_dim=256" \
-                "images-diffusion_unet policy=diffusion_unet token_dim=256"; do
+    for spec in "${P_RUNS[@]}"; do
       set -- $spec; name=$1; shift
       d=$OUT/runs/$task-$name-seed$seed
       run $S2 train task=$task dataset=$data "${MNV2_96[@]}" "${CURVE[@]}" "$@" seed=$seed out_dir=$d

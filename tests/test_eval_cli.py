@@ -92,8 +92,10 @@ def test_demo_stage_configs_carry_the_demo_choices():
     train = _stage_cfg(cfg, "train", ["dataset.path=/tmp/x.zarr"])
     assert train.task.name == "lift_cube" and train.task.image_size == 64
     assert train.encoder.name == "mobilenet_v2" and list(train.encoder.scales) == [1, 2]
-    assert train.policy.name == "diffusion_unet" and list(train.policy.unet_down_dims) == [32, 64, 128]
+    assert train.policy.name == "bc_mlp" and train.token_dim == cfg.token_dim == 256
     assert train.train.steps == 7 and train.dataset.path == "/tmp/x.zarr" and train.optim.lr == 3.0e-4
+    cache = _stage_cfg(cfg, "cache", ["dataset.path=/tmp/x.zarr"])
+    assert cache.token_dim == 256 and cache.encoder.input_size == 96  # one token_dim for both stages
     ev = _stage_cfg(cfg, "eval", ["checkpoint=/tmp/ckpt"])
     assert ev.episodes == cfg.stages.eval.episodes and ev.checkpoint == "/tmp/ckpt"
     collect = _stage_cfg(cfg, "collect")
