@@ -1,6 +1,6 @@
 """The robot interface used for deployment (its config dataclasses live in ``robot_config.py``).
 
-``Robot`` is the contract of DESIGN.md: ``connect()``, ``get_observation() -> (obs, timestamp)``,
+``Robot`` is the contract of docs/INTERFACES.md: ``connect()``, ``get_observation() -> (obs, timestamp)``,
 ``send_action(action)``, ``close()``. The observation dict is the same one a simulated env or a dataset window
 gives (``"<cam>_image"`` uint8 (H, W, 3) RGB, ``"proprio"`` float32 (P,)); ``timestamp`` is the capture time of the
 oldest part of the observation on this process's ``time.monotonic()`` clock, so ``time.monotonic() - timestamp``

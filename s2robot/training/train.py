@@ -439,7 +439,8 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
                 raise FloatingPointError(
                     f"non-finite training loss between steps {checked_to + 1} and {step}"
                     f"{'' if info.world_size == 1 else ' (on some rank)'}; lower optim.lr or check the data "
-                    f"(`s2robot dataset info`). Checkpoints in {ckpt_dir} hold only weights from before it.")
+                    f"(`s2robot dataset verify {dcfg['path']}`). Checkpoints in {ckpt_dir} hold only weights from "
+                    "before it.")
             checked_to = step
 
         if step % tcfg.log_every == 0 or last:
