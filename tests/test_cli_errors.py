@@ -26,7 +26,7 @@ def test_every_config_verb_has_help_with_groups_and_keys(verb, capsys):
     if verb in ("train", "cache"):
         assert "encoder  default: mobilenet_v2" in out and "options:" in out
     if verb == "train":
-        assert "steps: 20000" in out and "lr: 0.0001" in out
+        assert "steps: 3000" in out and "lr: 0.0003" in out
 
 
 def test_cfg_job_is_accepted(capsys):
