@@ -76,8 +76,12 @@ def cache_features(
     pool_grid: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    token_dim: int | None = None,
 ) -> str:
     """Encode every frame of every camera of the store at ``path`` and store float16 tokens; returns the key.
+
+    ``token_dim``: also store the tokens PCA-reduced to this many channels
+    (:func:`~s2robot.datasets.token_reduction.reduce_features`) and return that set's key.
 
     ``encoder``: an object with ``encode(uint8 (B,H,W,3)) -> (B, N, D)``, ``config_hash``, ``config``, ``out_dim``,
     ``num_tokens``, ``grid``, ``num_prefix`` (an ``S2Encoder``); an ``nn.Module`` is moved to ``device``.
@@ -90,9 +94,14 @@ def cache_features(
         encoder.to(dev)
     store = EpisodeStore.open(path, mode="a")
     try:  # an interrupted run keeps every finished batch (``progress``) and releases the store
-        return _encode_into(store, encoder, dev, cameras, batch_size, pool_grid, progress)
+        key = _encode_into(store, encoder, dev, cameras, batch_size, pool_grid, progress)
     finally:
         store.close()
+    if token_dim:
+        from .token_reduction import reduce_features
+
+        key = reduce_features(path, key, int(token_dim), progress=progress)
+    return key
 
 
 def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: Sequence[str] | None,
@@ -175,17 +184,13 @@ def run(cfg) -> str:
     dev = resolve_device(cfg.get("device", "auto"))
     encoder = build_encoder(**kwargs, device=dev)
     cams = cfg.get("cameras")
+    token_dim = cfg.get("token_dim")
     key = cache_features(
         path, encoder, cameras=list(cams) if cams else None, batch_size=int(cfg.batch_size),
-        pool_grid=cfg.get("pool_grid"), device=dev,
+        pool_grid=cfg.get("pool_grid"), device=dev, token_dim=token_dim,
     )
-    print(f"cached features: {path}/features/{key}")
-    token_dim = cfg.get("token_dim")
-    if token_dim:
-        from .token_reduction import reduce_features
-
-        key = reduce_features(path, key, int(token_dim))
-        print(f"reduced features (PCA to {int(token_dim)} channels): {path}/features/{key}")
+    what = f" (PCA-reduced to {int(token_dim)} channels)" if token_dim else ""
+    print(f"cached features{what}: {path}/features/{key}")
     print(f"train on them with: {train_command(path, cfg.encoder, cfg.get('pool_grid'))}"
           + (f" token_dim={int(token_dim)}" if token_dim else ""))
     return key

@@ -145,13 +145,13 @@ def _compose_checked(config_name: str, overrides: list[str]):
 
     from s2robot.cli_checks import check_added_keys, leaf_keys, schema_keys, unknown_key_error
 
-    def known() -> list[str]:  # keys of the config with the chosen groups but without key overrides
-        groups = [ov for ov in overrides if ov.partition("=")[0] in CONFIG_GROUPS]
-        return leaf_keys(hydra_compose(config_name=config_name, overrides=groups))
-
     groups = [ov for ov in overrides if ov.partition("=")[0] in CONFIG_GROUPS]
-    base = hydra_compose(config_name=config_name, overrides=groups)
-    schema = schema_keys(base) - set(leaf_keys(base))
+    base = hydra_compose(config_name=config_name, overrides=groups)  # the chosen groups, no key overrides
+
+    def known() -> list[str]:
+        return leaf_keys(base)
+
+    schema = schema_keys(base) - set(known())
     # a key the config dataclasses accept but the YAML leaves at its default is set like any other key
     overrides = [f"+{ov}" if ov.partition("=")[0] in schema else ov for ov in overrides]
     try:

@@ -95,11 +95,8 @@ def cache_stage(cfg: DictConfig, store: Path, device: str) -> str:
     _say(f"2/4 cache: S2 {c.encoder.name} scales {list(encoder.config['scales'])} features "
          f"({encoder.num_tokens} tokens x {encoder.out_dim}) for every frame (finished frames are skipped)")
     key = cache_features(store, encoder, cameras=list(c.cameras) if c.get("cameras") else None,
-                         batch_size=int(c.batch_size), pool_grid=c.get("pool_grid"), device=device)
-    if c.get("token_dim"):  # the fixed PCA channel reduction that makes training ~10x faster (docs/policies.md)
-        from s2robot.datasets.token_reduction import reduce_features
-
-        key = reduce_features(store, key, int(c.token_dim))
+                         batch_size=int(c.batch_size), pool_grid=c.get("pool_grid"), device=device,
+                         token_dim=c.get("token_dim"))  # PCA channel reduction: ~10x faster training
     _say(f"    features/{key} ready in {time.perf_counter() - t0:.0f}s")
     return key
 
