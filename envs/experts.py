@@ -10,6 +10,8 @@ An expert notices a new episode from ``env.unwrapped.episode_steps == 0``.
 - ``PushTExpert`` (push_t): closed-loop quasi-static pushing with the closed gripper: rotation pushes at the
   T's bar ends / stem tip until the yaw error is small, and pushes through the centre of mass for translation,
   lifting over the block when the next contact lies on another side.
+- ``PushMarkedExpert`` (push_marked): go above a point behind the target cube (robot side), lower the closed
+  gripper to cube height, push it straight towards the camera, then lift away.
 """
 
 from __future__ import annotations
@@ -333,6 +335,47 @@ class PushTExpert(_Expert):
         return self.move([*goal, self.Z_PUSH], 0.0, 1.0)
 
 
+class PushMarkedExpert(_Expert):
+    """push_marked: push the target cube (from the task params) ``push_distance`` + margin towards -y."""
+
+    BEHIND = 0.05  # pre-push point: this far behind (+y of) the cube centre
+    Z_PUSH = 0.02
+
+    def new_episode(self):
+        r = self.rng
+        self.phase = "approach"
+        self.speed = r.uniform(0.6, 1.0)
+        self.hover = r.uniform(0.06, 0.1)
+        self.extra = r.uniform(0.01, 0.025)  # push beyond the success distance
+        self.noise = r.uniform(0.0, 0.003)
+
+    def compute_action(self):
+        s = self.base.state_arrays()
+        i = int(s.params[0, 0])
+        cube = s.obj_pos[0, i]
+        start_y = s.params[0, 2 + 2 * i]
+        tgt = self.base.target_pos
+        behind = np.array([cube[0], cube[1] + self.BEHIND, self.Z_PUSH])
+        if self.phase == "approach":
+            above = behind + np.array([0.0, 0.0, self.hover])
+            far = np.linalg.norm(tgt[:2] - behind[:2]) > 0.03
+            if np.linalg.norm(tgt[:2] - behind[:2]) < 0.006:
+                self.phase = "descend"
+            goal = above if far or tgt[2] > above[2] else np.array([behind[0], behind[1], tgt[2]])
+            return self.move(goal, 0.0, 1.0, self.speed, self.noise if far else 0.0)
+        if self.phase == "descend":
+            if abs(tgt[2] - self.Z_PUSH) < 0.003:
+                self.phase = "push"
+            return self.move(behind, 0.0, 1.0, self.speed)
+        if self.phase == "push":
+            end_y = start_y - self.base.task.push_distance - self.extra
+            if cube[1] <= end_y + 0.002:
+                self.phase = "retreat"
+            goal = np.array([cube[0], end_y + 0.02 - 0.002, self.Z_PUSH])  # the paddle's face is ~2 cm from its centre
+            return self.move(goal, 0.0, 1.0, 0.5 * self.speed)
+        return self.move(tgt + np.array([0.0, 0.02, 0.03]), 0.0, 1.0)
+
+
 def make_expert(task: str, env, seed: int = 0):
     """Scripted expert for ``task`` (name or gymnasium id) acting in ``env`` (state read via ``env.unwrapped``)."""
     from . import TASKS
@@ -346,5 +389,7 @@ def make_expert(task: str, env, seed: int = 0):
         return PickPlaceExpert(env, seed, pick_index=None)
     if task == "push_t":
         return PushTExpert(env, seed)
+    if task == "push_marked":
+        return PushMarkedExpert(env, seed)
     raise KeyError(f"no expert for task {task!r}; experts exist for {sorted(TASKS)}")
 

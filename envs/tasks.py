@@ -266,6 +266,68 @@ class MatchMarker(Task):
         model.geom_rgba[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "card_inner")] = MARKER_COLORS[inner]
 
 
+# --------------------------------------------------------------------------------------------- push marked
+PUSH_MARKED_COLORS = MARKER_COLORS[:2]  # red, blue
+N_PUSH_MARKED = 2
+
+
+@dataclass
+class PushMarked(Task):
+    """Fine detail, easy motion: two identical grey cubes carry a 2x2 red/blue checker; push the one whose red
+    cells run top-left to bottom-right (the other's marker is the mirror image: same colours, same area) at least
+    ``push_distance`` towards the camera (-y), without moving the other. The marker is 28 mm wide, about 4 px in a
+    96 px front view: the diagonal of its 2 px cells decides which cube to push, so a policy that cannot read it
+    succeeds about 1 time in 2.
+
+    params: [target_cube, x_0, y_0, x_1, y_1] (the cubes' initial positions, to measure the push).
+    """
+
+    name: str = "push_marked"
+    env_id: str = "s2robot/PushMarked-v0"
+    xml: str = "push_marked.xml"
+    objects: tuple[str, ...] = tuple(f"cube_{i}" for i in range(N_PUSH_MARKED))
+    n_params: int = 1 + 2 * N_PUSH_MARKED
+    max_episode_steps: int = 60
+    push_distance: float = 0.04
+    moved_tolerance: float = 0.01  # the other cube must stay within this (m)
+    description: str = "Push the cube whose tiny checker marker has red top-left 4 cm towards the camera."
+
+    def sample_objects(self, rng, n):
+        xy = sample_slots(rng, n, N_PUSH_MARKED, (-0.15, -0.08), (0.15, 0.1), grid=(3, 2), jitter=0.02)
+        pos = np.concatenate([xy, np.full((n, N_PUSH_MARKED, 1), CUBE_HALF)], axis=-1)
+        quat = yaw_quat(rng.uniform(-0.25, 0.25, size=(n, N_PUSH_MARKED)))
+        target = rng.integers(0, N_PUSH_MARKED, size=n)
+        params = np.concatenate([target[:, None].astype(np.float64), xy.reshape(n, -1)], axis=1)
+        return pos, quat, params
+
+    def evaluate(self, s):
+        start = s.params[:, 1:].reshape(-1, N_PUSH_MARKED, 2)
+        moved = s.obj_pos[..., :2] - start  # (B, K, 2)
+        target = s.params[:, 0].astype(int)
+        is_target = np.arange(N_PUSH_MARKED)[None, :] == target[:, None]
+        pushed = -np.where(is_target, moved[..., 1], -np.inf).max(axis=1)  # target's push towards -y
+        other_moved = np.where(is_target, 0.0, np.linalg.norm(moved, axis=-1)).max(axis=1)
+        wrong = other_moved > self.moved_tolerance
+        success = (pushed >= self.push_distance) & ~wrong
+        score = np.where(wrong, 0.0, np.clip(pushed / self.push_distance, 0.0, 1.0))
+        return success, score
+
+    def goal_features(self, params):
+        """One-hot of the target cube (B, 2): which cube's checker has red on its main diagonal."""
+        target = np.asarray(params, dtype=np.float64)[:, 0].astype(int)
+        return np.eye(N_PUSH_MARKED)[target]
+
+    def apply_params(self, model, params):
+        import mujoco
+
+        target = int(params[0])
+        red, blue = PUSH_MARKED_COLORS
+        for i in range(N_PUSH_MARKED):
+            main, anti = (red, blue) if i == target else (blue, red)  # main diagonal: top-left, bottom-right
+            for cell, rgba in (("tl", main), ("br", main), ("tr", anti), ("bl", anti)):
+                model.geom_rgba[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, f"marker_{i}_{cell}")] = rgba
+
+
 # --------------------------------------------------------------------------------------------- push T
 # T block in its body frame (origin = centre of mass): bar (0.12 x 0.03) on top of a stem (0.03 x 0.09).
 T_BAR_Y = 0.0027 * 0.06 / 0.0063
@@ -341,7 +403,7 @@ class PushT(Task):
         return cov >= self.success_threshold, cov
 
 
-TASK_LIST: tuple[Task, ...] = (PushT(), LiftCube(), StackCubes(), MatchMarker())
+TASK_LIST: tuple[Task, ...] = (PushT(), LiftCube(), StackCubes(), MatchMarker(), PushMarked())
 TASK_SPECS: dict[str, Task] = {t.name: t for t in TASK_LIST}
 
 

