@@ -108,8 +108,11 @@ def build_efficientnet_lite(name: str, checkpoint: str | None, input_size: int |
     import timm
 
     timm_name, _, _, default_size = ARCHS[name]
-    with seeded(seed):
-        model = timm.create_model(timm_name, pretrained=False, **(arch or {}))
+    try:
+        with seeded(seed):
+            model = timm.create_model(timm_name, pretrained=False, **(arch or {}))
+    except TypeError as e:
+        raise ValueError(f"arch {arch} is not accepted by timm's {timm_name}: {e}") from e
     if checkpoint is not None:
         state = load_state_file(checkpoint)
         if any(k.startswith("_conv_stem.") for k in state):
