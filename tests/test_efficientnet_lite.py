@@ -201,3 +201,26 @@ def test_checkpoint_layouts(tmp_path):
         build_encoder("efficientnet_lite0", checkpoint=str(tmp_path / "cut.pth"))
     with pytest.raises(ValueError, match="not accepted by timm"):
         build_encoder("efficientnet_lite0", arch={"no_such_option": 1})
+
+
+def test_fold_leaves_a_conv_shared_with_an_unnormalised_path():
+    """The fold edits conv modules: one also called where no BatchNorm follows must stay as it is."""
+    from s2robot.encoders.engine import EngineRunner
+
+    class Shared(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(x)) + self.conv(x).relu()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Shared().eval()
+        with torch.no_grad():
+            model.bn.running_mean.uniform_(-1, 1)
+            model.bn.running_var.uniform_(0.5, 2)
+        x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(EngineRunner(model, "fused")(x), model(x), atol=1e-5)

@@ -32,6 +32,7 @@ sub-module, so state dicts are unchanged, and it is dropped on pickling/deepcopy
 
 from __future__ import annotations
 
+import collections
 import copy
 import importlib.util
 import itertools
@@ -129,6 +130,7 @@ def _fold_conv_bn(module: nn.Module) -> torch.fx.GraphModule:
 
     graph = _ConvBnLeafTracer().trace(module)
     modules = dict(module.named_modules())
+    calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")  # shared modules stay
     for node in list(graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d) or len(node.args) != 1:
             continue
@@ -137,7 +139,7 @@ def _fold_conv_bn(module: nn.Module) -> torch.fx.GraphModule:
                 and isinstance(modules[conv_node.target], nn.Conv2d) and len(conv_node.users) == 1):
             continue
         bn, tail = modules[node.target], _bn_tail(modules[node.target])
-        if tail is None or not bn.track_running_stats:
+        if tail is None or not bn.track_running_stats or calls[node.target] > 1 or calls[conv_node.target] > 1:
             continue
         _set_module(module, conv_node.target, fuse_conv_bn_eval(modules[conv_node.target], bn))
         if isinstance(tail, nn.Identity):
