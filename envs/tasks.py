@@ -273,11 +273,11 @@ N_PUSH_MARKED = 2
 
 @dataclass
 class PushMarked(Task):
-    """Fine detail, easy motion: two identical grey cubes carry a 2x2 red/blue checker; push the one whose red
-    cells run top-left to bottom-right (the other's marker is the mirror image: same colours, same area) at least
-    ``push_distance`` towards the camera (-y), without moving the other. The marker is 28 mm wide, about 4 px in a
-    96 px front view: the diagonal of its 2 px cells decides which cube to push, so a policy that cannot read it
-    succeeds about 1 time in 2.
+    """Fine detail, easy motion: two identical grey cubes carry a red/blue marker split into a left and a right
+    half; push the one whose marker is red on its left (the other's is the mirror image: same colours, same area)
+    at least ``push_distance`` towards the camera (-y), without moving the other. The marker is 36 mm wide, about
+    5 px in a 96 px front view (rendered anti-aliased, as a camera integrates over each pixel): its 2-3 px halves
+    decide which cube to push, so a policy that cannot read them succeeds about 1 time in 2.
 
     params: [target_cube, x_0, y_0, x_1, y_1] (the cubes' initial positions, to measure the push).
     """
@@ -290,7 +290,7 @@ class PushMarked(Task):
     max_episode_steps: int = 60
     push_distance: float = 0.04
     moved_tolerance: float = 0.01  # the other cube must stay within this (m)
-    description: str = "Push the cube whose tiny checker marker has red top-left 4 cm towards the camera."
+    description: str = "Push the cube whose tiny marker is red on its left 4 cm towards the camera."
 
     def sample_objects(self, rng, n):
         xy = sample_slots(rng, n, N_PUSH_MARKED, (-0.15, -0.08), (0.15, 0.1), grid=(3, 2), jitter=0.02)
@@ -313,7 +313,7 @@ class PushMarked(Task):
         return success, score
 
     def goal_features(self, params):
-        """One-hot of the target cube (B, 2): which cube's checker has red on its main diagonal."""
+        """One-hot of the target cube (B, 2): which cube's marker is red on its left."""
         target = np.asarray(params, dtype=np.float64)[:, 0].astype(int)
         return np.eye(N_PUSH_MARKED)[target]
 
@@ -323,8 +323,8 @@ class PushMarked(Task):
         target = int(params[0])
         red, blue = PUSH_MARKED_COLORS
         for i in range(N_PUSH_MARKED):
-            main, anti = (red, blue) if i == target else (blue, red)  # main diagonal: top-left, bottom-right
-            for cell, rgba in (("tl", main), ("br", main), ("tr", anti), ("bl", anti)):
+            left, right = (red, blue) if i == target else (blue, red)
+            for cell, rgba in (("tl", left), ("bl", left), ("tr", right), ("br", right)):
                 model.geom_rgba[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, f"marker_{i}_{cell}")] = rgba
 
 

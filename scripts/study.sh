@@ -85,30 +85,34 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
     done
   done
   ;;
-s2_detail)   # issue 15: the S2 question on push_marked (a 2 px checker decides which cube to push, 96 px front view).
-  # Every row: the same BC-MLP head, data (D_DEMOS demos), D_STEPS steps, seeds D_SEEDS, 50 eval episodes on seeds
-  # 100000+. Encoders: MobileNetV2 and EfficientNet-Lite0/1/2 (ImageNet) at one scale and with S2 (1, 2), random-
-  # init MobileNetV2 with S2 (1, 2), and the privileged-state upper bound. D_ROWS picks rows (default: all);
-  # probe.txt gets the perception-only probe (cached tokens of the first 3 frames -> which cube, 5-fold).
+s2_detail)   # issue 15: the S2 question on push_marked (2-3 px marker halves decide which cube to push, 96 px front
+  # view). Every row: the same BC-MLP head, data (D_DEMOS demos), D_STEPS steps, seeds SEEDS, 50 eval episodes on
+  # seeds 100000+. Encoders: MobileNetV2 and EfficientNet-Lite0/1/2 (ImageNet) at one scale and with S2 (1, 2),
+  # random-init MobileNetV2 with S2 (1, 2), and the privileged-state upper bound. D_ROWS picks rows (default: all).
+  # push_marked-probe.txt: the perception-only probe per encoder (scripts/probe_detail.py, 2000 + 500 scenes).
   D_DEMOS=${D_DEMOS:-300}; D_STEPS=${D_STEPS:-3000}; SEEDS=${SEEDS:-"0 1 2"}
   data=$OUT/push_marked-$D_DEMOS.zarr
   run $S2 collect task=push_marked episodes=$D_DEMOS task.env_kwargs.state_obs=true out=$data
   D_ROWS=${D_ROWS:-"state mnv2_s1 mnv2_s12 lite0_s1 lite0_s12 lite1_s1 lite1_s12 lite2_s1 lite2_s12 mnv2random_s12"}
   for row in $D_ROWS; do
+    ckpt=null; scales='[1,2]'
     case $row in
-      state) enc=(encoder=mobilenet_v2 'task.cameras=[]' task.env_kwargs.state_obs=true) ;;
-      mnv2random_s12) enc=(encoder=mobilenet_v2 encoder.checkpoint=random 'encoder.scales=[1,2]') ;;
-      mnv2_s*) enc=(encoder=mobilenet_v2) ;;
-      lite?_s*) enc=(encoder=efficientnet_${row%%_*}) ;;
+      state) name=state ;;
+      mnv2random_s12) name=mobilenet_v2; ckpt=random ;;
+      mnv2_s*) name=mobilenet_v2 ;;
+      lite?_s*) name=efficientnet_${row%%_*} ;;
       *) echo "unknown s2_detail row $row" >&2; exit 2 ;;
     esac
-    case $row in *_s1) enc+=('encoder.scales=[1]') ;; mnv2_s12|lite?_s12) enc+=('encoder.scales=[1,2]') ;; esac
-    enc+=(encoder.input_size=96)
-    if [ $row != state ]; then
-      run $S2 cache dataset=$data "${enc[@]}" 2>&1 | tee $OUT/push_marked-cache-$row.log
-      key=$(sed -n 's#^cached features: .*/features/\([0-9a-f]*\)$#\1#p' $OUT/push_marked-cache-$row.log | tail -n 1)
-      echo "$row $(${S2%/s2robot}/python scripts/probe_tokens.py $data --feature-key $key --detail --first-frames 3 --folds 5 \
-        | tail -n 1)" | tee -a $OUT/push_marked-probe.txt
+    case $row in *_s1) scales='[1]' ;; esac
+    if [ $row = state ]; then
+      enc=(encoder=mobilenet_v2 'task.cameras=[]' task.env_kwargs.state_obs=true)
+    else
+      enc=(encoder=$name encoder.checkpoint=$ckpt "encoder.scales=$scales" encoder.input_size=96)
+      run $S2 cache dataset=$data "${enc[@]}"
+      probe=("${S2%/s2robot}/python" scripts/probe_detail.py --encoder $name --scales ${scales//[\[\],]/ }
+             --frames $OUT/push_marked-probe-frames.npz)
+      [ $ckpt = random ] && probe+=(--checkpoint random)
+      echo "$row $("${probe[@]}" | tail -n 1)" | tee -a $OUT/push_marked-probe.txt
     fi
     for seed in $SEEDS; do
       d=$OUT/runs/push_marked-$row-seed$seed

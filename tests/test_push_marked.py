@@ -57,7 +57,7 @@ def test_pushing_the_other_cube_fails_for_good():
         assert start[other, 1] - s.obj_pos[0, other, 1] > 0.04  # it really pushed the other cube
 
 
-def test_markers_are_mirror_images_and_a_few_pixels_wide():
+def test_markers_are_mirror_images_and_about_5_pixels_wide():
     env = make_env("push_marked", image_size=96, cameras=("front",))
     base = env.unwrapped
     m = base.model
@@ -69,8 +69,8 @@ def test_markers_are_mirror_images_and_a_few_pixels_wide():
         for a, b in (("tl", "tr"), ("br", "bl"), ("tr", "tl"), ("bl", "br")):  # left-right mirror images
             np.testing.assert_array_equal(m.geom_rgba[gid(f"marker_{target}_{a}")], m.geom_rgba[gid(f"marker_{other}_{b}")])
         colours = {c: tuple(m.geom_rgba[gid(f"marker_{target}_{c}")]) for c in ("tl", "tr", "bl", "br")}
-        assert colours["tl"] == colours["br"] != colours["tr"] == colours["bl"]
-        assert colours["tl"][0] > 0.8  # red on the target's main diagonal
+        assert colours["tl"] == colours["bl"] != colours["tr"] == colours["br"]
+        assert colours["tl"][0] > 0.8  # red on the target's left
         # marker width in pixels: the red+blue pixels of each cube, from the rendered front view
         img = obs["front_image"].astype(int)
         red = (img[..., 0] > 150) & (img[..., 1] < 90) & (img[..., 2] < 90)
@@ -79,8 +79,8 @@ def test_markers_are_mirror_images_and_a_few_pixels_wide():
         groups = _two_clusters(pts)
         widths = [int(g[:, 1].max() - g[:, 1].min() + 1) for g in groups]
         spread = [int(np.abs(g - g.mean(0)).max()) for g in groups]
-        assert all(2 <= w <= 5 for w in widths), widths  # each marker 2-5 px wide
-        assert max(spread) <= 4, spread  # two compact markers, not scattered colour
+        assert all(3 <= w <= 7 for w in widths), widths  # each marker ~5 px wide
+        assert max(spread) <= 5, spread  # two compact markers, not scattered colour
     env.close()
 
 
