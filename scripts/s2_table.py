@@ -24,6 +24,7 @@ ROWS = {  # row -> (encoder, scales)
     "lite1_s1": ("efficientnet_lite1", "1"), "lite1_s12": ("efficientnet_lite1", "1,2"),
     "lite2_s1": ("efficientnet_lite2", "1"), "lite2_s12": ("efficientnet_lite2", "1,2"),
     "mnv2random_s12": ("mobilenet_v2, random init", "1,2"),
+    "resnet18_trainable": ("resnet18, trainable (batch 16)", "-"),
 }
 
 

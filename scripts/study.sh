@@ -88,17 +88,24 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
 s2_detail)   # issue 15: the S2 question on push_marked (2-3 px marker halves decide which cube to push, 96 px front
   # view). Every row: the same BC-MLP head, data (D_DEMOS demos), D_STEPS steps, seeds SEEDS, 50 eval episodes on
   # seeds 100000+. Encoders: MobileNetV2 and EfficientNet-Lite0/1/2 (ImageNet) at one scale and with S2 (1, 2),
-  # random-init MobileNetV2 with S2 (1, 2), and the privileged-state upper bound. D_ROWS picks rows (default: all).
-  # push_marked-probe.txt: the perception-only probe per encoder (scripts/probe_detail.py, 2000 + 500 scenes).
+  # random-init MobileNetV2 with S2 (1, 2), the trainable ResNet-18 baseline (batch RESNET_BATCH=16: it trains on
+  # images, ~10x slower per step) and the privileged-state upper bound. D_ROWS picks rows (default: all).
+  # push_marked-probe.txt: the perception-only probe per frozen encoder (scripts/probe_detail.py, 2000 + 500
+  # scenes); push_marked-cost.csv: tokens, GFLOPs and encode ms per frame (scripts/encoder_cost.py).
+  # Table: python scripts/s2_table.py $OUT
   D_DEMOS=${D_DEMOS:-300}; D_STEPS=${D_STEPS:-3000}; SEEDS=${SEEDS:-"0 1 2"}
   data=$OUT/push_marked-$D_DEMOS.zarr
+  [ -f $OUT/push_marked-cost.csv ] || "${S2%/s2robot}/python" scripts/encoder_cost.py --format csv \
+    > $OUT/push_marked-cost.csv
   run $S2 collect task=push_marked episodes=$D_DEMOS task.env_kwargs.state_obs=true out=$data
-  D_ROWS=${D_ROWS:-"state mnv2_s1 mnv2_s12 lite0_s1 lite0_s12 lite1_s1 lite1_s12 lite2_s1 lite2_s12 mnv2random_s12"}
+  D_ROWS=${D_ROWS:-"state mnv2_s1 mnv2_s12 lite0_s1 lite0_s12 lite1_s1 lite1_s12 lite2_s1 lite2_s12 mnv2random_s12
+    resnet18_trainable"}
   for row in $D_ROWS; do
     ckpt=null; scales='[1,2]'
     case $row in
       state) name=state ;;
       mnv2random_s12) name=mobilenet_v2; ckpt=random ;;
+      resnet18_trainable) name=resnet18 ;;
       mnv2_s*) name=mobilenet_v2 ;;
       lite?_s*) name=efficientnet_${row%%_*} ;;
       *) echo "unknown s2_detail row $row" >&2; exit 2 ;;
@@ -106,6 +113,8 @@ s2_detail)   # issue 15: the S2 question on push_marked (2-3 px marker halves de
     case $row in *_s1) scales='[1]' ;; esac
     if [ $row = state ]; then
       enc=(encoder=mobilenet_v2 'task.cameras=[]' task.env_kwargs.state_obs=true)
+    elif [ $row = resnet18_trainable ]; then   # robomimic-style ResNet-18 trained end to end on the 96 px images
+      enc=(policy.obs.backbone=resnet18 train.batch_size=${RESNET_BATCH:-16})
     else
       enc=(encoder=$name encoder.checkpoint=$ckpt "encoder.scales=$scales" encoder.input_size=96)
       run $S2 cache dataset=$data "${enc[@]}"
