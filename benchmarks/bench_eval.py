@@ -69,7 +69,7 @@ class ReferencePolicy(torch.nn.Module):
 def build_s2_policy(task: str, image_size: int, encoder: str, device: str, input_size: int | None = None,
                     n_action_steps: int | None = None):
     """The real S2 diffusion U-Net policy (random weights) on a frozen ``encoder`` reading raw images."""
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.encoders import build_encoder
     from s2robot.envs import make_env
     from s2robot.policies import ShapeMeta, build_policy

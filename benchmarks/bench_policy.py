@@ -52,7 +52,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     torch.set_num_threads(args.threads)
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.encoders import build_encoder
     from s2robot.policies import ShapeMeta
 

@@ -25,6 +25,7 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
+from s2robot.configs import configs_dir
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 from s2robot.tokens import pool_tokens, tokens_as_cached  # noqa: F401  (pool_tokens: re-exported)
 
@@ -210,8 +211,6 @@ def encoder_overrides(encoder_cfg: Any) -> list[str]:
     """``encoder=<name>`` plus ``encoder.<key>=<value>`` for every key that differs from the shipped
     ``configs/encoder/<name>.yaml``: the overrides that rebuild this exact encoder (same ``config_hash``)."""
     from omegaconf import DictConfig, OmegaConf
-
-    from s2robot.cli_checks import configs_dir
 
     enc = OmegaConf.to_container(encoder_cfg, resolve=True) if isinstance(encoder_cfg, DictConfig) else dict(encoder_cfg)
     shipped = configs_dir() / "encoder" / f"{enc.get('name')}.yaml"

@@ -111,7 +111,7 @@ class BasePolicy(nn.Module):
     """Common interface and observation handling; subclasses add a head.
 
     Sub-modules: ``obs_encoder`` (:class:`s2robot.policies.conditioning.ObsConditioner`) and ``normalizer``
-    (:class:`s2robot.datasets.normalizer.Normalizer` with ``"action"`` and, when P > 0 / S > 0, ``"proprio"`` /
+    (:class:`s2robot.policies.normalizer.Normalizer` with ``"action"`` and, when P > 0 / S > 0, ``"proprio"`` /
     ``"state"`` stats).
     """
 

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 def load_policy(path, device="cpu"):
     """Rebuild a trained policy from a checkpoint directory (``model.safetensors`` + ``config.yaml``)."""
-    from s2robot.training.checkpoint import load_policy as _load
+    from s2robot.policies.loading import load_policy as _load  # on call: `import s2robot` stays free of torch
 
     return _load(path, device=device)
 

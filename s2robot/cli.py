@@ -14,7 +14,7 @@ from pathlib import Path
 
 # verb -> (module, function, config name or None for positional verbs)
 VERBS: dict[str, tuple[str, str, str | None]] = {
-    "collect": ("s2robot.envs.collect", "run", "collect"),
+    "collect": ("s2robot.collection", "run", "collect"),
     "cache": ("s2robot.datasets.feature_cache", "run", "cache"),
     "train": ("s2robot.training.train", "run", "train"),
     "eval": ("s2robot.evaluation.cli", "run", "eval"),

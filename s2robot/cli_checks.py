@@ -11,16 +11,12 @@
 from __future__ import annotations
 
 import difflib
-import importlib
-from pathlib import Path
 from typing import Any
+
+from s2robot.configs import configs_dir
 
 FREE_FORM = ("env_kwargs",)  # mappings whose keys are passed through (make_env kwargs): `+` may add keys there
 DEBUG_ENV = "S2ROBOT_DEBUG"
-
-
-def configs_dir() -> Path:
-    return Path(importlib.import_module("s2robot.configs").__file__).parent
 
 
 def leaf_keys(node: Any, prefix: str = "") -> list[str]:
@@ -65,6 +61,7 @@ def schema_keys(cfg: Any) -> set[str]:
     ``policy.*`` of the policy type's head config and ``policy.obs.*``, ``train.*``, ``optim.*``, ``ema.*``."""
     from dataclasses import fields
 
+    # Imported here, not at the top: only configs with these sections (train, eval of a policy) pay for torch.
     keys: set[str] = set()
     policy = cfg.get("policy") if hasattr(cfg, "get") else None
     if policy is not None:

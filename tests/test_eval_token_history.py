@@ -74,7 +74,7 @@ def test_cache_capacity_and_errors():
 
 
 def _policy(trainable="frozen"):
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.policies import ShapeMeta, build_policy
 
     enc = build_encoder("vit_tiny_test", trainable=trainable)

@@ -10,7 +10,7 @@ import torch
 
 from policy_testlib import one_torch_thread  # noqa: F401  (autouse fixture)
 from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, TINY_POLICIES, make_store
-from s2robot.datasets.normalizer import Normalizer
+from s2robot.policies.normalizer import Normalizer
 from s2robot.policies import ShapeMeta, build_policy
 
 B = 3

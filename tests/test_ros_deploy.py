@@ -30,7 +30,7 @@ def nan_ckpt(tmp_path_factory):
 
 
 def _tiny_checkpoint(path, nan=False):
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.encoders import build_encoder
     from s2robot.policies import build_policy
     from s2robot.policies.base import ShapeMeta

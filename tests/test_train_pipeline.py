@@ -107,13 +107,13 @@ def test_cached_features_checkpoint_and_load_policy(tmp_path, cached_store, caps
 def test_online_encoding_when_no_cache(tmp_path, store, capsys):
     ckpt = train(train_cfg(store, tmp_path / "run", "bc_gmm", steps=2))
     assert "no cached features for encoder 'vit_tiny_test'" in capsys.readouterr().out
-    from s2robot.training.checkpoint import read_config
+    from s2robot.policies.loading import read_config
 
     assert read_config(ckpt).shape_meta.feature_hash is None
 
 
 def test_periodic_rollouts_call_the_evaluator(tmp_path, cached_store, monkeypatch):
-    import s2robot.evaluation.rollout as rollout
+    import s2robot.training.train as train_mod
 
     calls = []
 
@@ -124,7 +124,7 @@ def test_periodic_rollouts_call_the_evaluator(tmp_path, cached_store, monkeypatc
         calls.append(out_dir)
         return {"success_rate": 0.5, "mean_max_score": 0.7, "n_episodes": episodes}
 
-    monkeypatch.setattr(rollout, "evaluate", fake_evaluate)
+    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
     train(train_cfg(cached_store[0], tmp_path / "run", "bc_mlp", steps=4, train={"eval_every": 2}))
     assert [Path(p).name for p in calls] == ["step_0000002", "step_0000004"]
     with open(tmp_path / "run" / "eval.csv") as f:
@@ -244,7 +244,7 @@ def test_select_features_prefers_unpooled_and_honours_pool_grid(tmp_path):
     assert select_features(store, other, list(CAMERAS), None) == (None, {})
     ckpt = train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=2, pool_grid=2,
                            train={"batch_size": 4}))
-    from s2robot.training.checkpoint import read_config
+    from s2robot.policies.loading import read_config
 
     meta = read_config(ckpt).shape_meta
     assert meta.feature_hash == pooled and meta.token_pool_grid == 2 and list(meta.token_shape)[0] == 1 + 4

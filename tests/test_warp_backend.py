@@ -191,7 +191,7 @@ def test_bad_inputs_raise_clear_errors(envs):
 
 def test_pool_adapter_matches_env_pool_interface():
     """WarpEnvPool: same obs spec as the CPU env, subset stepping holds the other worlds, StepResults filled."""
-    from s2robot.envs.warp_backend import WarpEnvPool
+    from s2robot.evaluation.warp_pool import WarpEnvPool
 
     with WarpEnvPool("lift_cube", 2, image_size=IMG, cameras=("front",), device="cpu") as pool:
         cpu = make_env("lift_cube", image_size=IMG, cameras=("front",))

@@ -39,7 +39,8 @@ from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
 from s2robot.evaluation.metrics import summarize_episodes
 from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text, write_report
-from s2robot.evaluation.vector_env import EnvPool, StepResult, TaskEnvFactory
+from s2robot.evaluation.env_pool import EnvPoolProtocol, StepResult
+from s2robot.evaluation.vector_env import EnvPool, TaskEnvFactory
 
 
 def episode_generator(seed: int, episode: int) -> torch.Generator:
@@ -108,7 +109,7 @@ def _warn_image_mismatch(policy, image_shapes: dict[str, tuple[int, ...]]) -> No
     wrong = {k: s for k, s in image_shapes.items() if tuple(s) != tuple(trained)}
     if wrong:
         warnings.warn(f"the env renders {wrong} but the policy was trained on {tuple(trained)} images; pass "
-                      f"env_kwargs={{'image_size': {trained[0]}}} (s2robot.evaluation.cli.match_policy does this)",
+                      f"env_kwargs={{'image_size': {trained[0]}}} (s2robot.evaluation.env_config.match_policy does this)",
                       stacklevel=3)
 
 
@@ -133,9 +134,9 @@ def _forward(policy, hist: dict[str, np.ndarray], rows: list[int], gens: list[to
 
 
 class _BatchedRollout:
-    """The control loop over an :class:`EnvPool` (see the module docstring); ``run()`` fills ``records``."""
+    """The control loop over an env pool (see the module docstring); ``run()`` fills ``records``."""
 
-    def __init__(self, policy, pool: EnvPool, device: torch.device, episodes: int, seed: int, limit: int,
+    def __init__(self, policy, pool: EnvPoolProtocol, device: torch.device, episodes: int, seed: int, limit: int,
                  video: VideoRecorder, bar, timers: _Timers, token_history: bool = True):
         self.policy, self.pool, self.device = policy, pool, device
         self.episodes, self.seed, self.limit = episodes, seed, limit
@@ -353,7 +354,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
     pool = video = bar = None
     try:
         if backend == "warp":
-            from s2robot.envs.warp_backend import WarpEnvPool
+            from s2robot.evaluation.warp_pool import WarpEnvPool  # optional extra (mujoco-warp): imported on use
 
             pool = WarpEnvPool(task, n_envs, device=dev, **dict(env_kwargs or {}))
         else:

@@ -32,20 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-
-@dataclasses.dataclass
-class StepResult:
-    """What a worker returns for one reset/step of one env (the observation itself is in shared memory)."""
-
-    ok: bool
-    reward: float = 0.0
-    terminated: bool = False
-    truncated: bool = False
-    success: bool = False
-    score: float | None = None
-    env_time: float = 0.0  # seconds spent inside env.reset/env.step in the worker
-    timing: dict[str, float] | None = None  # optional finer split from info["timing"] (physics, render, ...)
-    error: str | None = None
+from s2robot.evaluation.env_pool import StepResult
 
 
 @dataclasses.dataclass(frozen=True)

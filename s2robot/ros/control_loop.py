@@ -71,7 +71,7 @@ class TorchPolicy:
     """
 
     def __init__(self, policy, device="cpu", n_action_steps: int | None = None, token_history: bool = True):
-        import torch
+        import torch  # imported on use: the loop itself (and the ROS side) never needs torch
 
         from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
 

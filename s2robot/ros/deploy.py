@@ -276,8 +276,9 @@ def _start(robot: Robot, robot_cfg: RobotConfig, opts: DeployOptions) -> tuple[s
 
 
 def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
-    from s2robot import load_policy
+    # Imported on use: deployment and the ROS transports stay importable (and testable) without torch.
     from s2robot.device import resolve_device
+    from s2robot.policies.loading import load_policy
 
     try:
         device = resolve_device(opts.device)

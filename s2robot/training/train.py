@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,29 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
 
-from s2robot.policies.factory import dataclass_from
+from s2robot.configtools import dataclass_from, section
+from s2robot.datasets.feature_cache import cache_command, cached_feature_sets
+from s2robot.datasets.integrity import preflight
+from s2robot.datasets.sampler import BatchView, SequenceDataset
+from s2robot.datasets.store import DatasetError, EpisodeStore
+from s2robot.datasets.token_reduction import load_projection
+from s2robot.device import autocast_for
+from s2robot.encoders import build_encoder
+from s2robot.evaluation.env_config import env_kwargs_for
+from s2robot.evaluation.rollout import evaluate
+from s2robot.policies.base import ShapeMeta
+from s2robot.policies.ema import PolicyEMA
+from s2robot.policies.factory import build_policy, parse_policy_config
+from s2robot.policies.loading import resolve_checkpoint
+from s2robot.policies.normalizer import Normalizer
+from s2robot.training.checkpoint import load_training_state, save_checkpoint
 from s2robot.training.ddp import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown_distributed
+from s2robot.training.interrupt import StopRequest, resume_command
+from s2robot.training.logger import RunLogger
 from s2robot.training.optim import OptimConfig, build_lr_scheduler, build_optimizer
 
 __all__ = ["TrainConfig", "EMAConfig", "train", "run", "select_features", "seed_for_step"]
@@ -112,8 +132,6 @@ def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int
     Prefers the requested ``pool_grid`` (None: unpooled first). ``token_dim``: only sets PCA-reduced to that many
     channels (None: only unreduced sets). Returns (key, attrs) or (None, {}).
     """
-    from s2robot.datasets.feature_cache import cached_feature_sets
-
     found = []
     for key, attrs in cached_feature_sets(store).items():
         progress = attrs.get("progress", {})
@@ -136,14 +154,6 @@ def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _plain(cfg: Any) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
-
-
 def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     nb = device.type == "cuda"
     return {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
@@ -157,8 +167,6 @@ def _ema_weights(policy: torch.nn.Module, ema: Any):
 def _prune(ckpt_dir: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
-    import shutil
-
     steps = sorted((p for p in ckpt_dir.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
     for old in steps[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -172,7 +180,7 @@ def _log(info: DistInfo, msg: str) -> None:
 # ------------------------------------------------------------------------------------------------------ train
 def train(cfg: Any) -> Path:
     """Train per ``cfg`` (the composed ``configs/train.yaml``); returns the final checkpoint directory."""
-    c = _plain(cfg)
+    c = section(cfg, "train config")
     info, device = init_distributed(c.get("device", "auto"))
     threads = c.get("threads")
     if device.type == "cpu" and threads:
@@ -191,10 +199,6 @@ def train(cfg: Any) -> Path:
 def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any, tcfg: TrainConfig):
     """Open the store, build the frozen encoder, pick cached features, make the train/val windows and the shape
     metadata -> (store, encoder or None, train_ds, val_ds or None, ShapeMeta)."""
-    from s2robot.datasets.sampler import SequenceDataset
-    from s2robot.datasets.store import EpisodeStore
-    from s2robot.policies.base import ShapeMeta
-
     task_cfg, dcfg = c.get("task") or {}, c.get("dataset") or {}
     store = EpisodeStore.open(dcfg["path"], mode="r")
     # task.cameras: [] trains a policy without images (e.g. on the privileged state only)
@@ -209,8 +213,6 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
 
     encoder, feature_key, feature_attrs = None, None, {}
     if obs_cfg.backbone == "tokens" and cameras:
-        from s2robot.encoders import build_encoder
-
         enc_cfg = c.get("encoder") or {}
         if not enc_cfg.get("name"):
             raise ValueError("policy.obs.backbone=tokens needs an encoder: pass encoder=<name>")
@@ -221,8 +223,6 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
             if token_dim and not feature_key:
                 full, _ = select_features(store, encoder, cameras, c.get("pool_grid"), None)
                 if full:
-                    from s2robot.datasets.feature_cache import cache_command
-
                     raise ValueError(
                         f"{dcfg['path']}: no features reduced to token_dim={token_dim} channels; add them (seconds) "
                         f"with `{cache_command(dcfg['path'], enc_cfg, c.get('pool_grid'))} token_dim={token_dim}`, "
@@ -236,15 +236,12 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
             why = "cached features disabled (dataset.use_cached_features=false)" if not dcfg.get(
                 "use_cached_features", True) else (
                 f"no cached features for encoder {enc_cfg['name']!r} (hash {encoder.config_hash}) in the store")
-            from s2robot.datasets.feature_cache import cache_command
-
             _log(info, f"{why}: encoding images online with the frozen encoder (slower; "
                        f"`{cache_command(dcfg['path'], enc_cfg)}` caches them once)")
 
     obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else []) + (
         ["state"] if use_state else [])
-    from s2robot.datasets.integrity import preflight  # every chunk present, float keys finite (a listing + low-dim)
-
+    # every chunk present, float keys finite (a listing + the low-dim data)
     preflight(store, [k for k in obs_keys if not (feature_key and k.endswith("_image"))] + ["action"], feature_key)
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
@@ -276,8 +273,6 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
 def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
     """Normaliser for ``action`` (+ ``proprio``, ``state``) fitted on the training split, modes from
     ``normalizer:``."""
-    from s2robot.datasets.normalizer import Normalizer
-
     stats = train_ds.lowdim_data(["action"] + (["proprio"] if meta.proprio_dim else []) + (
         ["state"] if meta.state_dim else []))
     modes = dict(c.get("normalizer") or {})
@@ -285,12 +280,6 @@ def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
 
 
 def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: contextlib.ExitStack) -> Path:
-    from s2robot.policies import build_policy
-    from s2robot.policies.ema import PolicyEMA
-    from s2robot.policies.factory import parse_policy_config
-    from s2robot.training.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
-    from s2robot.training.logger import RunLogger
-
     tcfg = dataclass_from(TrainConfig, c.get("train"), "train")
     ocfg = dataclass_from(OptimConfig, c.get("optim"), "optim")
     ecfg = dataclass_from(EMAConfig, c.get("ema"), "ema")
@@ -308,8 +297,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     task_cfg = c.get("task") or {}
     policy = build_policy(pcfg, meta, _fit_normalizer(c, train_ds, meta), encoder)
     if meta.token_reduce:  # the cache's PCA goes into the policy, which applies it to live frames
-        from s2robot.datasets.token_reduction import load_projection
-
         policy.obs_encoder.set_token_projection(load_projection(store.group["features"][meta.feature_hash]))
     policy = policy.to(device)
     named = policy.trainable_named_parameters()
@@ -355,8 +342,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     saved_cfg.pop("resume", None)
     model = policy
     if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
         model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = ResumableSampler(train_ds, info.world_size, info.rank, seed)
@@ -365,8 +350,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
         raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
                          f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
     workers = int(dcfg.get("num_workers", 0))
-    from s2robot.datasets.sampler import BatchView
-
     loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
                         batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda")
@@ -378,9 +361,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     _log(info, f"{pcfg.get('name')}: {n_params / 1e6:.2f} M trainable params, {len(train_ds)} train windows"
                f"{f', {len(val_ds)} val windows' if val_ds else ''}, world size {info.world_size}, device {device}, "
                f"steps {start_step}->{tcfg.steps}, out {out_dir}")
-
-    from s2robot.device import autocast_for
-    from tqdm.auto import tqdm
 
     if start_step >= tcfg.steps:
         _log(info, f"nothing to do: the checkpoint is at step {start_step} >= train.steps={tcfg.steps}")
@@ -401,8 +381,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     eval_disabled = False
     step = start_step
     policy.train()
-    from s2robot.training.interrupt import StopRequest, resume_command
-
     stop = cleanup.enter_context(StopRequest(enabled=not info.distributed))  # Ctrl-C: save, print how to resume
     while step < tcfg.steps:
         try:
@@ -488,8 +466,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
 @torch.no_grad()
 def _val_loss(policy: Any, val_ds: Any, tcfg: TrainConfig, seed: int, device: torch.device) -> float:
     """Mean loss over ``val_batches`` fixed batches (fixed noise: a forked, seeded RNG)."""
-    from s2robot.device import autocast_for
-
     policy.eval()
     n = len(val_ds)
     bs = min(tcfg.batch_size, n)
@@ -506,12 +482,6 @@ def _val_loss(policy: Any, val_ds: Any, tcfg: TrainConfig, seed: int, device: to
 
 def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, logger, info) -> bool:
     """Evaluator rollouts with EMA weights; returns False (and says why) when rollouts are unavailable."""
-    try:
-        from s2robot.evaluation import evaluate
-        from s2robot.evaluation.cli import env_kwargs_for
-    except ImportError as e:
-        _log(info, f"periodic rollouts disabled: the evaluator is not available ({e})")
-        return False
     if not task_cfg.get("name"):
         _log(info, "periodic rollouts disabled: no task config (pass task=<name>)")
         return False
@@ -534,8 +504,6 @@ def run(cfg: Any) -> str:
 
     Configuration and input errors end the command with their message instead of a traceback.
     """
-    from s2robot.datasets.store import DatasetError
-
     try:
         return str(train(cfg))
     except (ValueError, KeyError, FileExistsError, FileNotFoundError, DatasetError) as e:
