@@ -61,6 +61,8 @@ class RosbridgeTestServer:
         self._callbacks: dict[str, list[Callable[[dict], None]]] = defaultdict(list)
         self.lock = threading.Lock()
         self.n_connections = 0
+        self.n_handshakes = 0  # websocket handshakes received (a client retrying shows up here)
+        self.handshakes_answered = 0  # ... and answered (after handshake_delay_s)
         self.refused = 0
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -118,8 +120,10 @@ class RosbridgeTestServer:
 
     # ---------------------------------------------------------------------------------------------- protocol
     async def _process_request(self, connection, request):
+        self.n_handshakes += 1
         if self.handshake_delay_s > 0:
             await asyncio.sleep(self.handshake_delay_s)
+        self.handshakes_answered += 1
         if time.monotonic() < self._refuse_until:
             self.refused += 1
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "rosbridge test server: link down\n")

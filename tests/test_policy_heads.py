@@ -29,11 +29,17 @@ def meta(encoder):
                      token_shape=[encoder.num_tokens, encoder.out_dim], num_prefix=encoder.num_prefix)
 
 
+def fitted_normalizer(action_scale: float = 1.0, action_shift: float = 0.0) -> Normalizer:
+    """Fitted on fixed data; ``action_scale``/``action_shift`` map the action data (so its units) affinely."""
+    g = torch.Generator().manual_seed(0)
+    actions = torch.randn(200, ACTION, generator=g) * 3 + 1
+    return Normalizer().fit({"action": actions * action_scale + action_shift,
+                             "proprio": torch.randn(200, PROPRIO, generator=g)})
+
+
 @pytest.fixture(scope="module")
 def normalizer():
-    g = torch.Generator().manual_seed(0)
-    return Normalizer().fit({"action": torch.randn(200, ACTION, generator=g) * 3 + 1,
-                             "proprio": torch.randn(200, PROPRIO, generator=g)})
+    return fitted_normalizer()
 
 
 def token_batch(meta: ShapeMeta, horizon: int, T: int, seed: int = 0, batch: int = B) -> dict[str, torch.Tensor]:
@@ -72,6 +78,16 @@ def test_shapes_loss_and_action_units(name, meta, normalizer):
         torch.testing.assert_close(policy.predict_action(long, [torch.Generator().manual_seed(i) for i in range(B)]),
                                    policy.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(B)]))
     assert policy.obs_keys == ["front_image", "wrist_image", "proprio"]
+    # action units: the same network with the action data in other units (x10 + 5) predicts x10 + 5, so
+    # predict_action un-normalises with the fitted action statistics (it does not return the head's [-1, 1] values)
+    rescaled = make(name, meta, fitted_normalizer(10.0, 5.0)).eval()
+
+    def predict(p):
+        torch.manual_seed(7)
+        return p.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(B)])
+
+    base = predict(policy)
+    torch.testing.assert_close(predict(rescaled), base * 10.0 + 5.0, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(TINY_POLICIES))
