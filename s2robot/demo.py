@@ -29,7 +29,7 @@ from s2robot.device import resolve_device
 from s2robot.encoders import build_encoder
 from s2robot.evaluation.cli import print_summary
 from s2robot.evaluation.env_config import env_kwargs_for, match_policy
-from s2robot.evaluation.rollout import evaluate
+from s2robot.evaluation.rollout import eval_seed, evaluate
 from s2robot.policies.loading import load_policy
 from s2robot.training.train import train
 
@@ -137,7 +137,7 @@ def eval_stage(cfg: DictConfig, checkpoint: Path, eval_dir: Path, device: str) -
     task = OmegaConf.to_container(cfg.task, resolve=True)
     _say(f"4/4 eval: {c.episodes} seeded episodes on {c.n_envs} envs (one batched policy forward per step)")
     policy = load_policy(checkpoint, device=device)
-    summary = evaluate(policy, task=task["name"], n_envs=int(c.n_envs), episodes=int(c.episodes), seed=int(c.seed),
+    summary = evaluate(policy, task=task["name"], n_envs=int(c.n_envs), episodes=int(c.episodes), seed=eval_seed(c.get("seed")),
                        device=device, out_dir=eval_dir, n_videos=int(c.n_videos),
                        env_kwargs=match_policy(env_kwargs_for(task), policy, {}),
                        max_steps=c.get("max_steps") or task.get("max_episode_steps"))

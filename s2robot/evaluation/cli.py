@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from s2robot.device import resolve_device
 from s2robot.evaluation.env_config import env_kwargs_for, match_policy
-from s2robot.evaluation.rollout import evaluate
+from s2robot.evaluation.rollout import eval_seed, evaluate
 from s2robot.policies.loading import STATE_FILE, load_policy, read_config, resolve_checkpoint
 
 
@@ -80,7 +80,7 @@ def run(cfg) -> int:
         print(warning, file=sys.stderr)
     out = cfg.get("out") or str(ckpt.parent.parent / f"eval_{task_cfg['name']}_{ckpt.name}")
     summary = evaluate(policy, task=task_cfg["name"], n_envs=int(cfg.n_envs), episodes=int(cfg.episodes),
-                       seed=int(cfg.seed), device=device, out_dir=out, n_videos=int(cfg.n_videos),
+                       seed=eval_seed(cfg.get("seed")), device=device, out_dir=out, n_videos=int(cfg.n_videos),
                        env_kwargs=env_kwargs, backend=str(cfg.get("backend", "cpu")),
                        max_steps=cfg.get("max_steps") or task_cfg.get("max_episode_steps"), policy_info=info)
     print_summary(summary)

@@ -42,6 +42,16 @@ from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text,
 from s2robot.evaluation.env_pool import EnvPoolProtocol, StepResult
 from s2robot.evaluation.vector_env import EnvPool, TaskEnvFactory
 
+#: Evaluation episodes start at this seed unless one is given: far from the collection seeds (0, 1, ...), so an
+#: evaluation start is never a training start. Used by ``s2robot eval`` (``seed: null``), the demo and training's
+#: periodic rollouts (``seed + EVAL_SEED_OFFSET``).
+EVAL_SEED_OFFSET = 100_000
+
+
+def eval_seed(seed: int | None) -> int:
+    """The first episode seed: ``seed`` as given, ``None`` -> :data:`EVAL_SEED_OFFSET`."""
+    return EVAL_SEED_OFFSET if seed is None else int(seed)
+
 
 def episode_generator(seed: int, episode: int) -> torch.Generator:
     """The CPU ``torch.Generator`` for episode ``episode``'s policy sampling (independent stream per episode)."""
@@ -109,7 +119,7 @@ def _warn_image_mismatch(policy, image_shapes: dict[str, tuple[int, ...]]) -> No
     wrong = {k: s for k, s in image_shapes.items() if tuple(s) != tuple(trained)}
     if wrong:
         warnings.warn(f"the env renders {wrong} but the policy was trained on {tuple(trained)} images; pass "
-                      f"env_kwargs={{'image_size': {trained[0]}}} (s2robot.evaluation.env_config.match_policy does this)",
+                      f"env_kwargs={{'image_size': {trained[0]}}} (evaluation.env_config.match_policy does this)",
                       stacklevel=3)
 
 

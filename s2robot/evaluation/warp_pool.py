@@ -1,4 +1,4 @@
-"""The MuJoCo Warp batch env behind the evaluator's env-pool interface (:class:`~s2robot.evaluation.env_pool.EnvPoolProtocol`).
+"""The MuJoCo Warp batch env behind the evaluator's env-pool interface (``env_pool.EnvPoolProtocol``).
 
 ``s2robot eval backend=warp`` steps every world of one :class:`~s2robot.envs.warp_backend.WarpBatchEnv` in this
 process instead of one MuJoCo env per worker process (:class:`~s2robot.evaluation.vector_env.EnvPool`).

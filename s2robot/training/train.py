@@ -38,7 +38,7 @@ from s2robot.datasets.token_reduction import load_projection
 from s2robot.device import autocast_for
 from s2robot.encoders import build_encoder
 from s2robot.evaluation.env_config import env_kwargs_for
-from s2robot.evaluation.rollout import evaluate
+from s2robot.evaluation.rollout import EVAL_SEED_OFFSET, evaluate
 from s2robot.policies.base import ShapeMeta
 from s2robot.policies.ema import PolicyEMA
 from s2robot.policies.factory import build_policy, parse_policy_config
@@ -279,14 +279,72 @@ def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
     return Normalizer().fit(stats, modes={k: modes.get(k, "minmax") for k in stats})
 
 
+@dataclass
+class TrainRun:
+    """Everything one training run uses, built by :func:`build_run` and stepped by :func:`run_steps`."""
+
+    c: dict[str, Any]  # the whole resolved config (plain containers)
+    info: DistInfo
+    device: torch.device
+    tcfg: TrainConfig
+    seed: int
+    store: Any  # EpisodeStore (read-only)
+    encoder: Any  # the frozen token encoder, or None
+    train_ds: Any  # SequenceDataset, training split
+    val_ds: Any  # SequenceDataset, validation split, or None
+    meta: ShapeMeta
+    policy: torch.nn.Module
+    model: torch.nn.Module  # ``policy``, wrapped in DistributedDataParallel when distributed
+    named: list[tuple[str, torch.nn.Parameter]]  # the trainable parameters
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    ema: Any  # PolicyEMA or None
+    task_cfg: dict[str, Any]
+    task_name: str
+    out_dir: Path
+    start_step: int
+    saved_cfg: dict[str, Any]  # what checkpoints record as config.yaml (+ shape_meta)
+    sampler: ResumableSampler
+    loader: DataLoader
+    per_epoch: int  # optimiser steps per epoch
+    logger: RunLogger
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+
+@dataclass
+class _LoopState:
+    """What the step loop carries from one step to the next."""
+
+    step: int
+    epoch: int
+    loss_sum: torch.Tensor  # summed since the last log line, on the device
+    nonfinite: torch.Tensor  # count of non-finite losses not yet checked, on the device
+    loss_n: int = 0
+    t_last: float = 0.0
+    checked_to: int = 0  # every step up to this one had a finite loss
+    last_saved: Path | None = None
+    eval_disabled: bool = False
+
+
 def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: contextlib.ExitStack) -> Path:
+    run = build_run(c, info, device, cleanup)
+    if run.start_step >= run.tcfg.steps:
+        _log(info, f"nothing to do: the checkpoint is at step {run.start_step} >= train.steps={run.tcfg.steps}")
+        return resolve_checkpoint(run.out_dir)
+    return run_steps(run, cleanup)
+
+
+def build_run(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: contextlib.ExitStack) -> TrainRun:
+    """Validate the config, open the data, build policy + optimiser (+ EMA), resume, and make the loader."""
     tcfg = dataclass_from(TrainConfig, c.get("train"), "train")
     ocfg = dataclass_from(OptimConfig, c.get("optim"), "optim")
     ecfg = dataclass_from(EMAConfig, c.get("ema"), "ema")
     pcfg = c.get("policy") or {}
     _, head_cfg, obs_cfg = parse_policy_config(pcfg)  # validate before any heavy work
-    dcfg = c.get("dataset") or {}
-    if not dcfg.get("path"):
+    if not (c.get("dataset") or {}).get("path"):
         raise ValueError("no dataset: pass dataset=PATH (a zarr store written by `s2robot collect` or imported)")
     seed = int(c.get("seed", 0))
     torch.manual_seed(seed)  # model init: identical on every rank (DDP also broadcasts rank 0's weights)
@@ -294,7 +352,6 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
 
     store, encoder, train_ds, val_ds, meta = _prepare_data(c, info, obs_cfg, head_cfg, tcfg)
     cleanup.callback(store.close)
-    task_cfg = c.get("task") or {}
     policy = build_policy(pcfg, meta, _fit_normalizer(c, train_ds, meta), encoder)
     if meta.token_reduce:  # the cache's PCA goes into the policy, which applies it to live frames
         policy.obs_encoder.set_token_projection(load_projection(store.group["features"][meta.feature_hash]))
@@ -305,55 +362,15 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     ema = PolicyEMA(policy, ecfg.max_decay, ecfg.power, ecfg.inv_gamma, ecfg.min_decay,
                     ecfg.update_after_step).to(device) if ecfg.enabled else None
 
+    task_cfg = c.get("task") or {}
     task_name = task_cfg.get("name") or store.attrs.get("task") or "task"
-    vision = (c.get("encoder") or {}).get("name") if encoder is not None else (
-        obs_cfg.backbone if meta.cameras else "state")
-    out_dir = Path(c.get("out_dir") or f"outputs/train/{task_name}-{pcfg.get('name', 'policy')}-{vision}")
-    ckpt_dir = out_dir / "checkpoints"
-    start_step = 0
-    resume = c.get("resume", False)
-    if not resume and info.is_main and any(ckpt_dir.glob("step_*")):
-        raise FileExistsError(
-            f"{out_dir} already holds checkpoints of an earlier run; pass resume=true to continue it, or choose "
-            "another out_dir=")
-    if resume:
-        src = None
-        if resume is True or str(resume).lower() in ("true", "auto"):
-            with contextlib.suppress(FileNotFoundError):
-                src = resolve_checkpoint(out_dir)
-            if src is None:
-                _log(info, f"resume: no checkpoint in {out_dir} yet; starting from step 0")
-        else:
-            src = resolve_checkpoint(resume)
-        if src is not None:
-            state = load_training_state(src, policy, optimizer, lr_scheduler, ema)
-            start_step = int(state["step"])
-            _log(info, f"resumed from {src} at step {start_step}")
-
-    saved_cfg = {**c, "shape_meta": meta.to_dict()}
-    if encoder is not None:  # lets load_policy keep the hash when the original weights file is absent
-        saved_cfg["encoder_config_hash"] = encoder.config_hash
-    size = meta.image_shape[0] if meta.image_shape else None
-    if task_cfg and size is not None and task_cfg.get("image_size") not in (None, size):
-        # evaluation renders at the task's image_size: record the resolution the policy was trained on
-        _log(info, f"the store's images are {size} px, task.image_size is {task_cfg['image_size']}: the checkpoint "
-                   f"records image_size={size} so evaluation renders what the policy was trained on")
-        saved_cfg["task"] = task_cfg = {**task_cfg, "image_size": size}
-    saved_cfg.pop("resume", None)
+    out_dir = _out_dir(c, task_name, encoder, obs_cfg, meta)
+    start_step = _resume(c, info, out_dir, policy, optimizer, lr_scheduler, ema)
+    saved_cfg = _saved_config(c, info, encoder, meta)
     model = policy
     if info.distributed:
         model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
-
-    sampler = ResumableSampler(train_ds, info.world_size, info.rank, seed)
-    per_epoch = len(sampler) // tcfg.batch_size
-    if per_epoch < 1:
-        raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
-                         f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
-    workers = int(dcfg.get("num_workers", 0))
-    loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
-                        batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                        pin_memory=device.type == "cuda")
-
+    sampler, loader, per_epoch = _make_loader(c, info, device, train_ds, tcfg, seed)
     logger = RunLogger(out_dir, enabled=info.is_main, tensorboard=tcfg.tensorboard, resume_step=start_step,
                        wandb=tcfg.wandb, config=c)
     cleanup.callback(logger.close)
@@ -361,106 +378,196 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     _log(info, f"{pcfg.get('name')}: {n_params / 1e6:.2f} M trainable params, {len(train_ds)} train windows"
                f"{f', {len(val_ds)} val windows' if val_ds else ''}, world size {info.world_size}, device {device}, "
                f"steps {start_step}->{tcfg.steps}, out {out_dir}")
+    return TrainRun(c, info, device, tcfg, seed, store, encoder, train_ds, val_ds, meta, policy, model, named,
+                    optimizer, lr_scheduler, ema, saved_cfg.get("task") or {}, task_name, out_dir, start_step,
+                    saved_cfg, sampler, loader, per_epoch, logger)
 
-    if start_step >= tcfg.steps:
-        _log(info, f"nothing to do: the checkpoint is at step {start_step} >= train.steps={tcfg.steps}")
-        return resolve_checkpoint(out_dir)
-    epoch, in_epoch = divmod(start_step, per_epoch)
-    sampler.set_position(epoch, in_epoch * tcfg.batch_size)
-    batches = iter(loader)
-    bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step",
+
+def _out_dir(c: dict[str, Any], task_name: str, encoder: Any, obs_cfg: Any, meta: ShapeMeta) -> Path:
+    """``out_dir`` of the config, else ``outputs/train/<task>-<policy>-<vision>``."""
+    vision = (c.get("encoder") or {}).get("name") if encoder is not None else (
+        obs_cfg.backbone if meta.cameras else "state")
+    policy_name = (c.get("policy") or {}).get("name", "policy")
+    return Path(c.get("out_dir") or f"outputs/train/{task_name}-{policy_name}-{vision}")
+
+
+def _resume(c: dict[str, Any], info: DistInfo, out_dir: Path, policy, optimizer, lr_scheduler, ema) -> int:
+    """The step to start from: 0, or that of the checkpoint ``resume=`` names (``true``/``auto``: the run's latest,
+    whose weights, optimiser, scheduler and EMA are restored in place). Refuses to overwrite an earlier run."""
+    ckpt_dir, resume = out_dir / "checkpoints", c.get("resume", False)
+    if not resume and info.is_main and any(ckpt_dir.glob("step_*")):
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints of an earlier run; pass resume=true to continue it, or choose "
+            "another out_dir=")
+    if not resume:
+        return 0
+    src = None
+    if resume is True or str(resume).lower() in ("true", "auto"):
+        with contextlib.suppress(FileNotFoundError):
+            src = resolve_checkpoint(out_dir)
+        if src is None:
+            _log(info, f"resume: no checkpoint in {out_dir} yet; starting from step 0")
+    else:
+        src = resolve_checkpoint(resume)
+    if src is None:
+        return 0
+    state = load_training_state(src, policy, optimizer, lr_scheduler, ema)
+    _log(info, f"resumed from {src} at step {int(state['step'])}")
+    return int(state["step"])
+
+
+def _saved_config(c: dict[str, Any], info: DistInfo, encoder: Any, meta: ShapeMeta) -> dict[str, Any]:
+    """The config checkpoints record: the run's, plus ``shape_meta``, the encoder hash, the trained image size."""
+    saved = {**c, "shape_meta": meta.to_dict()}
+    if encoder is not None:  # lets load_policy keep the hash when the original weights file is absent
+        saved["encoder_config_hash"] = encoder.config_hash
+    task_cfg = c.get("task") or {}
+    size = meta.image_shape[0] if meta.image_shape else None
+    if task_cfg and size is not None and task_cfg.get("image_size") not in (None, size):
+        # evaluation renders at the task's image_size: record the resolution the policy was trained on
+        _log(info, f"the store's images are {size} px, task.image_size is {task_cfg['image_size']}: the checkpoint "
+                   f"records image_size={size} so evaluation renders what the policy was trained on")
+        saved["task"] = {**task_cfg, "image_size": size}
+    saved.pop("resume", None)
+    return saved
+
+
+def _make_loader(c: dict[str, Any], info: DistInfo, device: torch.device, train_ds: Any, tcfg: TrainConfig,
+                 seed: int) -> tuple[ResumableSampler, DataLoader, int]:
+    """(sampler, loader of whole batches, batches per epoch) for this rank."""
+    sampler = ResumableSampler(train_ds, info.world_size, info.rank, seed)
+    per_epoch = len(sampler) // tcfg.batch_size
+    if per_epoch < 1:
+        raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
+                         f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
+    workers = int((c.get("dataset") or {}).get("num_workers", 0))
+    loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
+                        batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                        pin_memory=device.type == "cuda")
+    return sampler, loader, per_epoch
+
+
+def run_steps(run: TrainRun, cleanup: contextlib.ExitStack) -> Path:
+    """Step ``run`` from its start step to ``train.steps``; validation, rollouts and checkpoints are hooks."""
+    tcfg, info, device = run.tcfg, run.info, run.device
+    epoch, in_epoch = divmod(run.start_step, run.per_epoch)
+    run.sampler.set_position(epoch, in_epoch * tcfg.batch_size)
+    bar = tqdm(total=tcfg.steps, initial=run.start_step, desc="train", unit="step",
                disable=not (info.is_main and tcfg.progress))
     cleanup.callback(bar.close)
-    loss_sum, loss_n, t_last, last_saved = torch.zeros((), device=device), 0, time.perf_counter(), None
     # Non-finite losses are counted on the device and checked every step on CPU, but on CUDA only when the loop
     # syncs anyway (log/val/eval/save steps), summed over ranks so that every DDP rank raises together. Nothing is
     # saved from weights a non-finite step touched: each save step checks first.
-    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+    st = _LoopState(step=run.start_step, epoch=epoch, loss_sum=torch.zeros((), device=device),
+                    nonfinite=torch.zeros((), dtype=torch.int64, device=device), t_last=time.perf_counter(),
+                    checked_to=run.start_step)
     check_every = tcfg.log_every if device.type == "cuda" else 1
-    checked_to = start_step  # every step up to this one had a finite loss
-    eval_disabled = False
-    step = start_step
-    policy.train()
+    run.policy.train()
     stop = cleanup.enter_context(StopRequest(enabled=not info.distributed))  # Ctrl-C: save, print how to resume
-    while step < tcfg.steps:
+    for batch in _batches(run, st):
+        grad_norm = _optimizer_step(run, st, batch)
+        bar.update(1)
+        last = st.step == tcfg.steps
+        val_due = run.val_ds is not None and tcfg.val_every and (st.step % tcfg.val_every == 0 or last)
+        eval_due = tcfg.eval_every and not st.eval_disabled and (st.step % tcfg.eval_every == 0 or last)
+        save_due = st.step % tcfg.save_every == 0 or last or stop.requested
+        if st.step % check_every == 0 or last or val_due or eval_due or save_due:
+            _check_finite(run, st)
+        if st.step % tcfg.log_every == 0 or last:
+            _log_train(run, st, grad_norm, bar)
+        if val_due:
+            _validate(run, st.step)
+        if eval_due:
+            st.eval_disabled = not _rollouts(run, st.step) if info.is_main else st.eval_disabled
+            barrier(info)
+        if save_due:
+            st.last_saved = _save(run, st)
+            if stop.requested:
+                _log(info, f"interrupted: saved {st.last_saved}; resume with: {resume_command(run.out_dir)}")
+                raise KeyboardInterrupt
+    bar.close()  # before the closing message (the ExitStack closes the logger and the store)
+    final = run.ckpt_dir / f"step_{tcfg.steps:07d}"
+    _log(info, f"done: checkpoint {final}  (load with s2robot.load_policy('{final}'); logs in {run.out_dir})")
+    return final
+
+
+def _batches(run: TrainRun, st: _LoopState) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches until ``train.steps``, on the device; a new epoch re-seeds the sampler's order."""
+    batches = iter(run.loader)
+    while st.step < run.tcfg.steps:
         try:
             batch = next(batches)
         except StopIteration:
-            epoch += 1
-            sampler.set_position(epoch, 0)
-            batches = iter(loader)
+            st.epoch += 1
+            run.sampler.set_position(st.epoch, 0)
+            batches = iter(run.loader)
             continue
-        torch.manual_seed(seed_for_step(seed, info.rank, step))
-        batch = _to_device(batch, device)
-        with autocast_for(device):
-            loss = model(batch)
-        nonfinite += ~torch.isfinite(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for _, p in named], tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        lr_scheduler.step()
-        if ema is not None:
-            ema.step(policy)
-        step += 1
-        loss_sum += loss.detach().float()
-        loss_n += 1
-        bar.update(1)
+        yield _to_device(batch, run.device)
 
-        last = step == tcfg.steps
-        val_due = val_ds is not None and tcfg.val_every and (step % tcfg.val_every == 0 or last)
-        eval_due = tcfg.eval_every and not eval_disabled and (step % tcfg.eval_every == 0 or last)
-        save_due = step % tcfg.save_every == 0 or last or stop.requested
-        if step % check_every == 0 or last or val_due or eval_due or save_due:
-            if float(all_reduce_mean(nonfinite.float(), info)) > 0:
-                raise FloatingPointError(
-                    f"non-finite training loss between steps {checked_to + 1} and {step}"
-                    f"{'' if info.world_size == 1 else ' (on some rank)'}; lower optim.lr or check the data "
-                    f"(`s2robot dataset verify {dcfg['path']}`). Checkpoints in {ckpt_dir} hold only weights from "
-                    "before it.")
-            checked_to = step
 
-        if step % tcfg.log_every == 0 or last:
-            mean_loss = float(all_reduce_mean(loss_sum / loss_n, info))
-            now = time.perf_counter()
-            logger.log("train", step, {"epoch": epoch, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
-                                       "grad_norm": float(grad_norm), "steps_per_s": loss_n / max(now - t_last, 1e-9)})
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            loss_sum.zero_()
-            loss_n, t_last = 0, now
+def _optimizer_step(run: TrainRun, st: _LoopState, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One seeded forward/backward/clip/step (+ LR schedule, EMA); returns the gradient norm (before clipping)."""
+    torch.manual_seed(seed_for_step(run.seed, run.info.rank, st.step))
+    with autocast_for(run.device):
+        loss = run.model(batch)
+    st.nonfinite += ~torch.isfinite(loss.detach())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = run.tcfg.grad_clip if run.tcfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in run.named], clip)
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    if run.ema is not None:
+        run.ema.step(run.policy)
+    st.step += 1
+    st.loss_sum += loss.detach().float()
+    st.loss_n += 1
+    return grad_norm
 
-        if val_due:
-            if info.is_main:
-                with _ema_weights(policy, ema):
-                    val = _val_loss(policy, val_ds, tcfg, seed, device)
-                logger.log("val", step, {"val_loss": val})
-            barrier(info)
 
-        if eval_due:
-            if info.is_main:
-                eval_disabled = not _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device,
-                                              logger, info)
-            barrier(info)
+def _check_finite(run: TrainRun, st: _LoopState) -> None:
+    """Raise (on every rank together) when a loss since the last check was non-finite."""
+    if float(all_reduce_mean(st.nonfinite.float(), run.info)) > 0:
+        raise FloatingPointError(
+            f"non-finite training loss between steps {st.checked_to + 1} and {st.step}"
+            f"{'' if run.info.world_size == 1 else ' (on some rank)'}; lower optim.lr or check the data "
+            f"(`s2robot dataset verify {run.c['dataset']['path']}`). Checkpoints in {run.ckpt_dir} hold only weights "
+            "from before it.")
+    st.checked_to = st.step
 
-        if save_due:
-            path = ckpt_dir / f"step_{step:07d}"
-            if info.is_main:
-                save_checkpoint(path, policy, saved_cfg, step=step, epoch=epoch, optimizer=optimizer,
-                                lr_scheduler=lr_scheduler, ema=ema, previous=last_saved,
-                                extra_state={"seed": seed, "world_size": info.world_size,
-                                             "rng": {"scheme": "torch.manual_seed(SeedSequence([seed, rank, step]))",
-                                                     "seeds": [seed, info.world_size]}})
-                _prune(ckpt_dir, tcfg.keep_last)
-            last_saved = path
-            barrier(info)
-            if stop.requested:
-                _log(info, f"interrupted: saved {path}; resume with: {resume_command(out_dir)}")
-                raise KeyboardInterrupt
-    bar.close()  # before the closing message (the ExitStack closes the logger and the store)
-    final = ckpt_dir / f"step_{tcfg.steps:07d}"
-    _log(info, f"done: checkpoint {final}  (load with s2robot.load_policy('{final}'); logs in {out_dir})")
-    return final
+
+def _log_train(run: TrainRun, st: _LoopState, grad_norm: torch.Tensor, bar) -> None:
+    mean_loss = float(all_reduce_mean(st.loss_sum / st.loss_n, run.info))
+    now = time.perf_counter()
+    run.logger.log("train", st.step, {
+        "epoch": st.epoch, "loss": mean_loss, "lr": run.lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+        "steps_per_s": st.loss_n / max(now - st.t_last, 1e-9)})
+    bar.set_postfix(loss=f"{mean_loss:.4f}")
+    st.loss_sum.zero_()
+    st.loss_n, st.t_last = 0, now
+
+
+def _validate(run: TrainRun, step: int) -> None:
+    """Validation loss with the EMA weights, logged as ``val_loss`` (main rank; the others wait)."""
+    if run.info.is_main:
+        with _ema_weights(run.policy, run.ema):
+            val = _val_loss(run.policy, run.val_ds, run.tcfg, run.seed, run.device)
+        run.logger.log("val", step, {"val_loss": val})
+    barrier(run.info)
+
+
+def _save(run: TrainRun, st: _LoopState) -> Path:
+    """Checkpoint ``step_<N>`` (main rank; older ones pruned to ``keep_last``); returns its path."""
+    path = run.ckpt_dir / f"step_{st.step:07d}"
+    if run.info.is_main:
+        save_checkpoint(path, run.policy, run.saved_cfg, step=st.step, epoch=st.epoch, optimizer=run.optimizer,
+                        lr_scheduler=run.lr_scheduler, ema=run.ema, previous=st.last_saved,
+                        extra_state={"seed": run.seed, "world_size": run.info.world_size,
+                                     "rng": {"scheme": "torch.manual_seed(SeedSequence([seed, rank, step]))",
+                                             "seeds": [run.seed, run.info.world_size]}})
+        _prune(run.ckpt_dir, run.tcfg.keep_last)
+    barrier(run.info)
+    return path
 
 
 @torch.no_grad()
@@ -480,22 +587,23 @@ def _val_loss(policy: Any, val_ds: Any, tcfg: TrainConfig, seed: int, device: to
     return float(np.mean(losses))
 
 
-def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, logger, info) -> bool:
+def _rollouts(run: TrainRun, step: int) -> bool:
     """Evaluator rollouts with EMA weights; returns False (and says why) when rollouts are unavailable."""
+    task_cfg, tcfg = run.task_cfg, run.tcfg
     if not task_cfg.get("name"):
-        _log(info, "periodic rollouts disabled: no task config (pass task=<name>)")
+        _log(run.info, "periodic rollouts disabled: no task config (pass task=<name>)")
         return False
-    with _ema_weights(policy, ema):
-        policy.eval()
-        summary = evaluate(policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
-                           seed=int(c.get("seed", 0)) + 100_000, device=device,
-                           out_dir=out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
-                           env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps,
-                           progress=False, policy_info={"checkpoint": None, "step": step, "trained_task": task_name})
-    policy.train()
-    logger.log("eval", step, {"success_rate": summary["success_rate"],
-                              "mean_max_score": summary.get("mean_max_score")})
-    _log(info, f"step {step}: rollout success {summary['success_rate']:.2f} over {summary['n_episodes']} episodes")
+    with _ema_weights(run.policy, run.ema):
+        run.policy.eval()
+        summary = evaluate(run.policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
+                           seed=run.seed + EVAL_SEED_OFFSET, device=run.device,
+                           out_dir=run.out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
+                           env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps, progress=False,
+                           policy_info={"checkpoint": None, "step": step, "trained_task": run.task_name})
+    run.policy.train()
+    run.logger.log("eval", step, {"success_rate": summary["success_rate"],
+                                  "mean_max_score": summary.get("mean_max_score")})
+    _log(run.info, f"step {step}: rollout success {summary['success_rate']:.2f} over {summary['n_episodes']} episodes")
     return True
 
 
