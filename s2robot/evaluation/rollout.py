@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
@@ -334,20 +335,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         ``all_errored``: True when every episode was aborted by an error, paths of written files) plus
         ``episodes``: the per-episode records (also in ``episodes.json``; not repeated in ``summary.json``).
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if n_envs < 1:
-        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-    if backend not in ("cpu", "warp"):
-        raise ValueError(f"backend={backend!r}: choose 'cpu' (MuJoCo in worker processes) or 'warp' (MuJoCo-Warp)")
-    if backend == "warp" and (env_fn is not None or not task):
-        raise ValueError("backend='warp' runs the built-in tasks only: pass task=<name>, not env_fn")
-    if env_fn is None:
-        if not task:
-            raise ValueError("evaluate needs a task name or an env_fn")
-        env_fn = TaskEnvFactory(task, dict(env_kwargs or {}))
-    from tqdm.auto import tqdm
-
+    env_fn = _check_args(episodes, n_envs, backend, task, env_fn, env_kwargs)
     task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
     dev = resolve_device(device)
     n_envs = min(int(n_envs), int(episodes))
@@ -383,24 +371,47 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         while loop.busy():
             loop.step()
         t_loop_end = time.perf_counter()
-        video_paths = [video.paths[i] for i in sorted(video.paths)]
     finally:
-        if video is not None:
-            video.close()
-        if bar is not None:
-            bar.close()
-        if pool is not None:
-            pool.close()
+        for part in (video, bar, pool):
+            if part is not None:
+                part.close()
         if was_training and hasattr(policy, "train"):
             policy.train()
 
-    records = loop.records
+    summary = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
+               "device": str(dev), "max_steps": int(limit), **summarize_episodes(loop.records)}
+    summary["all_errored"] = summary["n_errors"] == len(loop.records)
+    summary.update(_run_stats(loop, timers, pool, video, (t_begin, t_started, t_loop_end)))
+    if out_dir is not None:
+        summary["files"].update(write_report(out_dir, loop.records, summary))
+    summary["episodes"] = loop.records
+    return summary
+
+
+def _check_args(episodes: int, n_envs: int, backend: str, task: str | None, env_fn: Callable | None,
+                env_kwargs: dict | None) -> Callable:
+    """Refuse bad arguments of :func:`evaluate` with one clear line; returns the env factory to use."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    if backend not in ("cpu", "warp"):
+        raise ValueError(f"backend={backend!r}: choose 'cpu' (MuJoCo in worker processes) or 'warp' (MuJoCo-Warp)")
+    if backend == "warp" and (env_fn is not None or not task):
+        raise ValueError("backend='warp' runs the built-in tasks only: pass task=<name>, not env_fn")
+    if env_fn is None:
+        if not task:
+            raise ValueError("evaluate needs a task name or an env_fn")
+        env_fn = TaskEnvFactory(task, dict(env_kwargs or {}))
+    return env_fn
+
+
+def _run_stats(loop: "_BatchedRollout", timers: "_Timers", pool: EnvPoolProtocol, video: VideoRecorder,
+               times: tuple[float, float, float]) -> dict[str, Any]:
+    """The summary's run statistics: env-steps/s (steady state), forwards, timings, video files."""
+    t_begin, t_started, t_loop_end = times
     loop_wall = t_loop_end - t_started  # steady state: without worker start-up, first resets and shutdown
-    summary: dict[str, Any] = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
-                               "device": str(dev),
-                               "max_steps": int(limit), **summarize_episodes(records)}
-    summary["all_errored"] = summary["n_errors"] == len(records)
-    summary.update({
+    return {
         "env_steps": timers.env_steps,
         "wall_s": round(time.perf_counter() - t_begin, 3),
         "env_steps_per_s": timers.env_steps / loop_wall if loop_wall > 0 else 0.0,
@@ -412,10 +423,6 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
                    "policy": round(timers.policy, 3), "env_wait": round(timers.env_wait, 3),
                    "env_inside_workers": round(timers.env_inner, 3),
                    **{f"env_{k}": round(v, 3) for k, v in sorted(timers.env_parts.items())}},
-        "files": {"videos": video_paths},
+        "files": {"videos": [video.paths[i] for i in sorted(video.paths)]},
         "video_fps": video.fps,
-    })
-    if out_dir is not None:
-        summary["files"].update(write_report(out_dir, records, summary))
-    summary["episodes"] = records
-    return summary
+    }
