@@ -2,7 +2,8 @@
 
 Sub-packages: ``s2robot.envs`` (MuJoCo tasks), ``s2robot.datasets`` (zarr demonstrations, sampler, feature
 cache), ``s2robot.policies`` (BC and diffusion heads), ``s2robot.encoders`` + ``s2robot.s2`` (frozen multiscale
-encoders), ``s2robot.training``, ``s2robot.evaluation``, ``s2robot.ros`` (robot bridge).
+encoders), ``s2robot.training``, ``s2robot.evaluation``, ``s2robot.deploy`` (robot interface, safety, control
+loop) + ``s2robot.ros`` (ROS transports).
 """
 
 from __future__ import annotations

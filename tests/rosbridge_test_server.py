@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from s2robot.ros import messages as M
-from s2robot.ros.robot import RobotConfig
+from s2robot.ros.robot_config import RobotConfig
 
 
 class RosbridgeTestServer:
@@ -473,9 +473,9 @@ def run_bridge_episodes(env, robot_cfg: dict, seeds, make_policy: Callable, rate
     SafetyFilter/Watchdog -> commands -> SimRobotServer. ``on_episode(seed, sim, report)`` runs after each episode.
     Returns per seed ``{"seed", "success", "steps", "max_score", "hold_steps", "report"}`` (``report`` an ``EpisodeReport``).
     """
-    from s2robot.ros.control_loop import ControlLoop, LoopConfig
+    from s2robot.deploy.control_loop import ControlLoop, LoopConfig
+    from s2robot.deploy.safety import SafetyFilter, Watchdog
     from s2robot.ros.rosbridge import RosbridgeRobot
-    from s2robot.ros.safety import SafetyFilter, Watchdog
 
     max_steps = int(max_steps or env.spec.max_episode_steps)
     seeds = list(seeds)

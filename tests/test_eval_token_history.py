@@ -74,8 +74,8 @@ def test_cache_capacity_and_errors():
 
 
 def _policy(trainable="frozen"):
-    from s2robot.policies.normalizer import Normalizer
     from s2robot.policies import ShapeMeta, build_policy
+    from s2robot.policies.normalizer import Normalizer
 
     enc = build_encoder("vit_tiny_test", trainable=trainable)
     meta = ShapeMeta(cameras=["front", "wrist"], proprio_dim=6, action_dim=2, image_shape=[8, 8, 3],
@@ -125,9 +125,9 @@ def test_trainable_encoder_keeps_raw_images():
 def test_deployment_policy_adapter_encodes_each_frame_once():
     """The deploy loop's ``TorchPolicy`` replanning every tick (temporal ensembling) with n_obs_steps=3: each new
     camera frame is encoded once, and the actions equal those from raw images."""
+    from s2robot.deploy.control_loop import TorchPolicy
     from s2robot.policies import build_policy
     from s2robot.policies.base import ShapeMeta
-    from s2robot.ros.control_loop import TorchPolicy
 
     enc = build_encoder("vit_tiny_test")
     cfg = copy.deepcopy(TINY_POLICIES["bc_mlp"])

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from rosbridge_test_server import FAKE_ROBOT_CFG, FakeReachEnv, RosbridgeTestServer, SimRobotServer
+from s2robot.deploy.control_loop import CallablePolicy, ControlLoop, LoopConfig
+from s2robot.deploy.safety import SafetyFilter, Watchdog
 from s2robot.ros import messages as M
-from s2robot.ros.control_loop import CallablePolicy, ControlLoop, LoopConfig
-from s2robot.ros.robot import RobotConfig
+from s2robot.ros.robot_config import RobotConfig
 from s2robot.ros.rosbridge import RosbridgeRobot
-from s2robot.ros.safety import SafetyFilter, Watchdog
 
 pytestmark = pytest.mark.timeout(60)
 RATE = 20.0

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from rosbridge_test_server import FakeReachEnv
-from s2robot.ros.control_loop import ActionQueue, CallablePolicy, ControlLoop, LoopConfig
-from s2robot.ros.robot import ActionConfig, Robot, SafetyConfig
-from s2robot.ros.safety import SafetyFilter, Watchdog
-from s2robot.ros.sim_robot import SimRobot
+from s2robot.deploy.action_config import ActionConfig, SafetyConfig
+from s2robot.deploy.control_loop import ActionQueue, CallablePolicy, ControlLoop, LoopConfig
+from s2robot.deploy.robot_interface import Robot
+from s2robot.deploy.safety import SafetyFilter, Watchdog
+from s2robot.deploy.sim_robot import SimRobot
 
 
 def test_chunk_queue_skips_past_ticks_and_keeps_last_when_late():
@@ -139,7 +140,7 @@ class BlindRobot(ClockRobot):
 
     def get_observation(self):
         if self.error:
-            from s2robot.ros.robot import ObservationError
+            from s2robot.deploy.robot_interface import ObservationError
 
             raise ObservationError(self.error)
         return None

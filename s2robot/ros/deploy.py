@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s2robot.ros.config_types import ConfigError, bad, typed_kwargs
-from s2robot.ros.control_loop import ChunkPolicy, ControlLoop, EpisodeReport, LoopConfig, TorchPolicy
-from s2robot.ros.robot import Robot, RobotConfig
-from s2robot.ros.safety import SafetyFilter, Watchdog
+from s2robot.deploy.config_types import ConfigError, bad, typed_kwargs
+from s2robot.deploy.control_loop import ChunkPolicy, ControlLoop, EpisodeReport, LoopConfig, TorchPolicy
+from s2robot.deploy.robot_interface import Robot
+from s2robot.deploy.safety import SafetyFilter, Watchdog
+from s2robot.ros.robot_config import RobotConfig
 
 LOG = logging.getLogger("s2robot.deploy")
 
@@ -151,7 +152,7 @@ def load_configs(cfg) -> tuple[DeployOptions, RobotConfig]:
 def build_robot(cfg: RobotConfig, dry_run: bool = False, image_size=None, publish: bool = True) -> Robot:
     """The Robot for ``cfg.backend`` (not yet connected); ``publish=False`` for the pre-flight check."""
     if cfg.backend == "sim":
-        from s2robot.ros.sim_robot import SimRobot
+        from s2robot.deploy.sim_robot import SimRobot
 
         sim = dict(cfg.sim)
         size = image_size or cfg.image_size or sim.get("image_size", 96)
@@ -192,7 +193,7 @@ def run_episodes(robot: Robot, policy: ChunkPolicy, robot_cfg: RobotConfig, loop
     Each episode's report is appended to ``reports`` when it starts, so an interrupt (which propagates) leaves the
     running one there, marked ``interrupted``. Episodes stop after one that ended in a fault (policy_fault,
     disconnected, no_input): the next would meet the same fault."""
-    from s2robot.ros.sim_robot import SimRobot
+    from s2robot.deploy.sim_robot import SimRobot
 
     reports = [] if reports is None else reports
     safety = SafetyFilter(robot_cfg.action, robot_cfg.safety, 1.0 / loop_cfg.rate_hz)
@@ -256,8 +257,8 @@ def _connect(robot: Robot) -> str:
 
 def _start(robot: Robot, robot_cfg: RobotConfig, opts: DeployOptions) -> tuple[str, str]:
     """Connect and wait for every input; returns (ending, detail): ("", "") when ready."""
+    from s2robot.deploy.robot_interface import ObservationError
     from s2robot.ros.preflight import wait_for_inputs
-    from s2robot.ros.robot import ObservationError
 
     why = _connect(robot)
     if why:
@@ -309,7 +310,7 @@ def run(cfg) -> int:
                           realtime=robot_cfg.backend != "sim" or opts.sim_realtime)
     recorder = None
     if opts.record:
-        from s2robot.ros.recorder import EpisodeRecorder
+        from s2robot.deploy.recorder import EpisodeRecorder
 
         recorder = EpisodeRecorder(opts.record, attrs={"robot": robot_cfg.name, "fps": robot_cfg.rate_hz,
                                                        "checkpoint": str(opts.checkpoint)})

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from s2robot.ros.robot import Robot, RobotDisconnected
+from s2robot.deploy.robot_interface import Robot, RobotDisconnected
 
 
 class SimRobot(Robot):

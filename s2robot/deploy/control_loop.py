@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from s2robot.ros.robot import ObservationError, Robot, RobotDisconnected
-from s2robot.ros.safety import EStop, PolicyFault, SafetyFilter, Watchdog
+from s2robot.deploy.robot_interface import ObservationError, Robot, RobotDisconnected
+from s2robot.deploy.safety import EStop, PolicyFault, SafetyFilter, Watchdog
 
 LOG = logging.getLogger(__name__)
 
