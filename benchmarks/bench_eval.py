@@ -51,7 +51,7 @@ class ConstantPolicy(torch.nn.Module):
 
 class ReferencePolicy(torch.nn.Module):
     """The S2 policy computed as before the CPU inference work (``bench_policy.reference_predict``: encoder engine
-    "torch", whole FiLM product and ``nn.Conv1d`` every DDIM step); no ``obs_encoder`` attribute, so the evaluator
+    "torch", whole FiLM product and ``nn.Conv1d`` every DDIM step); no ``obs_conditioner`` attribute, so the evaluator
     feeds it raw images and re-encodes every history frame in every forward, as before."""
 
     def __init__(self, policy):

@@ -74,12 +74,12 @@ class DiffusionConfig:
 
 class DiffusionPolicy(BasePolicy):
     def __init__(
-        self, cfg: DiffusionConfig, shape_meta: ShapeMeta, obs_encoder: nn.Module, normalizer: nn.Module
+        self, cfg: DiffusionConfig, shape_meta: ShapeMeta, obs_conditioner: nn.Module, normalizer: nn.Module
     ) -> None:
-        super().__init__(shape_meta, obs_encoder, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
+        super().__init__(shape_meta, obs_conditioner, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
         self.cfg = cfg
-        d = obs_encoder.out_dim
-        n_tokens = cfg.n_obs_steps * obs_encoder.tokens_per_step
+        d = obs_conditioner.out_dim
+        n_tokens = cfg.n_obs_steps * obs_conditioner.tokens_per_step
         if cfg.denoiser == "unet":
             self.denoiser = ConditionalUnet1D(
                 self.action_dim, n_tokens * d, cfg.horizon, cfg.unet_down_dims, cfg.unet_kernel_size,

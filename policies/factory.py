@@ -60,5 +60,5 @@ def build_policy(
         normalizer = Normalizer(shapes)
     if obs_cfg.backbone == "resnet18":
         encoder = None  # the trainable baseline sees raw images only
-    obs_encoder = ObsConditioner(obs_cfg, meta, encoder)
-    return POLICY_TYPES[ptype][1](head_cfg, meta, obs_encoder, normalizer)
+    obs_conditioner = ObsConditioner(obs_cfg, meta, encoder)
+    return POLICY_TYPES[ptype][1](head_cfg, meta, obs_conditioner, normalizer)

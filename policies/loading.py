@@ -30,15 +30,36 @@ from s2robot.policies.base import ShapeMeta
 from s2robot.policies.factory import build_policy
 
 __all__ = [
-    "load_policy", "resolve_checkpoint", "read_config", "FORMAT_VERSION", "ENCODER_PREFIX", "EMA_PREFIX",
+    "load_policy", "resolve_checkpoint", "read_config", "read_model_tensors", "FORMAT_VERSION", "ENCODER_PREFIX", "EMA_PREFIX",
     "MODEL_FILE", "ENCODER_FILE", "OPTIM_FILE", "CONFIG_FILE", "STATE_FILE",
 ]
 
 FORMAT_VERSION = 1
-ENCODER_PREFIX = "obs_encoder.frozen_encoder."
+ENCODER_PREFIX = "obs_conditioner.token_encoder."
 EMA_PREFIX = "ema."
 MODEL_FILE, ENCODER_FILE, OPTIM_FILE = "model.safetensors", "encoder.safetensors", "optimizer.safetensors"
 CONFIG_FILE, STATE_FILE = "config.yaml", "state.json"
+# Parameter names before the renames of issue 19 (obs_encoder -> obs_conditioner, frozen_encoder -> token_encoder,
+# poolers -> camera_encoders): checkpoints written with them still load.
+_LEGACY_PREFIXES = (
+    ("obs_encoder.frozen_encoder.", "obs_conditioner.token_encoder."),
+    ("obs_encoder.poolers.", "obs_conditioner.camera_encoders."),
+    ("obs_encoder.", "obs_conditioner."),
+)
+
+
+def read_model_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``model.safetensors`` as {name: tensor}, parameter names of older checkpoints mapped to today's."""
+    out = {}
+    for key, value in load_file(str(path)).items():
+        ema = EMA_PREFIX if key.startswith(EMA_PREFIX) else ""
+        name = key[len(ema):]
+        for old, new in _LEGACY_PREFIXES:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        out[ema + name] = value
+    return out
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -100,7 +121,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", use_ema: b
     encoder = (_build_encoder_for_load(cfg["encoder"], ckpt, torch.device("cpu"), cfg.get("encoder_config_hash"))
                if needs_encoder else None)
     policy = build_policy(cfg["policy"], meta, encoder=encoder)
-    tensors = load_file(str(ckpt / MODEL_FILE))
+    tensors = read_model_tensors(ckpt / MODEL_FILE)
     weights = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
     if encoder is not None:
         weights.update({ENCODER_PREFIX + k: v for k, v in encoder.state_dict().items()})

@@ -90,13 +90,13 @@ def _policy(trainable="frozen"):
 def _evaluate(policy, token_history):
     from s2robot.evaluation import evaluate
 
-    count = _Counting(policy.obs_encoder.frozen_encoder.encode)
-    policy.obs_encoder.frozen_encoder.encode = count
+    count = _Counting(policy.obs_conditioner.token_encoder.encode)
+    policy.obs_conditioner.token_encoder.encode = count
     try:
         s = evaluate(policy, task="toy", n_envs=2, episodes=3, seed=3, device="cpu", env_fn=ToyEnvFactory(),
                      progress=False, max_steps=5, n_videos=0, token_history=token_history)
     finally:
-        del policy.obs_encoder.frozen_encoder.encode
+        del policy.obs_conditioner.token_encoder.encode
     return s, count.frames
 
 

@@ -263,7 +263,7 @@ def test_load_policy_without_the_original_encoder_file(tmp_path, store):
     before = s2robot.load_policy(ckpt)
     pth.unlink()
     after = s2robot.load_policy(ckpt)
-    assert after.obs_encoder.frozen_encoder.config_hash == before.obs_encoder.frozen_encoder.config_hash
+    assert after.obs_conditioner.token_encoder.config_hash == before.obs_conditioner.token_encoder.config_hash
     from s2robot.datasets.sampler import SequenceDataset
 
     batch = SequenceDataset(store, horizon=before.horizon, n_obs_steps=2, n_action_steps=4, split="all",

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from s2robot.policies.loading import (
     CONFIG_FILE, EMA_PREFIX, ENCODER_FILE, ENCODER_PREFIX, FORMAT_VERSION, MODEL_FILE, OPTIM_FILE, STATE_FILE,
-    resolve_checkpoint,
+    read_model_tensors, resolve_checkpoint,
 )
 
 __all__ = ["save_checkpoint", "load_training_state"]
@@ -131,7 +131,7 @@ def load_training_state(
     """Restore raw weights, optimiser, scheduler and EMA in place for resuming; returns ``state.json``."""
     ckpt = resolve_checkpoint(path)
     state = json.loads((ckpt / STATE_FILE).read_text())
-    tensors = load_file(str(ckpt / MODEL_FILE))
+    tensors = read_model_tensors(ckpt / MODEL_FILE)
     weights = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
     if (ckpt / ENCODER_FILE).is_file():  # a partly trainable encoder's fine-tuned weights live only there
         weights.update({ENCODER_PREFIX + k: v for k, v in load_file(str(ckpt / ENCODER_FILE)).items()})

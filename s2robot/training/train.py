@@ -354,7 +354,7 @@ def build_run(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: 
     cleanup.callback(store.close)
     policy = build_policy(pcfg, meta, _fit_normalizer(c, train_ds, meta), encoder)
     if meta.token_reduce:  # the cache's PCA goes into the policy, which applies it to live frames
-        policy.obs_encoder.set_token_projection(load_projection(store.group["features"][meta.feature_hash]))
+        policy.obs_conditioner.set_token_projection(load_projection(store.group["features"][meta.feature_hash]))
     policy = policy.to(device)
     named = policy.trainable_named_parameters()
     optimizer = build_optimizer(named, ocfg)
