@@ -41,7 +41,7 @@ class DiffusionConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
     clip_sample: bool = True
-    unet_down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    unet_down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])  # CPU-sized; [256, 512, 1024] on GPUs
     unet_kernel_size: int = 5
     unet_n_groups: int = 8
     step_embed_dim: int = 128

@@ -27,7 +27,7 @@ from s2robot.device import resolve_device
 from s2robot.encoders import build_encoder
 from s2robot.encoders.base import load_strict
 from s2robot.policies.base import ShapeMeta
-from s2robot.policies.factory import build_policy
+from s2robot.policies.factory import build_policy, parse_policy_config
 
 __all__ = [
     "load_policy", "resolve_checkpoint", "read_config", "read_model_tensors", "FORMAT_VERSION", "ENCODER_PREFIX", "EMA_PREFIX",
@@ -116,8 +116,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", use_ema: b
     if "shape_meta" not in cfg or "policy" not in cfg:
         raise ValueError(f"{ckpt / CONFIG_FILE} lacks 'policy' or 'shape_meta'; not an s2robot policy checkpoint")
     meta = ShapeMeta.from_dict(cfg["shape_meta"])
-    needs_encoder = ((cfg["policy"].get("obs") or {}).get("backbone", "tokens") == "tokens" and cfg.get("encoder")
-                     and meta.cameras)
+    _, _, obs_cfg = parse_policy_config(cfg["policy"])
+    needs_encoder = obs_cfg.backbone == "tokens" and cfg.get("encoder") and meta.cameras
     encoder = (_build_encoder_for_load(cfg["encoder"], ckpt, torch.device("cpu"), cfg.get("encoder_config_hash"))
                if needs_encoder else None)
     policy = build_policy(cfg["policy"], meta, encoder=encoder)

@@ -160,7 +160,7 @@ def _compose_checked(config_name: str, overrides: list[str]):
         bad = re.match(r"Could not (?:override|append to config)[^']*'([^']+)'", str(e))
         if bad is None:
             raise
-        raise unknown_key_error(config_name, bad.group(1), known()) from None
+        raise unknown_key_error(config_name, bad.group(1), known() + sorted(schema)) from None
     added = [ov.partition("=")[0].lstrip("+") for ov in overrides if ov.startswith("+")]
     added = [k for k in added if k not in schema]
     if added:

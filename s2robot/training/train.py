@@ -19,7 +19,7 @@ import itertools
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -43,6 +43,7 @@ from s2robot.policies.base import ShapeMeta
 from s2robot.policies.ema import PolicyEMA
 from s2robot.policies.factory import build_policy, parse_policy_config
 from s2robot.policies.loading import resolve_checkpoint
+from s2robot.policies.normalizer import MODES as NORMALIZER_MODES
 from s2robot.policies.normalizer import Normalizer
 from s2robot.training.checkpoint import load_training_state, save_checkpoint
 from s2robot.training.ddp import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown_distributed
@@ -50,20 +51,21 @@ from s2robot.training.interrupt import StopRequest, resume_command
 from s2robot.training.logger import RunLogger
 from s2robot.training.optim import OptimConfig, build_lr_scheduler, build_optimizer
 
-__all__ = ["TrainConfig", "EMAConfig", "train", "run", "select_features", "seed_for_step"]
+__all__ = ["TrainConfig", "EMAConfig", "DatasetConfig", "resolved_config", "train", "run", "select_features",
+           "seed_for_step"]
 
 
 @dataclass
 class TrainConfig:
     """``train:`` section of ``configs/train.yaml``."""
 
-    steps: int = 20000
+    steps: int = 3000  # BC-MLP on cached tokens: 1500-3000 measured equal on lift_cube (docs/policies.md)
     batch_size: int = 64
     grad_clip: float = 1.0  # max global grad norm (0 disables clipping)
     log_every: int = 50
-    val_every: int = 1000  # validation loss (EMA weights) on the held-out episodes; 0 disables
+    val_every: int = 500  # validation loss (EMA weights) on the held-out episodes; 0 disables
     val_batches: int = 8
-    save_every: int = 5000  # checkpoint period; the final step is always saved
+    save_every: int = 500  # checkpoint period; the final step is always saved
     keep_last: int = 2  # older step_* checkpoints are deleted (0 keeps all)
     eval_every: int = 0  # evaluator rollouts (EMA weights) every N steps; 0 disables
     eval_episodes: int = 10
@@ -99,6 +101,56 @@ class EMAConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_decay <= self.max_decay < 1.0:
             raise ValueError(f"ema needs 0 <= min_decay <= max_decay < 1, got {self.min_decay}, {self.max_decay}")
+
+
+@dataclass
+class DatasetConfig:
+    """``dataset:`` section: the demonstration store and how training reads it (``configs/dataset/default.yaml``
+    sets only ``path``; ``dataset=PATH`` on the command line sets it too)."""
+
+    path: str | None = None  # zarr directory, .zip, or fsspec URL
+    val_ratio: float = 0.1  # fraction of episodes held out for validation (split by episode)
+    seed: int = 0  # split seed
+    use_cached_features: bool = True  # read features/<encoder hash> when present instead of running the encoder
+    num_workers: int = 4  # DataLoader worker processes (each opens the store lazily)
+    lowdim_cache_mb: int = 256  # low-dim arrays below this total size are held in RAM per process
+    token_cache_mb: int = 4096  # cached tokens up to this total size are loaded into RAM once (0: stream them)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.val_ratio) < 1.0:
+            raise ValueError(f"dataset.val_ratio must be in [0, 1), got {self.val_ratio}")
+        for name in ("num_workers", "lowdim_cache_mb", "token_cache_mb"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"dataset.{name} must be >= 0, got {getattr(self, name)}")
+
+
+#: every top-level key of a training config (configs/train.yaml); anything else is a typo
+TRAIN_CONFIG_KEYS = ("task", "policy", "encoder", "dataset", "normalizer", "train", "optim", "ema", "seed", "device",
+                     "threads", "out_dir", "resume", "pool_grid", "token_dim")
+NORMALIZED_KEYS = ("action", "proprio", "state")  # the ``normalizer:`` section's keys; each minmax by default
+
+
+def resolved_config(cfg: Any) -> dict[str, Any]:
+    """A training config with every section validated and completed from its dataclass (the schema): unknown keys,
+    in any section, are an error naming them. The result is what the checkpoint records, every value included."""
+    c = section(cfg, "train config")
+    unknown = sorted(set(c) - set(TRAIN_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"train config: unknown key(s) {unknown}; valid keys are {sorted(TRAIN_CONFIG_KEYS)}")
+    ptype, head, obs = parse_policy_config(c.get("policy") or {})
+    name = section(c.get("policy"), "policy").get("name")
+    c["policy"] = {"name": name, "type": ptype, **asdict(head), "obs": asdict(obs)}
+    for key, cls in (("train", TrainConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("dataset", DatasetConfig)):
+        c[key] = asdict(dataclass_from(cls, c.get(key), key))
+    modes = section(c.get("normalizer"), "normalizer")
+    unknown = sorted(set(modes) - set(NORMALIZED_KEYS))
+    if unknown:
+        raise ValueError(f"normalizer: unknown key(s) {unknown}; valid keys are {list(NORMALIZED_KEYS)}")
+    bad = {k: v for k, v in modes.items() if v not in NORMALIZER_MODES}
+    if bad:
+        raise ValueError(f"normalizer: mode(s) {bad} not one of {sorted(NORMALIZER_MODES)}")
+    c["normalizer"] = {k: modes.get(k, "minmax") for k in NORMALIZED_KEYS}
+    return c
 
 
 def seed_for_step(seed: int, rank: int, step: int) -> int:
@@ -180,7 +232,7 @@ def _log(info: DistInfo, msg: str) -> None:
 # ------------------------------------------------------------------------------------------------------ train
 def train(cfg: Any) -> Path:
     """Train per ``cfg`` (the composed ``configs/train.yaml``); returns the final checkpoint directory."""
-    c = section(cfg, "train config")
+    c = resolved_config(cfg)
     info, device = init_distributed(c.get("device", "auto"))
     threads = c.get("threads")
     if device.type == "cpu" and threads:
@@ -199,7 +251,7 @@ def train(cfg: Any) -> Path:
 def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any, tcfg: TrainConfig):
     """Open the store, build the frozen encoder, pick cached features, make the train/val windows and the shape
     metadata -> (store, encoder or None, train_ds, val_ds or None, ShapeMeta)."""
-    task_cfg, dcfg = c.get("task") or {}, c.get("dataset") or {}
+    task_cfg, dcfg = c.get("task") or {}, c["dataset"]
     store = EpisodeStore.open(dcfg["path"], mode="r")
     # task.cameras: [] trains a policy without images (e.g. on the privileged state only)
     cameras = list(store.cameras if task_cfg.get("cameras") is None else task_cfg["cameras"])
@@ -217,7 +269,7 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
         if not enc_cfg.get("name"):
             raise ValueError("policy.obs.backbone=tokens needs an encoder: pass encoder=<name>")
         encoder = build_encoder(**enc_cfg, device="cpu")
-        if dcfg.get("use_cached_features", True):
+        if dcfg["use_cached_features"]:
             token_dim = c.get("token_dim")
             feature_key, feature_attrs = select_features(store, encoder, cameras, c.get("pool_grid"), token_dim)
             if token_dim and not feature_key:
@@ -233,8 +285,8 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
             _log(info, f"using cached features {dcfg['path']}/features/{feature_key} (encoder {enc_cfg['name']}, "
                        f"hash {encoder.config_hash})")
         else:
-            why = "cached features disabled (dataset.use_cached_features=false)" if not dcfg.get(
-                "use_cached_features", True) else (
+            why = "cached features disabled (dataset.use_cached_features=false)" if not dcfg[
+                "use_cached_features"] else (
                 f"no cached features for encoder {enc_cfg['name']!r} (hash {encoder.config_hash}) in the store")
             _log(info, f"{why}: encoding images online with the frozen encoder (slower; "
                        f"`{cache_command(dcfg['path'], enc_cfg)}` caches them once)")
@@ -245,9 +297,9 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
     preflight(store, [k for k in obs_keys if not (feature_key and k.endswith("_image"))] + ["action"], feature_key)
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
-                 val_ratio=float(dcfg.get("val_ratio", 0.1)), seed=int(dcfg.get("seed", 0)),
-                 lowdim_cache_bytes=int(dcfg.get("lowdim_cache_mb", 256)) << 20,
-                 token_cache_bytes=int(dcfg.get("token_cache_mb", 4096)) << 20)
+                 val_ratio=float(dcfg["val_ratio"]), seed=int(dcfg["seed"]),
+                 lowdim_cache_bytes=int(dcfg["lowdim_cache_mb"]) << 20,
+                 token_cache_bytes=int(dcfg["token_cache_mb"]) << 20)
     train_ds = SequenceDataset(store, split="train", **ds_kw)
     val_ds = SequenceDataset(store, split="val", **ds_kw) if tcfg.val_every and ds_kw["val_ratio"] > 0 else None
     if val_ds is not None and len(val_ds) == 0:
@@ -275,8 +327,7 @@ def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
     ``normalizer:``."""
     stats = train_ds.lowdim_data(["action"] + (["proprio"] if meta.proprio_dim else []) + (
         ["state"] if meta.state_dim else []))
-    modes = dict(c.get("normalizer") or {})
-    return Normalizer().fit(stats, modes={k: modes.get(k, "minmax") for k in stats})
+    return Normalizer().fit(stats, modes={k: c["normalizer"][k] for k in stats})
 
 
 @dataclass
@@ -344,7 +395,7 @@ def build_run(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: 
     ecfg = dataclass_from(EMAConfig, c.get("ema"), "ema")
     pcfg = c.get("policy") or {}
     _, head_cfg, obs_cfg = parse_policy_config(pcfg)  # validate before any heavy work
-    if not (c.get("dataset") or {}).get("path"):
+    if not c["dataset"]["path"]:
         raise ValueError("no dataset: pass dataset=PATH (a zarr store written by `s2robot collect` or imported)")
     seed = int(c.get("seed", 0))
     torch.manual_seed(seed)  # model init: identical on every rank (DDP also broadcasts rank 0's weights)
@@ -440,7 +491,7 @@ def _make_loader(c: dict[str, Any], info: DistInfo, device: torch.device, train_
     if per_epoch < 1:
         raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
                          f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
-    workers = int((c.get("dataset") or {}).get("num_workers", 0))
+    workers = int(c["dataset"]["num_workers"])
     loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
                         batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda")
