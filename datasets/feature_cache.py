@@ -32,6 +32,7 @@ from s2robot.tokens import pool_tokens, tokens_as_cached  # noqa: F401  (pool_to
 from .integrity import check_present, read_steps
 from .store import WRITE_ALL_CHUNKS, DatasetError, EpisodeStore, StoreLike, describe
 
+STORED_DTYPE = "float16"  # the cache's token dtype; a policy trained on it must round online tokens the same way
 TOKEN_CODEC = dict(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
 CACHE_FORMAT = 1
 
@@ -126,7 +127,7 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
     for c in cams:
         if c not in group:
             group.create_array(
-                c, shape=(n, n_tok, d), dtype="float16", chunks=(1, n_tok, d),
+                c, shape=(n, n_tok, d), dtype=STORED_DTYPE, chunks=(1, n_tok, d),
                 compressors=BloscCodec(**TOKEN_CODEC), fill_value=0, config=WRITE_ALL_CHUNKS,
             )
         elif group[c].shape[0] != n:
@@ -150,7 +151,7 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
                 x = pin_if_cuda(torch.from_numpy(frames), dev)
                 with autocast_for(dev):
                     tok = encoder.encode(x)
-                tok = tokens_as_cached(tok, num_prefix=n_prefix, grid=grid, pool_grid=pool_grid, dtype="float16")
+                tok = tokens_as_cached(tok, num_prefix=n_prefix, grid=grid, pool_grid=pool_grid, dtype=STORED_DTYPE)
                 if tuple(tok.shape[1:]) != (n_tok, d):
                     raise DatasetError(f"encoder returned tokens {tuple(tok.shape)}, expected (B, {n_tok}, {d})")
                 out[s : s + len(frames)] = tok.cpu().numpy()

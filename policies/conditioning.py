@@ -33,7 +33,7 @@ from torch import nn
 from s2robot.device import autocast_for
 from s2robot.policies.base import ShapeMeta
 from s2robot.policies.resnet_baseline import ResNetImageEncoder
-from s2robot.tokens import TokenProjection, tokens_as_cached
+from s2robot.tokens import CACHE_DTYPES, TokenProjection, tokens_as_cached
 
 __all__ = ["ConditioningConfig", "ObsConditioner", "TokenPooler"]
 
@@ -73,8 +73,8 @@ class ConditioningConfig:
             raise ValueError(f"policy.obs.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.crop_ratio <= 1.0:
             raise ValueError(f"policy.obs.crop_ratio must be in (0, 1], got {self.crop_ratio}")
-        if self.cache_dtype not in ("float16", "float32", "bfloat16"):
-            raise ValueError(f"policy.obs.cache_dtype={self.cache_dtype!r} is not float16, bfloat16 or float32")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"policy.obs.cache_dtype={self.cache_dtype!r} is not one of {CACHE_DTYPES}")
 
     @property
     def tokens_per_camera(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from policy_testlib import one_torch_thread  # noqa: F401  (autouse fixture)
-from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, make_store, train_cfg
+from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, TINY_POLICIES, make_store, train_cfg
 from s2robot.training.train import train
 
 TESTS = Path(__file__).parent
@@ -299,3 +300,37 @@ def test_nonfinite_loss_stops_training_keeps_good_checkpoints_and_closes_everyth
     assert "store" in calls["closed"] and "logger" in calls["closed"]
     w = _weights(out / "checkpoints" / "step_0000003")
     assert all(torch.isfinite(v).all() for v in w.values())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_online_tokens_are_the_cache_function_for_every_dtype(dtype):
+    """The online path (ObsConditioner.encode_images) is tokens_as_cached of the encoder's tokens in its cache_dtype,
+    the function the cache writes with (for float16, the cache's dtype, the stored tokens equal it: see
+    test_cached_features_checkpoint_and_load_policy)."""
+    from s2robot.encoders import build_encoder
+    from s2robot.policies.base import ShapeMeta
+    from s2robot.policies.conditioning import ConditioningConfig, ObsConditioner
+    from s2robot.tokens import CACHE_DTYPES, tokens_as_cached
+
+    assert dtype in CACHE_DTYPES
+    enc = build_encoder(**TINY_ENCODER)
+    meta = ShapeMeta(cameras=["front"], proprio_dim=0, action_dim=2, image_shape=[IMG, IMG, 3],
+                     token_shape=[enc.num_tokens, enc.out_dim], num_prefix=enc.num_prefix)
+    cond = ObsConditioner(ConditioningConfig(backbone="tokens", cache_dtype=dtype), meta, enc)
+    frames = torch.randint(0, 256, (3, IMG, IMG, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = tokens_as_cached(enc.encode(frames), num_prefix=enc.num_prefix, grid=enc.grid, dtype=dtype)
+        got = cond.encode_images(frames)
+    assert expected.dtype == getattr(torch, dtype)
+    torch.testing.assert_close(got, expected.float(), atol=0, rtol=0)
+
+
+def test_training_on_cached_tokens_refuses_another_cache_dtype(tmp_path, cached_store):
+    """The cache stores float16: a policy rounding live frames to another dtype would not see its training tokens."""
+    path, _ = cached_store
+    policy = copy.deepcopy(TINY_POLICIES["bc_mlp"])
+    policy["obs"] = {**policy["obs"], "cache_dtype": "float32"}
+    with pytest.raises(ValueError, match=r"policy.obs.cache_dtype=float32 but the cached features are float16"):
+        train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=2, policy=policy))
+    # online encoding in that dtype is fine
+    train(train_cfg(path, tmp_path / "run2", "bc_mlp", steps=2, policy=policy, dataset={"use_cached_features": False}))

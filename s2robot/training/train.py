@@ -30,7 +30,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm.auto import tqdm
 
 from s2robot.configtools import dataclass_from, section
-from s2robot.datasets.feature_cache import cache_command, cached_feature_sets
+from s2robot.datasets.feature_cache import STORED_DTYPE, cache_command, cached_feature_sets
 from s2robot.datasets.integrity import preflight
 from s2robot.datasets.sampler import BatchView, SequenceDataset
 from s2robot.datasets.store import DatasetError, EpisodeStore
@@ -281,6 +281,11 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
                         f"or train on the full tokens with token_dim=null")
                 _log(info, f"token_dim={token_dim} needs a PCA fitted on cached features; none are cached, so the "
                            f"full tokens are used")
+        if feature_key and obs_cfg.cache_dtype != STORED_DTYPE:
+            raise ValueError(
+                f"policy.obs.cache_dtype={obs_cfg.cache_dtype} but the cached features are {STORED_DTYPE}: live "
+                f"frames would not give the tokens the policy was trained on; use policy.obs.cache_dtype="
+                f"{STORED_DTYPE}, or dataset.use_cached_features=false to train on online {obs_cfg.cache_dtype} tokens")
         if feature_key:
             _log(info, f"using cached features {dcfg['path']}/features/{feature_key} (encoder {enc_cfg['name']}, "
                        f"hash {encoder.config_hash})")
