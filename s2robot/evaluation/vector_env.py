@@ -43,6 +43,7 @@ class TaskEnvFactory:
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __call__(self):
+        # imported here, in the worker, after it chose MUJOCO_GL: importing s2robot.envs loads MuJoCo and Mesa
         from s2robot.envs import make_env
 
         return make_env(self.task, **dict(self.env_kwargs))
