@@ -51,7 +51,7 @@ class ConstantPolicy(torch.nn.Module):
 
 class ReferencePolicy(torch.nn.Module):
     """The S2 policy computed as before the CPU inference work (``bench_policy.reference_predict``: encoder engine
-    "torch", whole FiLM product and ``nn.Conv1d`` every DDIM step); no ``obs_encoder`` attribute, so the evaluator
+    "torch", whole FiLM product and ``nn.Conv1d`` every DDIM step); no ``obs_conditioner`` attribute, so the evaluator
     feeds it raw images and re-encodes every history frame in every forward, as before."""
 
     def __init__(self, policy):
@@ -69,7 +69,7 @@ class ReferencePolicy(torch.nn.Module):
 def build_s2_policy(task: str, image_size: int, encoder: str, device: str, input_size: int | None = None,
                     n_action_steps: int | None = None):
     """The real S2 diffusion U-Net policy (random weights) on a frozen ``encoder`` reading raw images."""
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.encoders import build_encoder
     from s2robot.envs import make_env
     from s2robot.policies import ShapeMeta, build_policy

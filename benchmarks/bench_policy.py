@@ -52,7 +52,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     torch.set_num_threads(args.threads)
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.encoders import build_encoder
     from s2robot.policies import ShapeMeta
 
@@ -175,7 +175,7 @@ def cached_training_table(args, encoder, norm, cfg_dir, S, P, A, cams, episodes:
                 torch.manual_seed(0)
                 policy = build_policy(pcfg, meta, norm, encoder).train()
                 if meta.token_reduce:
-                    policy.obs_encoder.set_token_projection(proj)
+                    policy.obs_conditioner.set_token_projection(proj)
                 opt = build_optimizer(policy.trainable_named_parameters(), OptimConfig())
                 horizon = int(pcfg.get("horizon", pcfg["n_obs_steps"] - 1 + pcfg["n_action_steps"]))
                 ds = SequenceDataset(path, horizon=horizon, n_obs_steps=pcfg["n_obs_steps"],
@@ -204,7 +204,7 @@ def reference_predict(policy, obs):
     from s2robot.policies.diffusion import DiffusionPolicy
     from s2robot.policies.unet1d import GemmConv1d
 
-    enc = policy.obs_encoder.frozen_encoder
+    enc = policy.obs_conditioner.token_encoder
     engine, enc.engine = enc.engine, "torch"
     convs = [m for m in policy.modules() if isinstance(m, GemmConv1d)]
     for m in convs:

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import numpy as np  # noqa: E402
 
 from rosbridge_test_server import FAKE_ROBOT_CFG, FakeReachEnv, RosbridgeTestServer, SimRobotServer  # noqa: E402
-from s2robot.ros.control_loop import CallablePolicy, ControlLoop, LoopConfig  # noqa: E402
-from s2robot.ros.robot import RobotConfig  # noqa: E402
+from s2robot.deploy.control_loop import CallablePolicy, ControlLoop, LoopConfig  # noqa: E402
+from s2robot.deploy.safety import SafetyFilter, Watchdog  # noqa: E402
+from s2robot.ros.robot_config import RobotConfig  # noqa: E402
 from s2robot.ros.rosbridge import RosbridgeRobot  # noqa: E402
-from s2robot.ros.safety import SafetyFilter, Watchdog  # noqa: E402
 
 
 def _serve(rate: float, seconds: float, image: int, port_q, stop_evt) -> None:

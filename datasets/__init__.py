@@ -1,15 +1,13 @@
-"""Demonstration datasets on zarr v3: episode store, sequence sampler, normaliser, frozen-feature cache, import.
+"""Demonstration datasets on zarr v3: episode store, sequence sampler, frozen-feature cache, import.
 
 See ``docs/datasets.md``. Main entry points::
 
     from s2robot.datasets.store import EpisodeStore
     from s2robot.datasets.sampler import SequenceDataset
-    from s2robot.datasets.normalizer import Normalizer
     from s2robot.datasets.feature_cache import cache_features, feature_hash_for
 """
 
-from .normalizer import Normalizer
 from .sampler import SequenceDataset
 from .store import DatasetError, EpisodeStore
 
-__all__ = ["DatasetError", "EpisodeStore", "Normalizer", "SequenceDataset"]
+__all__ = ["DatasetError", "EpisodeStore", "SequenceDataset"]

@@ -17,20 +17,28 @@ sharded arrays go through zarr's slower general path; see docs/datasets.md.)
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import zarr
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec
 
+from s2robot.configs import configs_dir
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
+from s2robot.encoders import build_encoder
 from s2robot.tokens import pool_tokens, tokens_as_cached  # noqa: F401  (pool_tokens: re-exported)
 
 from .integrity import check_present, read_steps
 from .store import WRITE_ALL_CHUNKS, DatasetError, EpisodeStore, StoreLike, describe
+from .token_reduction import reduce_features
 
+STORED_DTYPE = "float16"  # the cache's token dtype; a policy trained on it must round online tokens the same way
 TOKEN_CODEC = dict(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
 CACHE_FORMAT = 1
 
@@ -98,8 +106,6 @@ def cache_features(
     finally:
         store.close()
     if token_dim:
-        from .token_reduction import reduce_features
-
         key = reduce_features(path, key, int(token_dim), progress=progress)
     return key
 
@@ -107,8 +113,6 @@ def cache_features(
 def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: Sequence[str] | None,
                  batch_size: int, pool_grid: int | None, progress: bool) -> str:
     """The body of ``cache_features`` on an open store."""
-    from tqdm.auto import tqdm
-
     cams = list(cameras) if cameras is not None else [c for c in store.cameras if f"{c}_image" in store.spec]
     missing = [c for c in cams if f"{c}_image" not in store.spec]
     if missing:
@@ -125,7 +129,7 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
     for c in cams:
         if c not in group:
             group.create_array(
-                c, shape=(n, n_tok, d), dtype="float16", chunks=(1, n_tok, d),
+                c, shape=(n, n_tok, d), dtype=STORED_DTYPE, chunks=(1, n_tok, d),
                 compressors=BloscCodec(**TOKEN_CODEC), fill_value=0, config=WRITE_ALL_CHUNKS,
             )
         elif group[c].shape[0] != n:
@@ -149,7 +153,7 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
                 x = pin_if_cuda(torch.from_numpy(frames), dev)
                 with autocast_for(dev):
                     tok = encoder.encode(x)
-                tok = tokens_as_cached(tok, num_prefix=n_prefix, grid=grid, pool_grid=pool_grid, dtype="float16")
+                tok = tokens_as_cached(tok, num_prefix=n_prefix, grid=grid, pool_grid=pool_grid, dtype=STORED_DTYPE)
                 if tuple(tok.shape[1:]) != (n_tok, d):
                     raise DatasetError(f"encoder returned tokens {tuple(tok.shape)}, expected (B, {n_tok}, {d})")
                 out[s : s + len(frames)] = tok.cpu().numpy()
@@ -173,10 +177,6 @@ def cached_feature_sets(store: EpisodeStore) -> dict[str, dict[str, Any]]:
 
 def run(cfg) -> str:
     """CLI verb ``s2robot cache dataset=PATH encoder=NAME [batch_size=256 pool_grid=null device=auto]``."""
-    from omegaconf import OmegaConf
-
-    from s2robot.encoders import build_encoder
-
     path = cfg.dataset.path
     if not path:
         raise SystemExit("s2robot cache: give the store, e.g. `s2robot cache dataset=data/demos.zarr encoder=...`")
@@ -198,9 +198,6 @@ def run(cfg) -> str:
 
 def _override_value(v: Any) -> str:
     """A value as a hydra command-line override: null, true, 3, [1,2], or a shell-quoted string."""
-    import json
-    import shlex
-
     if isinstance(v, str):
         return shlex.quote(v)
     return json.dumps(v, separators=(",", ":"))
@@ -209,10 +206,6 @@ def _override_value(v: Any) -> str:
 def encoder_overrides(encoder_cfg: Any) -> list[str]:
     """``encoder=<name>`` plus ``encoder.<key>=<value>`` for every key that differs from the shipped
     ``configs/encoder/<name>.yaml``: the overrides that rebuild this exact encoder (same ``config_hash``)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from s2robot.cli_checks import configs_dir
-
     enc = OmegaConf.to_container(encoder_cfg, resolve=True) if isinstance(encoder_cfg, DictConfig) else dict(encoder_cfg)
     shipped = configs_dir() / "encoder" / f"{enc.get('name')}.yaml"
     base = OmegaConf.to_container(OmegaConf.load(shipped)) if shipped.is_file() else {}

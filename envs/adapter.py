@@ -2,7 +2,7 @@
 
 ``ImageEnvAdapter(env, obs_fn)`` turns a foreign env (Meta-World, gymnasium-robotics, your own) into one that
 returns the s2robot observation dict (``"<cam>_image"`` uint8 (H, W, 3), ``"proprio"`` float32 (P,)) and
-``info["success"]`` / ``info["score"]`` every step, so ``collect.record_episode``, the dataset store and the
+``info["success"]`` / ``info["score"]`` every step, so ``s2robot.collection.record_episode``, the dataset store and the
 evaluator treat it like a built-in task::
 
     import metaworld, gymnasium as gym

@@ -1,242 +1,30 @@
-"""N MuJoCo worlds on one device with MuJoCo Warp: batched physics, batched rendering, torch views of the state.
+"""A built-in s2robot task in N MuJoCo Warp worlds: the batched, torch-facing counterpart of ``make_env(task)``.
 
-This is the task-agnostic half of the warp backend (``s2robot.envs.warp_backend`` adds the task logic). It owns
-
-- ``mujoco_warp.put_model`` / ``put_data(nworld=N)`` for one ``mujoco.MjModel``;
-- one env step = ``n_substeps`` calls of ``mujoco_warp.step``, captured once into a graph and replayed with
-  ``wp.capture_launch`` (a CUDA graph on GPU; warp >= 1.19 also records and replays graphs on its CPU device,
-  which removes the Python launch overhead there too);
-- ``create_render_context`` (no shadows, no depth) + ``refit_bvh`` + ``render`` for the task cameras, captured the
-  same way, with the packed RGBA buffer exposed to torch as uint8 (N, H, W, 3) without a host round trip;
-- torch tensors that *alias* the warp arrays (``wp.to_torch`` shares memory on CPU and CUDA), so writing
-  ``sim.mocap_pos[...] = x`` in torch is what the next replayed step reads, and ``sim.xpos`` is what it wrote.
-
-Everything is float32 on the warp side (MuJoCo on CPU is float64); the parity tests state the tolerance.
+``WarpBatchEnv`` adds the task logic (MJCF, seeded initial states, ``robot.apply_action`` control, success and
+score, observations) on top of the task-agnostic simulator :class:`~s2robot.envs.warp_sim.WarpSim`;
+``WorldView`` shows one world to the scripted experts as if it were a ``ManipulationEnv``. The evaluator's
+adapter (the env-pool interface) is :class:`s2robot.evaluation.warp_pool.WarpEnvPool`. See ``docs/warp.md``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
-import traceback
 from typing import Sequence
 
 import mujoco
 import numpy as np
 import torch
 
-try:  # optional extra: pip install "s2robot[warp]"
-    import mujoco_warp as mjw
-    import warp as wp
-except ImportError as exc:  # pragma: no cover - exercised only where the extra is missing
-    mjw = None
-    wp = None
-    _IMPORT_ERROR: ImportError | None = exc
-else:
-    _IMPORT_ERROR = None
+from s2robot.device import resolve_device
+
+from . import robot
+from .base import ManipulationEnv, load_model
+from .tasks import get_task
+from .warp_sim import WarpSim
+from .warp_tasks import ModelIndex, evaluate_chunked, init_arrays, params_geom_rgba, sample_init, state_arrays
+
+__all__ = ["WarpBatchEnv", "WorldView"]
 
 
-def require_warp() -> None:
-    """Raise a clear error when the optional ``mujoco-warp`` / ``warp-lang`` packages are missing."""
-    if _IMPORT_ERROR is not None:
-        raise ImportError(
-            "the warp backend needs the optional packages mujoco-warp and warp-lang "
-            "(pip install 's2robot[warp]')"
-        ) from _IMPORT_ERROR
-
-
-def init_warp() -> None:
-    """Initialise warp once, quietly (module-load chatter off; kernels are cached in ``wp.config.kernel_cache_dir``)."""
-    require_warp()
-    if os.environ.get("S2ROBOT_WARP_VERBOSE", "0") != "1":
-        wp.config.quiet = True
-        wp.config.log_level = wp.LOG_WARNING
-    wp.init()
-
-
-def warp_device_for(device: str | torch.device) -> tuple[torch.device, "wp.context.Device"]:
-    """torch device (``cpu`` / ``cuda[:i]``) -> (torch device, matching warp device); clear error otherwise."""
-    init_warp()
-    tdev = torch.device(device)
-    if tdev.type == "cuda" and tdev.index is None:
-        tdev = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
-    if tdev.type not in ("cpu", "cuda"):
-        raise ValueError(f"the warp backend runs on 'cpu' or 'cuda', got device={device!s}")
-    if tdev.type == "cuda" and not wp.is_cuda_available():
-        raise RuntimeError(f"device={device!s} requested but warp sees no CUDA device on this machine")
-    return tdev, wp.device_from_torch(tdev)
-
-
-class WarpSim:
-    """``n_worlds`` copies of one MjModel stepped and rendered together on one warp device.
-
-    Args:
-        mjm: the host model (the same MjModel the CPU env uses; it is not modified).
-        n_worlds: number of parallel worlds N.
-        device: ``"cpu"`` or ``"cuda[:i]"`` (torch spelling); tensors below live there.
-        n_substeps: physics steps per env step (control decimation).
-        cameras: model camera names to render, in output order; empty for physics only.
-        image_size: square render resolution (H = W) for every camera.
-        use_graph: capture step/render into graphs and replay them (default on; off = eager launches).
-        nconmax, njmax: per-world contact / constraint capacity (mujoco_warp defaults when None).
-        per_world_rgba: give every world its own ``geom_rgba`` row (``self.geom_rgba`` (N, ngeom, 4), writable).
-
-    Torch views (alias warp memory, float32, leading dim N): ``qpos`` (N, nq), ``qvel`` (N, nv), ``ctrl`` (N, nu),
-    ``mocap_pos`` (N, nmocap, 3), ``mocap_quat`` (N, nmocap, 4, wxyz), ``xpos`` (N, nbody, 3),
-    ``xquat`` (N, nbody, 4), ``site_xpos`` (N, nsite, 3), ``time`` (N,).
-    """
-
-    def __init__(
-        self,
-        mjm: mujoco.MjModel,
-        n_worlds: int,
-        device: str | torch.device = "cpu",
-        n_substeps: int = 1,
-        cameras: Sequence[str] = (),
-        image_size: int = 84,
-        use_graph: bool = True,
-        nconmax: int | None = None,
-        njmax: int | None = None,
-        per_world_rgba: bool = False,
-    ) -> None:
-        if int(n_worlds) < 1:
-            raise ValueError(f"n_worlds must be >= 1, got {n_worlds}")
-        if int(n_substeps) < 1:
-            raise ValueError(f"n_substeps must be >= 1, got {n_substeps}")
-        if cameras and int(image_size) < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
-        self.device, self.wp_device = warp_device_for(device)
-        self.mjm = mjm
-        self.n_worlds = int(n_worlds)
-        self.n_substeps = int(n_substeps)
-        self.cameras = tuple(cameras)
-        self.image_size = int(image_size)
-        self.use_graph = bool(use_graph)
-        for cam in self.cameras:
-            if mujoco.mj_name2id(mjm, mujoco.mjtObj.mjOBJ_CAMERA, cam) < 0:
-                names = [mjm.camera(i).name for i in range(mjm.ncam)]
-                raise ValueError(f"camera {cam!r} is not in the model (cameras: {names})")
-
-        mjd = mujoco.MjData(mjm)
-        mujoco.mj_forward(mjm, mjd)
-        with wp.ScopedDevice(self.wp_device):
-            self.m = mjw.put_model(mjm, batch_sizes={"geom_rgba": self.n_worlds} if per_world_rgba else None)
-            self.d = mjw.put_data(mjm, mjd, nworld=self.n_worlds, nconmax=nconmax, njmax=njmax)
-            self._reset_mask = wp.zeros(self.n_worlds, dtype=bool)
-            self.rc = None
-            if self.cameras:
-                self.rc = mjw.create_render_context(
-                    mjm,
-                    nworld=self.n_worlds,
-                    cam_res=(self.image_size, self.image_size),
-                    render_rgb=True,
-                    render_depth=False,
-                    render_seg=False,
-                    use_shadows=False,
-                    use_textures=True,
-                    cam_active=list(self.cameras),
-                )
-        t = wp.to_torch
-        d = self.d
-        self.qpos, self.qvel, self.ctrl = t(d.qpos), t(d.qvel), t(d.ctrl)
-        self.mocap_pos, self.mocap_quat = t(d.mocap_pos), t(d.mocap_quat)
-        self.xpos, self.xquat, self.site_xpos = t(d.xpos), t(d.xquat), t(d.site_xpos)
-        self.time = t(d.time)
-        self.geom_rgba = t(self.m.geom_rgba) if per_world_rgba else None
-        self._reset_mask_t = t(self._reset_mask)
-        if self.rc is not None:
-            # packed 0xAARRGGBB words, one row per world -> bytes (b, g, r, a) in memory order (little endian)
-            packed = t(self.rc.rgb_data)
-            hw = self.image_size * self.image_size
-            self._rgba = packed.view(torch.uint8).view(self.n_worlds, len(self.cameras), self.image_size, self.image_size, 4)
-            if packed.shape[1] != hw * len(self.cameras):
-                raise RuntimeError(f"unexpected render buffer size {tuple(packed.shape)} for {len(self.cameras)}x{hw} px")
-        self._step_graph = None
-        self._render_graph = None
-
-    # ------------------------------------------------------------------ stream handling (CUDA only)
-    @contextlib.contextmanager
-    def _on_device(self):
-        """Run warp work ordered after pending torch work and make torch wait for it (no-op besides scoping on CPU)."""
-        with wp.ScopedDevice(self.wp_device):
-            if self.device.type != "cuda":
-                yield
-                return
-            torch_stream = wp.stream_from_torch(self.device)
-            warp_stream = self.wp_device.stream
-            warp_stream.wait_stream(torch_stream)
-            yield
-            torch_stream.wait_stream(warp_stream)
-
-    def _launch(self, which: str, fn) -> None:
-        """Run ``fn`` eagerly, or capture it once into a graph and replay it."""
-        if not self.use_graph:
-            fn()
-            return
-        graph = getattr(self, which)
-        if graph is None:
-            # force_module_load compiles every kernel before capture (CUDA capture cannot compile)
-            with wp.ScopedCapture(device=self.wp_device, force_module_load=True) as cap:
-                fn()
-            graph = cap.graph
-            setattr(self, which, graph)
-        wp.capture_launch(graph)
-
-    # ------------------------------------------------------------------ physics
-    def _physics(self) -> None:
-        for _ in range(self.n_substeps):
-            mjw.step(self.m, self.d)
-        mjw.forward(self.m, self.d)  # poses of the final state (step leaves them one substep old), as the CPU env
-
-    def step(self) -> None:
-        """Advance every world by ``n_substeps`` physics steps (controls/mocap as currently written), then
-        recompute poses of the new state."""
-        with self._on_device():
-            self._launch("_step_graph", self._physics)
-
-    def forward(self) -> None:
-        """Recompute derived quantities (poses, contacts) from qpos/qvel for every world, without integrating."""
-        with self._on_device():
-            mjw.forward(self.m, self.d)
-
-    def reset(self, mask: torch.Tensor) -> None:
-        """Reset the worlds where ``mask`` (bool (N,)) is true to the model defaults (qpos0, body mocap poses)."""
-        mask = self._check_mask(mask)
-        self._reset_mask_t.copy_(mask)
-        with self._on_device():
-            mjw.reset_data(self.m, self.d, reset=self._reset_mask)
-
-    def _check_mask(self, mask) -> torch.Tensor:
-        mask = torch.as_tensor(mask, device=self.device)
-        if mask.dtype != torch.bool or mask.shape != (self.n_worlds,):
-            raise ValueError(f"mask must be bool of shape ({self.n_worlds},), got {mask.dtype} {tuple(mask.shape)}")
-        return mask
-
-    # ------------------------------------------------------------------ rendering
-    def _render_all(self) -> None:
-        mjw.refit_bvh(self.m, self.d, self.rc)
-        mjw.render(self.m, self.d, self.rc)
-
-    def render(self) -> dict[str, torch.Tensor]:
-        """Render every camera of every world from the current poses.
-
-        Returns ``{camera: uint8 (N, H, W, 3)}`` upright RGB on ``self.device`` (fresh tensors: the render buffer
-        is reused by the next call).
-        """
-        if self.rc is None:
-            return {}
-        with self._on_device():
-            self._launch("_render_graph", self._render_all)
-        rgb = self._rgba[..., [2, 1, 0]]  # (N, ncam, H, W, 3): one gather, on device
-        return {cam: rgb[:, i] for i, cam in enumerate(self.cameras)}
-
-    def synchronize(self) -> None:
-        """Block until all queued warp work on this device is done (for timing)."""
-        wp.synchronize_device(self.wp_device)
-
-
-# ====================================================================================================== task env
 def _host(t: torch.Tensor) -> np.ndarray:
     """Tensor -> float64 numpy on the host (a view-then-cast on CPU; one small device-to-host copy on CUDA)."""
     return t.detach().to("cpu").numpy().astype(np.float64, copy=False)
@@ -267,12 +55,6 @@ class WarpBatchEnv:
     def __init__(self, task: str, n_worlds: int, image_size: int = 84, cameras: Sequence[str] = ("front", "wrist"),
                  device: str | torch.device = "cpu", use_graph: bool = True, nconmax: int | None = None,
                  njmax: int | None = None, **env_kwargs) -> None:
-        from s2robot.device import resolve_device
-
-        from .base import ManipulationEnv
-        from .tasks import get_task
-        from .warp_tasks import ModelIndex
-
         self.task = get_task(task)
         # the CPU env is the reference for model, substeps, action bounds and kwargs validation; it never renders
         self.reference = ManipulationEnv(self.task, image_size=image_size, cameras=tuple(cameras), render_mode=None,
@@ -306,8 +88,6 @@ class WarpBatchEnv:
         self._seeded = torch.zeros(n, dtype=torch.bool, device=dev)
 
     def _copy_model(self) -> mujoco.MjModel:
-        from .base import load_model
-
         return load_model(self.task)
 
     # ------------------------------------------------------------------ reset
@@ -319,8 +99,6 @@ class WarpBatchEnv:
             mask: bool (N,) array/tensor, or None for every world.
         Returns: the observation dict of all N worlds (see the class docstring).
         """
-        from .warp_tasks import init_arrays, params_geom_rgba, sample_init
-
         n = self.n_worlds
         seeds = np.asarray(seeds.cpu() if isinstance(seeds, torch.Tensor) else seeds).reshape(-1)
         if seeds.shape != (n,) or not np.issubdtype(seeds.dtype, np.integer):
@@ -367,8 +145,6 @@ class WarpBatchEnv:
         Returns ``(obs, reward, success, score)``: the observation dict, float32 (N,) reward (= score, as the CPU
         env), bool (N,) success and float32 (N,) score in [0, 1], all on ``device``.
         """
-        from . import robot
-
         if not bool(self._seeded.all()):
             raise RuntimeError(f"worlds {torch.flatnonzero(~self._seeded).tolist()[:8]} were never reset; "
                                "call reset(seeds) first")
@@ -398,8 +174,6 @@ class WarpBatchEnv:
     # ------------------------------------------------------------------ task state, success, observations
     def state_arrays(self, worlds=None):
         """``StateArrays`` (float64 numpy) of all worlds, or of the listed world indices, for ``task.evaluate``."""
-        from .warp_tasks import state_arrays
-
         sim = self.sim
         sel = slice(None) if worlds is None else torch.as_tensor(np.atleast_1d(worlds), device=self.device)
         return state_arrays(self.index, _host(sim.xpos[sel]), _host(sim.xquat[sel]), _host(sim.site_xpos[sel]),
@@ -407,8 +181,6 @@ class WarpBatchEnv:
 
     def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Task success bool (N,) and score float32 (N,) of the current states, on ``device``."""
-        from .warp_tasks import evaluate_chunked
-
         success, score = evaluate_chunked(self.task, self.state_arrays())
         return (torch.as_tensor(success, device=self.device),
                 torch.as_tensor(score, dtype=torch.float32, device=self.device))
@@ -467,102 +239,3 @@ class WorldView:
 
     def state_arrays(self):
         return self.env.state_arrays([self.i])
-
-
-class WarpEnvPool:
-    """``WarpBatchEnv`` behind the interface of the evaluator's process pool (``s2robot.evaluation.vector_env.
-    EnvPool``): ``reset(indices, seeds)`` / ``step(indices, actions)`` -> ``{i: StepResult}``, observations in
-    ``obs[key]`` numpy (n_envs, ...), plus ``obs_spec``, ``action_shape``, ``max_episode_steps``, ``fps``,
-    ``alive``, ``restart``, ``restarts``, ``close``. So ``backend="warp"`` in the evaluator is a one-line choice of
-    pool; the same seeds, success logic, reports and videos apply.
-
-    All worlds are stepped together; worlds not in ``indices`` get a hold action (no motion, same gripper command).
-    Observations are copied to host numpy here (free on CPU; one device-to-host copy on CUDA). A fully on-device
-    loop uses ``WarpBatchEnv`` directly.
-    """
-
-    def __init__(self, task: str, n_envs: int, image_size: int = 84, cameras: Sequence[str] = ("front", "wrist"),
-                 device: str | torch.device = "auto", **env_kwargs) -> None:
-        from . import robot
-
-        self.env = WarpBatchEnv(task, n_envs, image_size=image_size, cameras=cameras, device=device, **env_kwargs)
-        self.n_envs = int(n_envs)
-        self.terminate_on_success = self.env.reference.terminate_on_success
-        space = self.env.reference.observation_space
-        self.obs_spec = {k: (tuple(s.shape), np.dtype(s.dtype).str) for k, s in space.spaces.items()}
-        self.obs = {k: np.zeros((self.n_envs, *shape), dtype=np.dtype(dt)) for k, (shape, dt) in self.obs_spec.items()}
-        self.action_shape = (robot.ACTION_DIM,)
-        self.max_episode_steps = self.env.max_episode_steps
-        self.fps = 1.0 / self.env.control_dt
-        self.restarts = 0
-        self._seeds = np.zeros(self.n_envs, dtype=np.int64)
-
-    def _results(self, indices, obs, success=None, score=None, elapsed: float = 0.0):
-        from s2robot.evaluation.vector_env import StepResult
-
-        idx = np.asarray(indices, dtype=np.int64)
-        for key, buf in self.obs.items():
-            buf[idx] = obs[key][torch.as_tensor(idx, device=self.env.device)].cpu().numpy()
-        if success is None:
-            success, score = self.env.evaluate()
-        succ, sc = success.cpu().numpy(), score.cpu().numpy()
-        share = elapsed / max(1, len(idx))
-        return {int(i): StepResult(ok=True, reward=float(sc[i]), success=bool(succ[i]), score=float(sc[i]),
-                                   terminated=bool(succ[i]) and self.terminate_on_success, env_time=share)
-                for i in idx}
-
-    def reset(self, indices, seeds):
-        """Reset worlds ``indices`` with ``seeds`` (ints; the warp backend needs explicit seeds)."""
-        if any(s is None for s in seeds):
-            raise ValueError("the warp backend resets with explicit seeds; got None")
-        t0 = time.perf_counter()
-        mask = np.zeros(self.n_envs, dtype=bool)
-        mask[list(indices)] = True
-        self._seeds[list(indices)] = [int(s) for s in seeds]
-        obs = self.env.reset(self._seeds, mask)
-        return self._results(indices, obs, elapsed=time.perf_counter() - t0)
-
-    def step(self, indices, actions):
-        """Step worlds ``indices`` with ``actions`` (len(indices), 5); the others hold still.
-
-        Failures end episodes, never the evaluation: a raising batched step is an error for every world in
-        ``indices``; a world whose state went non-finite is an error for that world only."""
-        from s2robot.evaluation.vector_env import StepResult
-
-        from . import robot
-
-        t0 = time.perf_counter()
-        env = self.env
-        opening = env.sim.ctrl[:, 0].to(torch.float64) / robot.FINGER_OPEN  # gripper command of the last step
-        full = torch.zeros(self.n_envs, robot.ACTION_DIM, dtype=torch.float32, device=env.device)
-        full[:, 4] = (1.0 - 2.0 * opening).to(torch.float32)
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=env.device)
-        full[idx] = torch.as_tensor(np.asarray(actions), dtype=torch.float32, device=env.device)
-        try:
-            obs, _, success, score = env.step(full)
-        except Exception:  # noqa: BLE001 - one batched step failed: end these episodes, not the evaluation
-            err = f"MuJoCo-Warp step raised (all worlds stepped together):\n{traceback.format_exc()}"
-            return {int(i): StepResult(False, error=err) for i in indices}
-        results = self._results(indices, obs, success, score, time.perf_counter() - t0)
-        finite = (torch.isfinite(env.sim.qpos).all(dim=1) & torch.isfinite(env.sim.qvel).all(dim=1)).cpu().numpy()
-        for i in results:
-            if not finite[i]:  # a diverged world: report it like a crashed env; the evaluator resets it
-                results[i] = StepResult(False, error=f"world {i}: non-finite physics state (qpos/qvel) after the step")
-        return results
-
-    def alive(self, i: int) -> bool:
-        return self.env.sim is not None
-
-    def restart(self, i: int) -> None:
-        """Nothing to restart in-process: world ``i`` is simply reset again by the caller."""
-        self.restarts += 1
-
-    def close(self) -> None:
-        if self.env.sim is not None:
-            self.env.close()
-
-    def __enter__(self) -> "WarpEnvPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

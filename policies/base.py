@@ -110,15 +110,15 @@ def rand_rows(shape: Sequence[int], generators: Sequence[torch.Generator] | None
 class BasePolicy(nn.Module):
     """Common interface and observation handling; subclasses add a head.
 
-    Sub-modules: ``obs_encoder`` (:class:`s2robot.policies.conditioning.ObsConditioner`) and ``normalizer``
-    (:class:`s2robot.datasets.normalizer.Normalizer` with ``"action"`` and, when P > 0 / S > 0, ``"proprio"`` /
+    Sub-modules: ``obs_conditioner`` (:class:`s2robot.policies.conditioning.ObsConditioner`) and ``normalizer``
+    (:class:`s2robot.policies.normalizer.Normalizer` with ``"action"`` and, when P > 0 / S > 0, ``"proprio"`` /
     ``"state"`` stats).
     """
 
     def __init__(
         self,
         shape_meta: ShapeMeta,
-        obs_encoder: nn.Module,
+        obs_conditioner: nn.Module,
         normalizer: nn.Module,
         n_obs_steps: int,
         n_action_steps: int,
@@ -133,7 +133,7 @@ class BasePolicy(nn.Module):
                 f"needs horizon >= n_obs_steps - 1 + n_action_steps = {n_obs_steps - 1 + n_action_steps}"
             )
         self.shape_meta = shape_meta
-        self.obs_encoder = obs_encoder
+        self.obs_conditioner = obs_conditioner
         self.normalizer = normalizer
         self.n_obs_steps = int(n_obs_steps)
         self.n_action_steps = int(n_action_steps)
@@ -178,7 +178,7 @@ class BasePolicy(nn.Module):
 
     def train(self, mode: bool = True) -> "BasePolicy":
         super().train(mode)
-        frozen = getattr(self.obs_encoder, "frozen_encoder", None)
+        frozen = getattr(self.obs_conditioner, "token_encoder", None)
         if frozen is not None:
             frozen.eval()  # the frozen encoder never leaves eval mode
         return self
@@ -217,7 +217,7 @@ class BasePolicy(nn.Module):
             if key not in sliced:
                 raise KeyError(f"observation needs {key!r} (B, T_obs, {dim}); got {sorted(obs)}")
             sliced[key] = self.normalizer.normalize(key, sliced[key].float())
-        return self.obs_encoder(sliced)
+        return self.obs_conditioner(sliced)
 
     def _obs_tensor(self, key: str, value: Any) -> torch.Tensor | None:
         """A tensor for an observation value: tensors as they are, numpy arrays converted onto the policy's device;

@@ -67,10 +67,10 @@ class BCConfig:
 class BCPolicy(BasePolicy):
     """BC with an MLP or GMM head; flat conditioning or a causal transformer over the observation history."""
 
-    def __init__(self, cfg: BCConfig, shape_meta: ShapeMeta, obs_encoder: nn.Module, normalizer: nn.Module) -> None:
-        super().__init__(shape_meta, obs_encoder, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
+    def __init__(self, cfg: BCConfig, shape_meta: ShapeMeta, obs_conditioner: nn.Module, normalizer: nn.Module) -> None:
+        super().__init__(shape_meta, obs_conditioner, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
         self.cfg = cfg
-        step_dim = obs_encoder.tokens_per_step * obs_encoder.out_dim
+        step_dim = obs_conditioner.tokens_per_step * obs_conditioner.out_dim
         T = cfg.n_obs_steps
         if cfg.temporal == "transformer":
             d = cfg.tf_d_model

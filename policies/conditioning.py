@@ -32,7 +32,8 @@ from torch import nn
 
 from s2robot.device import autocast_for
 from s2robot.policies.base import ShapeMeta
-from s2robot.tokens import TokenProjection, tokens_as_cached
+from s2robot.policies.resnet_baseline import ResNetImageEncoder
+from s2robot.tokens import CACHE_DTYPES, TokenProjection, tokens_as_cached
 
 __all__ = ["ConditioningConfig", "ObsConditioner", "TokenPooler"]
 
@@ -72,8 +73,8 @@ class ConditioningConfig:
             raise ValueError(f"policy.obs.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.crop_ratio <= 1.0:
             raise ValueError(f"policy.obs.crop_ratio must be in (0, 1], got {self.crop_ratio}")
-        if self.cache_dtype not in ("float16", "float32", "bfloat16"):
-            raise ValueError(f"policy.obs.cache_dtype={self.cache_dtype!r} is not float16, bfloat16 or float32")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"policy.obs.cache_dtype={self.cache_dtype!r} is not one of {CACHE_DTYPES}")
 
     @property
     def tokens_per_camera(self) -> int:
@@ -137,11 +138,15 @@ class TokenPooler(nn.Module):
 class ObsConditioner(nn.Module):
     """Observation dict -> conditioning tokens (B, T, M, d_model).
 
-    ``frozen_encoder``: the token encoder (``build_encoder`` output) used for ``"<cam>_image"`` inputs; may be None
-    when only cached tokens are fed. It is kept in eval mode; with ``trainable="frozen"`` it gets no gradients.
+    ``token_encoder``: the token encoder (``build_encoder`` output) used for ``"<cam>_image"`` inputs; may be None
+    when only cached tokens are fed. It is kept in eval mode; with ``trainable="frozen"`` (the default) it gets no
+    gradients, with ``trainable="norm" | "last_k:<k>"`` those parameters train.
+    ``camera_encoders``: one module per camera (one shared with ``share_cameras``) turning that camera's input into
+    K feature tokens (B*T, K, d_model): a :class:`TokenPooler` over S2 tokens (``backbone="tokens"``) or a
+    :class:`~s2robot.policies.resnet_baseline.ResNetImageEncoder` over raw images (``backbone="resnet18"``).
     """
 
-    def __init__(self, cfg: ConditioningConfig, shape_meta: ShapeMeta, frozen_encoder: nn.Module | None = None) -> None:
+    def __init__(self, cfg: ConditioningConfig, shape_meta: ShapeMeta, token_encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.cameras = list(shape_meta.cameras)
@@ -150,30 +155,28 @@ class ObsConditioner(nn.Module):
         self.num_prefix = int(shape_meta.num_prefix)
         self.cache_dtype = getattr(torch, cfg.cache_dtype)
         d = cfg.d_model
-        self.frozen_encoder = None
+        self.token_encoder = None
         if not self.cameras:
-            self.poolers = nn.ModuleList()
+            self.camera_encoders = nn.ModuleList()
         elif cfg.backbone == "tokens":
-            if frozen_encoder is not None:
-                frozen_encoder.eval()
-                if getattr(frozen_encoder, "trainable", "frozen") == "frozen":
-                    frozen_encoder.requires_grad_(False)
+            if token_encoder is not None:
+                token_encoder.eval()
+                if getattr(token_encoder, "trainable", "frozen") == "frozen":
+                    token_encoder.requires_grad_(False)
                 # else: build_encoder(trainable="norm" | "last_k:<k>") chose which parameters train
-                self.frozen_encoder = frozen_encoder
+                self.token_encoder = token_encoder
             if shape_meta.token_shape is None:
                 raise ValueError("backbone='tokens' needs shape_meta.token_shape (N, D) from the encoder or the cache")
             N, D = shape_meta.token_shape
-            n_poolers = 1 if cfg.share_cameras else len(self.cameras)
-            self.poolers = nn.ModuleList(TokenPooler(cfg, N, D, self.num_prefix) for _ in range(n_poolers))
+            n_nets = 1 if cfg.share_cameras else len(self.cameras)
+            self.camera_encoders = nn.ModuleList(TokenPooler(cfg, N, D, self.num_prefix) for _ in range(n_nets))
         else:
-            from s2robot.policies.resnet_baseline import ResNetImageEncoder
-
             if shape_meta.image_shape is None:
                 raise ValueError("backbone='resnet18' needs shape_meta.image_shape (H, W, 3)")
-            n_poolers = 1 if cfg.share_cameras else len(self.cameras)
-            self.poolers = nn.ModuleList(
+            n_nets = 1 if cfg.share_cameras else len(self.cameras)
+            self.camera_encoders = nn.ModuleList(
                 ResNetImageEncoder(shape_meta.image_shape, d, cfg.crop_ratio, cfg.resnet_num_kp, cfg.resnet_gn_group_size)
-                for _ in range(n_poolers)
+                for _ in range(n_nets)
             )
         reduce = shape_meta.token_reduce
         if reduce:  # the cache's fixed channel projection, applied to live frames (filled by training)
@@ -215,12 +218,12 @@ class ObsConditioner(nn.Module):
         Encode (bf16 autocast on CUDA only), then :func:`s2robot.tokens.tokens_as_cached`, the function the cache
         uses: grid pooling, rounding to the cache dtype, the cache's PCA channel reduction when it made one.
         """
-        if self.frozen_encoder is None:
+        if self.token_encoder is None:
             raise RuntimeError("this policy has no frozen encoder; feed '<cam>_tokens' (cached features) instead")
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.frozen_encoder.parameters())
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.token_encoder.parameters())
         with torch.set_grad_enabled(grad), autocast_for(images.device):
-            tokens = self.frozen_encoder.encode(images)
-        grid = int(self.frozen_encoder.grid)
+            tokens = self.token_encoder.encode(images)
+        grid = int(self.token_encoder.grid)
         return tokens_as_cached(tokens, num_prefix=self.num_prefix, grid=grid,
                                 pool_grid=int(self.token_pool_grid) if self.token_pool_grid else None,
                                 projection=self.token_projection, dtype=self.cfg.cache_dtype).float()
@@ -268,11 +271,11 @@ class ObsConditioner(nn.Module):
             feats = ref.new_zeros((B * T, 0, self.cfg.d_model), dtype=torch.float32)
         elif self.cfg.share_cameras:
             C = len(per_cam)
-            feats = self.poolers[0](torch.cat(per_cam))  # (C*B*T, K, d): one batched call for all cameras
+            feats = self.camera_encoders[0](torch.cat(per_cam))  # (C*B*T, K, d): one batched call for all cameras
             feats = feats.reshape(C, B * T, *feats.shape[1:]) + self.camera_embed[:, None]
             feats = feats.permute(1, 0, 2, 3).reshape(B * T, -1, self.cfg.d_model)
         else:
-            feats = torch.cat([pool(x) for pool, x in zip(self.poolers, per_cam)], dim=1)
+            feats = torch.cat([pool(x) for pool, x in zip(self.camera_encoders, per_cam)], dim=1)
         for key, proj in (("proprio", self.proprio_proj), ("state", self.state_proj)):
             if proj is not None:
                 if key not in obs:

@@ -41,7 +41,7 @@ class DiffusionConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
     clip_sample: bool = True
-    unet_down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    unet_down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])  # CPU-sized; [256, 512, 1024] on GPUs
     unet_kernel_size: int = 5
     unet_n_groups: int = 8
     step_embed_dim: int = 128
@@ -74,12 +74,12 @@ class DiffusionConfig:
 
 class DiffusionPolicy(BasePolicy):
     def __init__(
-        self, cfg: DiffusionConfig, shape_meta: ShapeMeta, obs_encoder: nn.Module, normalizer: nn.Module
+        self, cfg: DiffusionConfig, shape_meta: ShapeMeta, obs_conditioner: nn.Module, normalizer: nn.Module
     ) -> None:
-        super().__init__(shape_meta, obs_encoder, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
+        super().__init__(shape_meta, obs_conditioner, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
         self.cfg = cfg
-        d = obs_encoder.out_dim
-        n_tokens = cfg.n_obs_steps * obs_encoder.tokens_per_step
+        d = obs_conditioner.out_dim
+        n_tokens = cfg.n_obs_steps * obs_conditioner.tokens_per_step
         if cfg.denoiser == "unet":
             self.denoiser = ConditionalUnet1D(
                 self.action_dim, n_tokens * d, cfg.horizon, cfg.unet_down_dims, cfg.unet_kernel_size,

@@ -8,54 +8,29 @@ invalid values raise a ``ValueError`` naming the key and the valid choices.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, Mapping
 
 from torch import nn
 
+from s2robot.configtools import dataclass_from, section
 from s2robot.policies.base import BasePolicy, ShapeMeta
 from s2robot.policies.bc import BCConfig, BCPolicy
 from s2robot.policies.conditioning import ConditioningConfig, ObsConditioner
 from s2robot.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
-__all__ = ["build_policy", "parse_policy_config", "dataclass_from", "POLICY_TYPES"]
+__all__ = ["build_policy", "parse_policy_config", "POLICY_TYPES"]
 
 POLICY_TYPES = {"bc": (BCConfig, BCPolicy), "diffusion": (DiffusionConfig, DiffusionPolicy)}
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"policy config must be a mapping, got {type(cfg).__name__}")
-    return dict(cfg)
-
-
-def dataclass_from(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
-    """``cls(**values)`` with a clear error naming unknown keys of config section ``where``."""
-    values = dict(values or {})
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
-    return cls(**values)
-
-
 def parse_policy_config(cfg: Mapping[str, Any]) -> tuple[str, Any, ConditioningConfig]:
     """Validate a policy config section -> (type, head config, conditioning config)."""
-    d = _plain(cfg)
+    d = section(cfg, "policy")
     d.pop("name", None)
     ptype = d.pop("type", None)
     if ptype not in POLICY_TYPES:
         raise ValueError(f"policy.type={ptype!r} is not one of {sorted(POLICY_TYPES)}")
-    obs = dataclass_from(ConditioningConfig, _plain(d.pop("obs", None)), "policy.obs")
+    obs = dataclass_from(ConditioningConfig, d.pop("obs", None), "policy.obs")
     head = dataclass_from(POLICY_TYPES[ptype][0], d, "policy")
     return ptype, head, obs
 
@@ -68,11 +43,11 @@ def build_policy(
 ) -> BasePolicy:
     """Build a policy.
 
-    ``normalizer``: a fitted :class:`~s2robot.datasets.normalizer.Normalizer` (``"action"``, ``"proprio"``); when
+    ``normalizer``: a fitted :class:`~s2robot.policies.normalizer.Normalizer` (``"action"``, ``"proprio"``); when
     None an empty one is created whose keys appear when a checkpoint's state dict is loaded.
     ``encoder``: the frozen token encoder for image inputs (None: cached tokens only).
     """
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
 
     meta = shape_meta if isinstance(shape_meta, ShapeMeta) else ShapeMeta.from_dict(shape_meta)
     ptype, head_cfg, obs_cfg = parse_policy_config(cfg)
@@ -85,5 +60,5 @@ def build_policy(
         normalizer = Normalizer(shapes)
     if obs_cfg.backbone == "resnet18":
         encoder = None  # the trainable baseline sees raw images only
-    obs_encoder = ObsConditioner(obs_cfg, meta, encoder)
-    return POLICY_TYPES[ptype][1](head_cfg, meta, obs_encoder, normalizer)
+    obs_conditioner = ObsConditioner(obs_cfg, meta, encoder)
+    return POLICY_TYPES[ptype][1](head_cfg, meta, obs_conditioner, normalizer)

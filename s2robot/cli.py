@@ -14,7 +14,7 @@ from pathlib import Path
 
 # verb -> (module, function, config name or None for positional verbs)
 VERBS: dict[str, tuple[str, str, str | None]] = {
-    "collect": ("s2robot.envs.collect", "run", "collect"),
+    "collect": ("s2robot.collection", "run", "collect"),
     "cache": ("s2robot.datasets.feature_cache", "run", "cache"),
     "train": ("s2robot.training.train", "run", "train"),
     "eval": ("s2robot.evaluation.cli", "run", "eval"),
@@ -160,7 +160,7 @@ def _compose_checked(config_name: str, overrides: list[str]):
         bad = re.match(r"Could not (?:override|append to config)[^']*'([^']+)'", str(e))
         if bad is None:
             raise
-        raise unknown_key_error(config_name, bad.group(1), known()) from None
+        raise unknown_key_error(config_name, bad.group(1), known() + sorted(schema)) from None
     added = [ov.partition("=")[0].lstrip("+") for ov in overrides if ov.startswith("+")]
     added = [k for k in added if k not in schema]
     if added:

@@ -11,16 +11,12 @@
 from __future__ import annotations
 
 import difflib
-import importlib
-from pathlib import Path
 from typing import Any
+
+from s2robot.configs import configs_dir
 
 FREE_FORM = ("env_kwargs",)  # mappings whose keys are passed through (make_env kwargs): `+` may add keys there
 DEBUG_ENV = "S2ROBOT_DEBUG"
-
-
-def configs_dir() -> Path:
-    return Path(importlib.import_module("s2robot.configs").__file__).parent
 
 
 def leaf_keys(node: Any, prefix: str = "") -> list[str]:
@@ -60,28 +56,55 @@ def _suggest(verb: str, key: str, known: list[str]) -> str:
     return f"{hint} (`s2robot {verb} --help` lists every key)"
 
 
-def schema_keys(cfg: Any) -> set[str]:
-    """Dotted keys the config dataclasses accept (the schema), also where a YAML file leaves them at their default:
-    ``policy.*`` of the policy type's head config and ``policy.obs.*``, ``train.*``, ``optim.*``, ``ema.*``."""
-    from dataclasses import fields
-
-    keys: set[str] = set()
-    policy = cfg.get("policy") if hasattr(cfg, "get") else None
+def _schema_sections(cfg: Any) -> dict[str, type]:
+    """``{dotted section: config dataclass}`` for the sections of ``cfg`` that have one (the schema): ``policy`` (the
+    policy type's head config) and ``policy.obs``; ``train``, ``optim``, ``ema`` and ``dataset`` of a training
+    config."""
+    # Imported here, not at the top: only configs with these sections (train, eval of a policy) pay for torch.
+    out: dict[str, type] = {}
+    if not hasattr(cfg, "get"):
+        return out
+    policy = cfg.get("policy")
     if policy is not None:
         from s2robot.policies.conditioning import ConditioningConfig
         from s2robot.policies.factory import POLICY_TYPES
 
         head = POLICY_TYPES.get(policy.get("type"))
         if head is not None:
-            keys |= {f"policy.{f.name}" for f in fields(head[0])}
-            keys |= {f"policy.obs.{f.name}" for f in fields(ConditioningConfig)}
-    if hasattr(cfg, "get") and cfg.get("train") is not None and cfg.get("optim") is not None:
+            out.update({"policy": head[0], "policy.obs": ConditioningConfig})
+    if cfg.get("train") is not None and cfg.get("optim") is not None:
         from s2robot.training.optim import OptimConfig
-        from s2robot.training.train import EMAConfig, TrainConfig
+        from s2robot.training.train import DatasetConfig, EMAConfig, TrainConfig
 
-        for section, cls in (("train", TrainConfig), ("optim", OptimConfig), ("ema", EMAConfig)):
-            keys |= {f"{section}.{f.name}" for f in fields(cls)}
-    return keys
+        out.update({"train": TrainConfig, "optim": OptimConfig, "ema": EMAConfig, "dataset": DatasetConfig})
+    return out
+
+
+def schema_keys(cfg: Any) -> set[str]:
+    """Dotted keys the config dataclasses accept (the schema), also where a YAML file leaves them at their default:
+    ``policy.*`` of the policy type's head config and ``policy.obs.*``, ``train.*``, ``optim.*``, ``ema.*``,
+    ``dataset.*``."""
+    from dataclasses import fields
+
+    return {f"{sec}.{f.name}" for sec, cls in _schema_sections(cfg).items() for f in fields(cls)}
+
+
+def schema_defaults(cfg: Any) -> dict[str, Any]:
+    """The schema's defaults as a nested dict (``{"policy": {"horizon": 16, ..., "obs": {...}}, "train": ...}``), to
+    show under what a YAML file sets (``--help``)."""
+    from dataclasses import MISSING, fields
+
+    out: dict[str, Any] = {}
+    for sec, cls in _schema_sections(cfg).items():
+        node = out
+        for part in sec.split("."):
+            node = node.setdefault(part, {})
+        for f in fields(cls):
+            if f.default is not MISSING:
+                node[f.name] = f.default
+            elif f.default_factory is not MISSING:  # type: ignore[misc]
+                node[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
 
 
 def unknown_key_error(verb: str, key: str, known: list[str]) -> SystemExit:
@@ -135,7 +158,8 @@ def verb_help(verb: str, config_name: str, cfg: Any, groups: tuple[str, ...]) ->
             lines.append(f"  {g:<8} default: {defaults.get(g)}   options: {', '.join(options)}")
         lines.append("")
     lines.append("keys and their defaults (override with key=value; nested keys with dots, e.g. train.steps=100):")
-    body = OmegaConf.to_yaml(cfg).rstrip().splitlines()
+    shown_cfg = OmegaConf.merge(OmegaConf.create(schema_defaults(cfg)), cfg)  # every key: schema defaults + YAML
+    body = OmegaConf.to_yaml(shown_cfg).rstrip().splitlines()
     lines += ["  " + b for b in body]
     lines += ["", "--cfg job: print the composed config and exit.  --debug (or S2ROBOT_DEBUG=1): tracebacks for "
                   "user errors too."]

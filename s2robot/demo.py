@@ -14,17 +14,28 @@ collection, cache and training stages resume from where an interrupted run stopp
 
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from s2robot.cli import compose
+from s2robot.datasets.feature_cache import cache_features
+from s2robot.datasets.store import EpisodeStore
+from s2robot.device import resolve_device
+from s2robot.encoders import build_encoder
+from s2robot.evaluation.cli import print_summary
+from s2robot.evaluation.env_config import env_kwargs_for, match_policy
+from s2robot.evaluation.rollout import eval_seed, evaluate
+from s2robot.policies.loading import load_policy
+from s2robot.training.train import train
+
 
 def _stage_cfg(cfg: DictConfig, verb: str, overrides: list[str] | None = None) -> DictConfig:
     """``configs/<verb>.yaml`` with the demo's task/encoder/policy sections and ``stages.<verb>`` merged over it."""
-    from s2robot.cli import compose
-
     stage = compose(verb, overrides or [])
     with open_dict(stage):
         for group in ("task", "encoder", "policy"):
@@ -42,7 +53,8 @@ def _say(msg: str) -> None:
 
 def _collect_in_child(task_cfg: dict, kwargs: dict) -> None:
     """Body of the collection process (spawned): MuJoCo and its GL context live and die here."""
-    from s2robot.envs.collect import collect
+    # Imported here, in the child only: the demo process itself never loads MuJoCo / Mesa (see collect_stage).
+    from s2robot.collection import collect
 
     summary = collect(task_cfg, **kwargs)
     _say(f"    {summary['episodes']} episodes, {summary['steps']} steps (expert success "
@@ -56,10 +68,6 @@ def collect_stage(cfg: DictConfig, store: Path) -> None:
     (torchvision, torch._dynamo) crashes with a segfault (two LLVMs in one process), so this process never
     renders: collection runs in a child, evaluation in env workers.
     """
-    import multiprocessing as mp
-
-    from s2robot.datasets.store import EpisodeStore
-
     c = _stage_cfg(cfg, "collect")
     want = int(c.episodes)
     if store.exists():
@@ -86,9 +94,6 @@ def collect_stage(cfg: DictConfig, store: Path) -> None:
 
 
 def cache_stage(cfg: DictConfig, store: Path, device: str) -> str:
-    from s2robot.datasets.feature_cache import cache_features
-    from s2robot.encoders import build_encoder
-
     c = _stage_cfg(cfg, "cache", [f"dataset.path={store}"])
     t0 = time.perf_counter()
     encoder = build_encoder(**OmegaConf.to_container(c.encoder, resolve=True), device=device)
@@ -102,8 +107,6 @@ def cache_stage(cfg: DictConfig, store: Path, device: str) -> str:
 
 
 def train_stage(cfg: DictConfig, store: Path, run_dir: Path, device: str) -> Path:
-    from s2robot.training.train import train
-
     c = _stage_cfg(cfg, "train", [f"dataset.path={store}"])
     with open_dict(c):
         c.out_dir = str(run_dir)
@@ -123,12 +126,6 @@ def train_stage(cfg: DictConfig, store: Path, run_dir: Path, device: str) -> Pat
 
 
 def eval_stage(cfg: DictConfig, checkpoint: Path, eval_dir: Path, device: str) -> dict[str, Any]:
-    import json
-
-    import s2robot
-    from s2robot.evaluation.cli import env_kwargs_for, match_policy, print_summary
-    from s2robot.evaluation.rollout import evaluate
-
     summary_path = eval_dir / "summary.json"
     model = checkpoint / "model.safetensors"
     if summary_path.is_file() and summary_path.stat().st_mtime >= model.stat().st_mtime:
@@ -139,8 +136,8 @@ def eval_stage(cfg: DictConfig, checkpoint: Path, eval_dir: Path, device: str) -
     c = _stage_cfg(cfg, "eval", [f"checkpoint={checkpoint}"])
     task = OmegaConf.to_container(cfg.task, resolve=True)
     _say(f"4/4 eval: {c.episodes} seeded episodes on {c.n_envs} envs (one batched policy forward per step)")
-    policy = s2robot.load_policy(checkpoint, device=device)
-    summary = evaluate(policy, task=task["name"], n_envs=int(c.n_envs), episodes=int(c.episodes), seed=int(c.seed),
+    policy = load_policy(checkpoint, device=device)
+    summary = evaluate(policy, task=task["name"], n_envs=int(c.n_envs), episodes=int(c.episodes), seed=eval_seed(c.get("seed")),
                        device=device, out_dir=eval_dir, n_videos=int(c.n_videos),
                        env_kwargs=match_policy(env_kwargs_for(task), policy, {}),
                        max_steps=c.get("max_steps") or task.get("max_episode_steps"))
@@ -153,8 +150,6 @@ def eval_stage(cfg: DictConfig, checkpoint: Path, eval_dir: Path, device: str) -
 
 def run(cfg: DictConfig) -> int:
     """CLI verb ``s2robot demo out=DIR [...]`` (``configs/demo.yaml``); returns the exit code."""
-    from s2robot.device import resolve_device
-
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     device = str(resolve_device(cfg.get("device", "auto")))

@@ -201,19 +201,7 @@ def s2_forward(
     Returns:
         Tokens or maps in the model's output dtype on the model's output device.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"s2_forward expects images of shape (B, C, H, W), got {shape}")
-    if num_prefix < 0:
-        raise ValueError(f"num_prefix must be >= 0, got {num_prefix}")
-    declared = _model_prefix(model)
-    if declared is not None and declared != num_prefix:
-        raise ValueError(f"num_prefix={num_prefix} but the model declares {declared} prefix tokens")
-    if max_batch is not None and max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
-    if output not in (None, "tokens", "maps"):
-        raise ValueError(f"output must be 'tokens', 'maps' or None, got {output!r}")
-
+    _check_args(model, images, num_prefix, max_batch, output)
     B, _, H, W = images.shape
     plan = plan_scales((H, W), scales, img_sizes, max_split_size)
     K = len(plan.sizes)
@@ -228,7 +216,44 @@ def s2_forward(
             x = x.to(images.dtype)
         tiles.append(split_tiles(x, rows, cols))
     outs = _run_scales(model, tiles, max_batch, batch_scales)
+    maps, prefixes, model_format = _merged_maps(outs, plan, B, num_prefix)
 
+    grid = _pair(output_grid, "output_grid") if output_grid is not None else tuple(maps[output_index].shape[-2:])
+    pooled = [
+        m if tuple(m.shape[-2:]) == grid else F.interpolate(m.float(), size=grid, mode="area").to(m.dtype)
+        for m in maps
+    ]
+    fused = torch.cat(pooled, dim=1)  # (B, C*K, gh, gw)
+    output = output or model_format
+    if output == "maps":
+        if num_prefix:
+            raise ValueError("output='maps' cannot carry prefix tokens; use output='tokens' or num_prefix=0")
+        return fused
+    tokens = fused.flatten(2).transpose(1, 2)  # (B, gh*gw, C*K)
+    if num_prefix:
+        tokens = torch.cat([torch.cat(prefixes, dim=-1), tokens], dim=1)
+    return tokens
+
+
+def _check_args(model, images: torch.Tensor, num_prefix: int, max_batch: int | None, output: str | None) -> None:
+    """One clear ``ValueError`` for a bad argument of :func:`s2_forward`."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"s2_forward expects images of shape (B, C, H, W), got {shape}")
+    if num_prefix < 0:
+        raise ValueError(f"num_prefix must be >= 0, got {num_prefix}")
+    declared = _model_prefix(model)
+    if declared is not None and declared != num_prefix:
+        raise ValueError(f"num_prefix={num_prefix} but the model declares {declared} prefix tokens")
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+    if output not in (None, "tokens", "maps"):
+        raise ValueError(f"output must be 'tokens', 'maps' or None, got {output!r}")
+
+
+def _merged_maps(outs: list[torch.Tensor], plan, B: int, num_prefix: int):
+    """Per-scale model outputs on tiles -> per-scale maps (B, C, gh_k, gw_k) of the whole image, the prefix tokens
+    averaged over tiles (B, num_prefix, C) per scale, and the model's format ("tokens" | "maps")."""
     maps: list[torch.Tensor] = []
     prefixes: list[torch.Tensor] = []
     model_format = None
@@ -249,19 +274,4 @@ def s2_forward(
         else:
             raise ValueError(f"the model must return tokens (n, N, C) or maps (n, C, h, w), got {tuple(out.shape)}")
         maps.append(merge_tiles(out, rows, cols))
-
-    grid = _pair(output_grid, "output_grid") if output_grid is not None else tuple(maps[output_index].shape[-2:])
-    pooled = [
-        m if tuple(m.shape[-2:]) == grid else F.interpolate(m.float(), size=grid, mode="area").to(m.dtype)
-        for m in maps
-    ]
-    fused = torch.cat(pooled, dim=1)  # (B, C*K, gh, gw)
-    output = output or model_format
-    if output == "maps":
-        if num_prefix:
-            raise ValueError("output='maps' cannot carry prefix tokens; use output='tokens' or num_prefix=0")
-        return fused
-    tokens = fused.flatten(2).transpose(1, 2)  # (B, gh*gw, C*K)
-    if num_prefix:
-        tokens = torch.cat([torch.cat(prefixes, dim=-1), tokens], dim=1)
-    return tokens
+    return maps, prefixes, model_format

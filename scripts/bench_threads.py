@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from s2robot.cli import compose
-from s2robot.datasets.normalizer import Normalizer
+from s2robot.policies.normalizer import Normalizer
 from s2robot.policies import ShapeMeta, build_policy
 
 

@@ -37,11 +37,11 @@ def main() -> None:
 
     import s2robot
     from rosbridge_test_server import run_bridge_episodes
+    from s2robot.deploy.control_loop import TorchPolicy
     from s2robot.envs import make_env
     from s2robot.evaluation import evaluate
     from s2robot.evaluation.metrics import wilson_interval
-    from s2robot.ros.control_loop import TorchPolicy
-    from s2robot.training.checkpoint import read_config, resolve_checkpoint
+    from s2robot.policies.loading import read_config, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     task = OmegaConf.to_container(read_config(ckpt))["task"]

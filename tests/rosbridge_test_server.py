@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from s2robot.ros import messages as M
-from s2robot.ros.robot import RobotConfig
+from s2robot.ros.robot_config import RobotConfig
 
 
 class RosbridgeTestServer:
@@ -61,6 +61,8 @@ class RosbridgeTestServer:
         self._callbacks: dict[str, list[Callable[[dict], None]]] = defaultdict(list)
         self.lock = threading.Lock()
         self.n_connections = 0
+        self.n_handshakes = 0  # websocket handshakes received (a client retrying shows up here)
+        self.handshakes_answered = 0  # ... and answered (after handshake_delay_s)
         self.refused = 0
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -118,8 +120,10 @@ class RosbridgeTestServer:
 
     # ---------------------------------------------------------------------------------------------- protocol
     async def _process_request(self, connection, request):
+        self.n_handshakes += 1
         if self.handshake_delay_s > 0:
             await asyncio.sleep(self.handshake_delay_s)
+        self.handshakes_answered += 1
         if time.monotonic() < self._refuse_until:
             self.refused += 1
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "rosbridge test server: link down\n")
@@ -469,9 +473,9 @@ def run_bridge_episodes(env, robot_cfg: dict, seeds, make_policy: Callable, rate
     SafetyFilter/Watchdog -> commands -> SimRobotServer. ``on_episode(seed, sim, report)`` runs after each episode.
     Returns per seed ``{"seed", "success", "steps", "max_score", "hold_steps", "report"}`` (``report`` an ``EpisodeReport``).
     """
-    from s2robot.ros.control_loop import ControlLoop, LoopConfig
+    from s2robot.deploy.control_loop import ControlLoop, LoopConfig
+    from s2robot.deploy.safety import SafetyFilter, Watchdog
     from s2robot.ros.rosbridge import RosbridgeRobot
-    from s2robot.ros.safety import SafetyFilter, Watchdog
 
     max_steps = int(max_steps or env.spec.max_episode_steps)
     seeds = list(seeds)

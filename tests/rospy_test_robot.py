@@ -20,7 +20,7 @@ from collections.abc import Callable
 from rosbridge_test_server import FakeReachEnv, SimRobotServer
 
 from s2robot.ros import messages as M
-from s2robot.ros.robot import RobotConfig
+from s2robot.ros.robot_config import RobotConfig
 from s2robot.ros.rospy_robot import dict_to_msg, ensure_node, message_class, msg_to_dict
 
 

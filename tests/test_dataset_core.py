@@ -7,7 +7,7 @@ import pytest
 import torch
 import zarr
 
-from s2robot.datasets.normalizer import Normalizer
+from s2robot.policies.normalizer import Normalizer
 from s2robot.datasets.sampler import SequenceDataset, make_loader, window_frames, window_index
 from s2robot.datasets.store import DatasetError, EpisodeStore
 

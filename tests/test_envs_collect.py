@@ -8,10 +8,10 @@ import pytest
 from gymnasium import spaces
 
 from s2robot.datasets.store import EpisodeStore
-from s2robot.envs import collect as collect_mod
+from s2robot import collection as collect_mod
 from s2robot.envs import make_env
 from s2robot.envs.adapter import ImageEnvAdapter, rendered_image_obs
-from s2robot.envs.collect import collect, record_episode
+from s2robot.collection import collect, record_episode
 
 LIFT = {"name": "lift_cube", "env_id": "s2robot/LiftCube-v0", "cameras": ["front", "wrist"], "image_size": 32,
         "max_episode_steps": 80, "fps": 10, "env_kwargs": {}}

@@ -17,7 +17,7 @@ from s2robot.cli import compose
 def checkpoint(tmp_path_factory):
     from omegaconf import OmegaConf
 
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.encoders import build_encoder
     from s2robot.policies import ShapeMeta, build_policy
     from s2robot.training.checkpoint import save_checkpoint

@@ -74,8 +74,8 @@ def test_cache_capacity_and_errors():
 
 
 def _policy(trainable="frozen"):
-    from s2robot.datasets.normalizer import Normalizer
     from s2robot.policies import ShapeMeta, build_policy
+    from s2robot.policies.normalizer import Normalizer
 
     enc = build_encoder("vit_tiny_test", trainable=trainable)
     meta = ShapeMeta(cameras=["front", "wrist"], proprio_dim=6, action_dim=2, image_shape=[8, 8, 3],
@@ -90,13 +90,13 @@ def _policy(trainable="frozen"):
 def _evaluate(policy, token_history):
     from s2robot.evaluation import evaluate
 
-    count = _Counting(policy.obs_encoder.frozen_encoder.encode)
-    policy.obs_encoder.frozen_encoder.encode = count
+    count = _Counting(policy.obs_conditioner.token_encoder.encode)
+    policy.obs_conditioner.token_encoder.encode = count
     try:
         s = evaluate(policy, task="toy", n_envs=2, episodes=3, seed=3, device="cpu", env_fn=ToyEnvFactory(),
                      progress=False, max_steps=5, n_videos=0, token_history=token_history)
     finally:
-        del policy.obs_encoder.frozen_encoder.encode
+        del policy.obs_conditioner.token_encoder.encode
     return s, count.frames
 
 
@@ -125,9 +125,9 @@ def test_trainable_encoder_keeps_raw_images():
 def test_deployment_policy_adapter_encodes_each_frame_once():
     """The deploy loop's ``TorchPolicy`` replanning every tick (temporal ensembling) with n_obs_steps=3: each new
     camera frame is encoded once, and the actions equal those from raw images."""
+    from s2robot.deploy.control_loop import TorchPolicy
     from s2robot.policies import build_policy
     from s2robot.policies.base import ShapeMeta
-    from s2robot.ros.control_loop import TorchPolicy
 
     enc = build_encoder("vit_tiny_test")
     cfg = copy.deepcopy(TINY_POLICIES["bc_mlp"])

@@ -15,22 +15,56 @@ SUBPACKAGES = ["s2robot.envs", "s2robot.policies", "s2robot.datasets", "s2robot.
 
 
 def test_editable_install_maps_folders():
+    """Each sub-package is imported from this checkout's folder (full paths: a stale copy elsewhere, or a regular
+    install under site-packages, has the same folder names)."""
     import importlib
 
+    expected = {"s2robot.envs": "envs", "s2robot.policies": "policies", "s2robot.datasets": "datasets",
+                "s2robot.configs": "configs", "s2robot.encoders": "s2robot/encoders"}
     for name in SUBPACKAGES:
-        mod = importlib.import_module(name)
-        folder = Path(mod.__file__).resolve().parent
-        expected = {"s2robot.envs": "envs", "s2robot.policies": "policies", "s2robot.datasets": "datasets",
-                    "s2robot.configs": "configs", "s2robot.encoders": "encoders"}[name]
-        assert folder.name == expected, (name, folder)
+        folder = Path(importlib.import_module(name).__file__).resolve().parent
+        assert folder == (ROOT / expected[name]).resolve(), (name, folder)
 
 
-def test_no_top_level_datasets_module_installed():
-    """A top-level `datasets` would shadow Hugging Face's package."""
-    out = subprocess.run([sys.executable, "-c", "import importlib.util as u; s=u.find_spec('datasets'); "
-                          "print('none' if s is None else s.origin)"], capture_output=True, text=True, cwd="/")
-    origin = out.stdout.strip()
-    assert origin == "none" or "s2robot" not in origin and str(ROOT) not in origin, origin
+# Asks every import hook and every sys.path entry (except the current directory) for a top-level `datasets`,
+# one at a time, so an installed Hugging Face `datasets` earlier on the path cannot hide one that we installed.
+_FIND_DATASETS = """
+import importlib.machinery, json, os, sys
+hits = []
+for finder in sys.meta_path:
+    if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
+        continue
+    spec = finder.find_spec("datasets", None)
+    if spec is not None:
+        hits.append(str(spec.origin))
+for entry in sys.path:
+    if entry in ("", os.getcwd()):
+        continue
+    spec = importlib.machinery.PathFinder.find_spec("datasets", [entry])
+    if spec is not None:
+        hits.append(str(spec.origin))
+print(json.dumps(hits))
+"""
+
+
+def _datasets_modules(tmp_path: Path, extra_path: str = "") -> list[str]:
+    import json
+
+    env = dict(os.environ, PYTHONPATH=extra_path)
+    out = subprocess.run([sys.executable, "-c", _FIND_DATASETS], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, check=True)
+    return json.loads(out.stdout)
+
+
+def _ours(origin: str) -> bool:
+    return str(ROOT) in origin or "s2robot" in origin
+
+
+def test_no_top_level_datasets_module_installed(tmp_path):
+    """A top-level `datasets` would shadow Hugging Face's package: the install maps ours only to s2robot.datasets."""
+    assert [o for o in _datasets_modules(tmp_path) if _ours(o)] == []
+    # the probe does see a shadowing `datasets` (here: the checkout's root put on the path)
+    assert any(_ours(o) for o in _datasets_modules(tmp_path, str(ROOT)))
 
 
 @pytest.fixture(scope="module")

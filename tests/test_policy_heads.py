@@ -10,7 +10,7 @@ import torch
 
 from policy_testlib import one_torch_thread  # noqa: F401  (autouse fixture)
 from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, TINY_POLICIES, make_store
-from s2robot.datasets.normalizer import Normalizer
+from s2robot.policies.normalizer import Normalizer
 from s2robot.policies import ShapeMeta, build_policy
 
 B = 3
@@ -29,11 +29,17 @@ def meta(encoder):
                      token_shape=[encoder.num_tokens, encoder.out_dim], num_prefix=encoder.num_prefix)
 
 
+def fitted_normalizer(action_scale: float = 1.0, action_shift: float = 0.0) -> Normalizer:
+    """Fitted on fixed data; ``action_scale``/``action_shift`` map the action data (so its units) affinely."""
+    g = torch.Generator().manual_seed(0)
+    actions = torch.randn(200, ACTION, generator=g) * 3 + 1
+    return Normalizer().fit({"action": actions * action_scale + action_shift,
+                             "proprio": torch.randn(200, PROPRIO, generator=g)})
+
+
 @pytest.fixture(scope="module")
 def normalizer():
-    g = torch.Generator().manual_seed(0)
-    return Normalizer().fit({"action": torch.randn(200, ACTION, generator=g) * 3 + 1,
-                             "proprio": torch.randn(200, PROPRIO, generator=g)})
+    return fitted_normalizer()
 
 
 def token_batch(meta: ShapeMeta, horizon: int, T: int, seed: int = 0, batch: int = B) -> dict[str, torch.Tensor]:
@@ -72,6 +78,16 @@ def test_shapes_loss_and_action_units(name, meta, normalizer):
         torch.testing.assert_close(policy.predict_action(long, [torch.Generator().manual_seed(i) for i in range(B)]),
                                    policy.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(B)]))
     assert policy.obs_keys == ["front_image", "wrist_image", "proprio"]
+    # action units: the same network with the action data in other units (x10 + 5) predicts x10 + 5, so
+    # predict_action un-normalises with the fitted action statistics (it does not return the head's [-1, 1] values)
+    rescaled = make(name, meta, fitted_normalizer(10.0, 5.0)).eval()
+
+    def predict(p):
+        torch.manual_seed(7)
+        return p.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(B)])
+
+    base = predict(policy)
+    torch.testing.assert_close(predict(rescaled), base * 10.0 + 5.0, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(TINY_POLICIES))
@@ -162,9 +178,9 @@ def test_cached_tokens_and_online_encoding_agree(tmp_path, encoder, normalizer, 
 def test_frozen_encoder_gets_no_gradient_and_stays_eval(meta, normalizer, encoder):
     policy = make("bc_mlp", meta, normalizer, encoder)
     policy.train()
-    enc = policy.obs_encoder.frozen_encoder
+    enc = policy.obs_conditioner.token_encoder
     assert not enc.training and not any(p.requires_grad for p in enc.parameters())
-    assert all(not n.startswith("obs_encoder.frozen_encoder.") for n, _ in policy.trainable_named_parameters())
+    assert all(not n.startswith("obs_conditioner.token_encoder.") for n, _ in policy.trainable_named_parameters())
     g = torch.Generator().manual_seed(0)
     batch = {f"{c}_image": torch.randint(0, 256, (2, 2, IMG, IMG, 3), dtype=torch.uint8, generator=g) for c in CAMERAS}
     batch.update(proprio=torch.randn(2, 2, PROPRIO, generator=g), action=torch.randn(2, policy.horizon, ACTION))
@@ -180,7 +196,7 @@ def test_pooling_variants_and_separate_cameras(meta, normalizer):
             batch = token_batch(meta, policy.horizon, 2)
             cond = policy.encode_obs(batch)
             assert cond.shape == (B, 2, len(CAMERAS) * K + 1, 16)
-            assert len(policy.obs_encoder.poolers) == (1 if share else len(CAMERAS))
+            assert len(policy.obs_conditioner.camera_encoders) == (1 if share else len(CAMERAS))
 
 
 def test_resnet18_baseline_groupnorm_and_crops(normalizer):
@@ -256,7 +272,7 @@ def test_partly_trainable_encoder_is_fine_tuned(meta, normalizer):
 
     enc = build_encoder(**dict(TINY_ENCODER, trainable="norm"))
     policy = make("bc_mlp", meta, normalizer, enc)
-    trainable = [n for n, _ in policy.trainable_named_parameters() if n.startswith("obs_encoder.frozen_encoder.")]
+    trainable = [n for n, _ in policy.trainable_named_parameters() if n.startswith("obs_conditioner.token_encoder.")]
     assert trainable and all("norm" in n for n in trainable)
     g = torch.Generator().manual_seed(0)
     batch = {f"{c}_image": torch.randint(0, 256, (2, 2, IMG, IMG, 3), dtype=torch.uint8, generator=g) for c in CAMERAS}
@@ -272,7 +288,7 @@ def test_resume_restores_a_partly_trainable_encoder(tmp_path, meta, normalizer):
     from s2robot.training.checkpoint import load_training_state, save_checkpoint
 
     policy = make("bc_mlp", meta, normalizer, build_encoder(**dict(TINY_ENCODER, trainable="norm")))
-    names = [n for n, _ in policy.trainable_named_parameters() if n.startswith("obs_encoder.frozen_encoder.")]
+    names = [n for n, _ in policy.trainable_named_parameters() if n.startswith("obs_conditioner.token_encoder.")]
     params = dict(policy.named_parameters())
     with torch.no_grad():
         for n in names:
@@ -283,3 +299,27 @@ def test_resume_restores_a_partly_trainable_encoder(tmp_path, meta, normalizer):
     restored = dict(fresh.named_parameters())
     for n in names:
         torch.testing.assert_close(restored[n], params[n], atol=0, rtol=0, msg=n)
+
+
+def test_checkpoints_with_the_old_parameter_names_still_load(tmp_path, meta, normalizer):
+    """Weights saved as obs_encoder.* / obs_encoder.poolers.* (before the renames) load into obs_conditioner.*."""
+    from safetensors.torch import load_file, save_file
+
+    from s2robot.policies.loading import MODEL_FILE, read_model_tensors
+    from s2robot.training.checkpoint import load_training_state, save_checkpoint
+
+    policy = make("bc_mlp", meta, normalizer)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01)  # differ from a fresh build
+    save_checkpoint(tmp_path / "step_1", policy, {}, step=1, epoch=0)
+    path = tmp_path / "step_1" / MODEL_FILE
+    legacy = {k.replace("obs_conditioner.camera_encoders.", "obs_encoder.poolers.")
+               .replace("obs_conditioner.", "obs_encoder."): v for k, v in load_file(str(path)).items()}
+    assert any(k.startswith("obs_encoder.poolers.") for k in legacy)
+    save_file(legacy, str(path))
+    assert set(read_model_tensors(path)) == set(policy.state_dict())
+    fresh = make("bc_mlp", meta, normalizer, seed=1)
+    load_training_state(tmp_path / "step_1", fresh)
+    for (name, a), b in zip(policy.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)

@@ -59,7 +59,7 @@ def test_film_tables_equal_plain_forward():
 
 
 def test_predict_action_equals_the_plain_denoising_loop():
-    from s2robot.datasets.normalizer import Normalizer
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.policies import ShapeMeta, build_policy
     from policy_testlib import TINY_POLICIES
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from rosbridge_test_server import FAKE_ROBOT_CFG, FakeReachEnv, RosbridgeTestServer, SimRobotServer
+from s2robot.deploy.control_loop import CallablePolicy, ControlLoop, LoopConfig
+from s2robot.deploy.safety import SafetyFilter, Watchdog
 from s2robot.ros import messages as M
-from s2robot.ros.control_loop import CallablePolicy, ControlLoop, LoopConfig
-from s2robot.ros.robot import RobotConfig
+from s2robot.ros.robot_config import RobotConfig
 from s2robot.ros.rosbridge import RosbridgeRobot
-from s2robot.ros.safety import SafetyFilter, Watchdog
 
 pytestmark = pytest.mark.timeout(60)
 RATE = 20.0
@@ -127,11 +127,12 @@ def test_roslibpy_drops_numpy_messages_silently_ours_arrive(rig_factory):
     rig = rig_factory()
     raw = roslibpy.Topic(rig.robot._ros, "/raw_numpy", "std_msgs/Float64MultiArray")
     raw.advertise()
-    raw.publish(roslibpy.Message({"data": np.zeros(3)}))  # the pitfall: fails to encode, dropped silently
+    raw.publish(roslibpy.Message({"data": np.full(3, 7.0)}))  # the pitfall: fails to encode, dropped silently
     raw.publish(roslibpy.Message(M.float64_multiarray_msg(np.zeros(3))))  # converted: arrives
-    assert _wait(lambda: len(rig.server.messages("/raw_numpy")) == 1)
-    time.sleep(0.2)
-    assert len(rig.server.messages("/raw_numpy")) == 1
+    raw.publish(roslibpy.Message(M.float64_multiarray_msg(np.ones(3))))  # a marker: one link, messages in order
+    assert _wait(lambda: any(m["data"] == [1.0] * 3 for _, m in rig.server.messages("/raw_numpy")))
+    # everything published before the marker has arrived by now: the numpy message never will
+    assert [m["data"] for _, m in rig.server.messages("/raw_numpy")] == [[0.0] * 3, [1.0] * 3]
     # the robot converts numpy actions itself and refuses non-finite values instead of dropping them silently
     rig.sim.start()
     assert _wait(lambda: rig.robot.get_observation() is not None)
@@ -160,8 +161,12 @@ def test_publishes_while_disconnected_are_replayed_by_roslibpy_but_never_ours(ri
     assert _wait(lambda: len(rig.server.messages("/raw_cmd")) == 5, timeout=3)  # the burst replay
     times = [t for t, _ in rig.server.messages("/raw_cmd")]
     assert times[-1] - times[0] < 0.1
-    time.sleep(0.3)
-    assert rig.commands() == []  # no stale motion command was replayed
+    # a fresh command after the replay is the marker: a stale one, replayed on reconnect, would arrive before it
+    assert _wait(lambda: rig.robot.get_observation() is not None)
+    fresh = np.array([0.02, 0, 0, 0], np.float32)
+    assert rig.robot.send_action(fresh)
+    assert _wait(lambda: len(rig.commands()) >= 1)
+    assert len(rig.commands()) == 1  # no stale motion command was replayed, only the fresh one arrived
     assert rig.robot.dropped_while_down >= 5
 
 
@@ -195,8 +200,10 @@ def test_nan_policy_never_commands_and_faults(rig_factory):
     rig = rig_factory()
     rep = rig.run(lambda obs: np.full(4, np.nan, np.float32))
     assert rep.status == "policy_fault" and rep.commands == 0
-    time.sleep(0.1)
-    assert rig.commands() == []
+    # a valid command sent now is the marker: anything the loop had sent would arrive before it on the same link
+    assert rig.robot.send_action(np.array([0.01, 0, 0, 0], np.float32))
+    assert _wait(lambda: len(rig.commands()) >= 1)
+    assert len(rig.commands()) == 1
 
 
 def test_stale_timestamps_hold_then_resume(rig_factory):
@@ -300,5 +307,9 @@ def test_failed_connect_names_the_server_and_leaves_no_link_behind():
                                      "reconnect_delay_s": 0.1})
         with pytest.raises(ConnectionError, match=f"cannot reach rosbridge at ws://127.0.0.1:{server.port}"):
             RosbridgeRobot(cfg).connect()
-        time.sleep(2.0)  # the delayed handshake completes, and would be retried, in this window
+        # the server answers the late handshake (event, not a guessed sleep); the client must not keep that link
+        assert _wait(lambda: server.handshakes_answered >= 1, timeout=10)
+        assert _wait(lambda: not server._clients, timeout=5)
+        # ... nor retry: no second handshake within 10 reconnect delays (a retry would end this wait early)
+        assert not _wait(lambda: server.n_handshakes > 1, timeout=10 * cfg.reconnect_delay_s)
         assert server.n_connections <= 1 and not server._clients

@@ -6,11 +6,11 @@ import re
 import numpy as np
 import pytest
 
+from s2robot.deploy.config_types import ConfigError
+from s2robot.deploy.safety import SafetyFilter
 from s2robot.ros import messages as M
-from s2robot.ros.config_types import ConfigError
-from s2robot.ros.robot import RobotConfig
+from s2robot.ros.robot_config import RobotConfig
 from s2robot.ros.rosbridge import RosbridgeRobot
-from s2robot.ros.safety import SafetyFilter
 
 ARM7 = [f"joint{i}" for i in range(1, 8)]
 

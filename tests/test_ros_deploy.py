@@ -30,10 +30,10 @@ def nan_ckpt(tmp_path_factory):
 
 
 def _tiny_checkpoint(path, nan=False):
-    from s2robot.datasets.normalizer import Normalizer
     from s2robot.encoders import build_encoder
     from s2robot.policies import build_policy
     from s2robot.policies.base import ShapeMeta
+    from s2robot.policies.normalizer import Normalizer
     from s2robot.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def test_deploy_rosbridge_dry_run_publishes_shadow_only(tiny_ckpt, tmp_path):
     from omegaconf import OmegaConf
 
     from s2robot.envs import make_env
-    from s2robot.ros.robot import RobotConfig
+    from s2robot.ros.robot_config import RobotConfig
 
     env = make_env("lift_cube", image_size=IMG)
     with RosbridgeTestServer(max_lifetime_s=100) as server:
@@ -118,7 +118,7 @@ class LiftRobot:
 
         from s2robot.cli import compose
         from s2robot.envs import make_env
-        from s2robot.ros.robot import RobotConfig
+        from s2robot.ros.robot_config import RobotConfig
 
         self.env = make_env("lift_cube", image_size=IMG)
         self.server = RosbridgeTestServer(max_lifetime_s=100).start()
@@ -289,7 +289,7 @@ def test_signals_end_with_summary_partial_episode_and_exit_code(tiny_ckpt, tmp_p
 
 
 def test_exit_codes_are_distinct_and_the_most_severe_wins():
-    from s2robot.ros.control_loop import EpisodeReport
+    from s2robot.deploy.control_loop import EpisodeReport
     from s2robot.ros.deploy import ExitCode, exit_code
 
     def reps(*statuses):

@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 
 from rosbridge_test_server import FAKE_ROBOT_CFG, FakeReachEnv, RosbridgeTestServer, SimRobotServer
+from s2robot.deploy.config_types import ConfigError
+from s2robot.deploy.control_loop import CallablePolicy, ControlLoop, EpisodeReport, LoopConfig
+from s2robot.deploy.safety import SafetyFilter, Watchdog
 from s2robot.ros import messages as M
-from s2robot.ros.config_types import ConfigError
-from s2robot.ros.control_loop import CallablePolicy, ControlLoop, EpisodeReport, LoopConfig
 from s2robot.ros.deploy import Terminated, signals_as_interrupts
-from s2robot.ros.robot import RobotConfig
+from s2robot.ros.robot_config import RobotConfig
 from s2robot.ros.rosbridge import RosbridgeRobot
-from s2robot.ros.safety import SafetyFilter, Watchdog
 
 pytestmark = pytest.mark.timeout(120)
 RATE = 20.0

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rosbridge_test_server import run_bridge_episodes
-from s2robot.ros.control_loop import CallablePolicy
+from s2robot.deploy.control_loop import CallablePolicy
 
 pytestmark = pytest.mark.timeout(150)
 SEEDS = (0, 1, 2, 3)

@@ -1,15 +1,17 @@
 """Control-loop mechanics without a network: chunk queue, ACT temporal ensembling, timing, sim robot lockstep."""
 
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from rosbridge_test_server import FakeReachEnv
-from s2robot.ros.control_loop import ActionQueue, CallablePolicy, ControlLoop, LoopConfig
-from s2robot.ros.robot import ActionConfig, Robot, SafetyConfig
-from s2robot.ros.safety import SafetyFilter, Watchdog
-from s2robot.ros.sim_robot import SimRobot
+from s2robot.deploy.action_config import ActionConfig, SafetyConfig
+from s2robot.deploy.control_loop import ActionQueue, CallablePolicy, ControlLoop, LoopConfig
+from s2robot.deploy.robot_interface import Robot
+from s2robot.deploy.safety import SafetyFilter, Watchdog
+from s2robot.deploy.sim_robot import SimRobot
 
 
 def test_chunk_queue_skips_past_ticks_and_keeps_last_when_late():
@@ -101,16 +103,32 @@ def test_realtime_loop_rate_and_slow_policy_does_not_block_ticks():
     assert all(lat >= 0.04 for lat in rep.latencies)  # obs -> command includes the inference time
 
 
+def _inference_threads():
+    return {t for t in threading.enumerate() if t.name == "s2robot-inference" and t.is_alive()}
+
+
 def test_policy_exception_propagates_and_stops():
-    env, robot = _fake_sim()
-    robot.connect()
-    robot.reset(seed=0)
+    """The error reaches the caller, and the episode stops there: no inference, no command, no worker after it."""
+    robot = ClockRobot()
+    before = _inference_threads()
+    calls = []
 
-    def boom(obs):
-        raise RuntimeError("policy crashed")
+    def crash_on_third(obs):
+        calls.append(len(robot.sent))
+        if len(calls) == 3:
+            raise RuntimeError("policy crashed")
+        return np.full((2, 4), 0.01, np.float32)
 
+    ticks = []
+    loop = _loop(robot, CallablePolicy(crash_on_third, n_action_steps=2), max_steps=100, stop_on_success=False)
     with pytest.raises(RuntimeError, match="policy crashed"):
-        _loop(robot, CallablePolicy(boom), max_steps=10, realtime=False).run_episode()
+        loop.run_episode(on_tick=lambda k, rep: ticks.append(k))
+    sent = len(robot.sent)
+    assert len(calls) == 3  # nothing was asked of the policy after it raised
+    assert 1 <= sent <= 4, sent  # the two good chunks were executed (2 actions each), nothing after the crash
+    assert ticks and ticks[-1] < 20  # the episode ended at the crash, not at max_steps
+    assert _inference_threads() - before == set()  # the inference worker was shut down
+    assert len(robot.sent) == sent
 
 
 class BlindRobot(ClockRobot):
@@ -122,7 +140,7 @@ class BlindRobot(ClockRobot):
 
     def get_observation(self):
         if self.error:
-            from s2robot.ros.robot import ObservationError
+            from s2robot.deploy.robot_interface import ObservationError
 
             raise ObservationError(self.error)
         return None

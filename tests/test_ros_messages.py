@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from s2robot.deploy.action_config import ActionConfig, SafetyConfig
+from s2robot.deploy.safety import EStop, PolicyFault, SafetyFilter, Watchdog
 from s2robot.ros import messages as M
-from s2robot.ros.robot import ActionConfig, RobotConfig, SafetyConfig
-from s2robot.ros.safety import EStop, PolicyFault, SafetyFilter, Watchdog
+from s2robot.ros.robot_config import RobotConfig
 
 
 def _rgb(h=6, w=5, seed=0):

@@ -27,10 +27,11 @@ import pytest
 import yaml
 from rosbridge_test_server import FAKE_ROBOT_CFG
 
-from s2robot.ros.control_loop import CallablePolicy, ControlLoop, LoopConfig
+from s2robot.deploy.control_loop import CallablePolicy, ControlLoop, LoopConfig
+from s2robot.deploy.robot_interface import RobotDisconnected
+from s2robot.deploy.safety import SafetyFilter, Watchdog
 from s2robot.ros.deploy import build_robot
-from s2robot.ros.robot import RobotConfig, RobotDisconnected
-from s2robot.ros.safety import SafetyFilter, Watchdog
+from s2robot.ros.robot_config import RobotConfig
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("ignore:notifyAll:DeprecationWarning")]
 RATE = 20.0

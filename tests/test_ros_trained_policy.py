@@ -52,9 +52,9 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 
 def test_trained_policy_through_rosbridge_matches_direct_evaluation(trained_checkpoint):
     import s2robot
+    from s2robot.deploy.control_loop import TorchPolicy
     from s2robot.envs import make_env
     from s2robot.evaluation import evaluate
-    from s2robot.ros.control_loop import TorchPolicy
 
     policy = s2robot.load_policy(trained_checkpoint)
     direct = evaluate(policy, task="lift_cube", n_envs=2, episodes=len(SEEDS), seed=SEEDS[0], device="cpu",

@@ -63,7 +63,7 @@ def test_state_obs_is_opt_in_and_validated():
 def test_state_only_policy_lifts_the_cube(tmp_path):
     """collect (state recorded) -> train a BC-MLP without cameras on the state -> batched eval on held-out seeds."""
     from s2robot.cli import compose
-    from s2robot.envs.collect import collect
+    from s2robot.collection import collect
     from s2robot.evaluation.cli import run as eval_run
     from s2robot.training.train import train
 

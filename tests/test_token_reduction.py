@@ -83,12 +83,12 @@ def test_policy_on_reduced_tokens_encodes_live_frames_like_the_cache(tmp_path, r
     assert policy.shape_meta.token_reduce["dim"] == 8 and policy.shape_meta.feature_hash == key
     g = zarr.open_group(str(path), mode="r")
     frames = torch.from_numpy(np.asarray(g["data"]["front_image"][:6]))
-    online = policy.obs_encoder.encode_images(frames)
+    online = policy.obs_conditioner.encode_images(frames)
     cached = torch.from_numpy(np.asarray(g["features"][key]["front"][:6]).astype(np.float32))
     torch.testing.assert_close(online, cached, atol=2e-3, rtol=1e-3)  # fp16 rounding of a matmul: ~1 ulp
     # the projection is the learned-nothing PCA: zeroing it changes the tokens (the test can fail)
-    policy.obs_encoder.token_proj_components.zero_()
-    assert not torch.allclose(policy.obs_encoder.encode_images(frames), cached)
+    policy.obs_conditioner.token_proj_components.zero_()
+    assert not torch.allclose(policy.obs_conditioner.encode_images(frames), cached)
 
 
 def test_token_dim_without_reduced_set_is_one_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from policy_testlib import one_torch_thread  # noqa: F401  (autouse fixture)
-from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, make_store, train_cfg
+from policy_testlib import ACTION, CAMERAS, IMG, PROPRIO, TINY_ENCODER, TINY_POLICIES, make_store, train_cfg
 from s2robot.training.train import train
 
 TESTS = Path(__file__).parent
@@ -107,13 +108,13 @@ def test_cached_features_checkpoint_and_load_policy(tmp_path, cached_store, caps
 def test_online_encoding_when_no_cache(tmp_path, store, capsys):
     ckpt = train(train_cfg(store, tmp_path / "run", "bc_gmm", steps=2))
     assert "no cached features for encoder 'vit_tiny_test'" in capsys.readouterr().out
-    from s2robot.training.checkpoint import read_config
+    from s2robot.policies.loading import read_config
 
     assert read_config(ckpt).shape_meta.feature_hash is None
 
 
 def test_periodic_rollouts_call_the_evaluator(tmp_path, cached_store, monkeypatch):
-    import s2robot.evaluation.rollout as rollout
+    import s2robot.training.train as train_mod
 
     calls = []
 
@@ -124,7 +125,7 @@ def test_periodic_rollouts_call_the_evaluator(tmp_path, cached_store, monkeypatc
         calls.append(out_dir)
         return {"success_rate": 0.5, "mean_max_score": 0.7, "n_episodes": episodes}
 
-    monkeypatch.setattr(rollout, "evaluate", fake_evaluate)
+    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
     train(train_cfg(cached_store[0], tmp_path / "run", "bc_mlp", steps=4, train={"eval_every": 2}))
     assert [Path(p).name for p in calls] == ["step_0000002", "step_0000004"]
     with open(tmp_path / "run" / "eval.csv") as f:
@@ -244,7 +245,7 @@ def test_select_features_prefers_unpooled_and_honours_pool_grid(tmp_path):
     assert select_features(store, other, list(CAMERAS), None) == (None, {})
     ckpt = train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=2, pool_grid=2,
                            train={"batch_size": 4}))
-    from s2robot.training.checkpoint import read_config
+    from s2robot.policies.loading import read_config
 
     meta = read_config(ckpt).shape_meta
     assert meta.feature_hash == pooled and meta.token_pool_grid == 2 and list(meta.token_shape)[0] == 1 + 4
@@ -263,7 +264,7 @@ def test_load_policy_without_the_original_encoder_file(tmp_path, store):
     before = s2robot.load_policy(ckpt)
     pth.unlink()
     after = s2robot.load_policy(ckpt)
-    assert after.obs_encoder.frozen_encoder.config_hash == before.obs_encoder.frozen_encoder.config_hash
+    assert after.obs_conditioner.token_encoder.config_hash == before.obs_conditioner.token_encoder.config_hash
     from s2robot.datasets.sampler import SequenceDataset
 
     batch = SequenceDataset(store, horizon=before.horizon, n_obs_steps=2, n_action_steps=4, split="all",
@@ -299,3 +300,37 @@ def test_nonfinite_loss_stops_training_keeps_good_checkpoints_and_closes_everyth
     assert "store" in calls["closed"] and "logger" in calls["closed"]
     w = _weights(out / "checkpoints" / "step_0000003")
     assert all(torch.isfinite(v).all() for v in w.values())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_online_tokens_are_the_cache_function_for_every_dtype(dtype):
+    """The online path (ObsConditioner.encode_images) is tokens_as_cached of the encoder's tokens in its cache_dtype,
+    the function the cache writes with (for float16, the cache's dtype, the stored tokens equal it: see
+    test_cached_features_checkpoint_and_load_policy)."""
+    from s2robot.encoders import build_encoder
+    from s2robot.policies.base import ShapeMeta
+    from s2robot.policies.conditioning import ConditioningConfig, ObsConditioner
+    from s2robot.tokens import CACHE_DTYPES, tokens_as_cached
+
+    assert dtype in CACHE_DTYPES
+    enc = build_encoder(**TINY_ENCODER)
+    meta = ShapeMeta(cameras=["front"], proprio_dim=0, action_dim=2, image_shape=[IMG, IMG, 3],
+                     token_shape=[enc.num_tokens, enc.out_dim], num_prefix=enc.num_prefix)
+    cond = ObsConditioner(ConditioningConfig(backbone="tokens", cache_dtype=dtype), meta, enc)
+    frames = torch.randint(0, 256, (3, IMG, IMG, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = tokens_as_cached(enc.encode(frames), num_prefix=enc.num_prefix, grid=enc.grid, dtype=dtype)
+        got = cond.encode_images(frames)
+    assert expected.dtype == getattr(torch, dtype)
+    torch.testing.assert_close(got, expected.float(), atol=0, rtol=0)
+
+
+def test_training_on_cached_tokens_refuses_another_cache_dtype(tmp_path, cached_store):
+    """The cache stores float16: a policy rounding live frames to another dtype would not see its training tokens."""
+    path, _ = cached_store
+    policy = copy.deepcopy(TINY_POLICIES["bc_mlp"])
+    policy["obs"] = {**policy["obs"], "cache_dtype": "float32"}
+    with pytest.raises(ValueError, match=r"policy.obs.cache_dtype=float32 but the cached features are float16"):
+        train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=2, policy=policy))
+    # online encoding in that dtype is fine
+    train(train_cfg(path, tmp_path / "run2", "bc_mlp", steps=2, policy=policy, dataset={"use_cached_features": False}))

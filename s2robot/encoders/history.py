@@ -32,12 +32,12 @@ Encode = Callable[[torch.Tensor], torch.Tensor]
 def frozen_token_encoder(policy) -> Encode | None:
     """The policy's frames -> tokens function when its image encoder is frozen, else None.
 
-    A policy qualifies when ``policy.obs_encoder`` has a ``frozen_encoder`` with ``trainable == "frozen"`` and an
+    A policy qualifies when ``policy.obs_conditioner`` has a ``token_encoder`` with ``trainable == "frozen"`` and an
     ``encode_images(uint8 (n, H, W, 3)) -> (n, N, D)`` (:class:`s2robot.policies.conditioning.ObsConditioner`).
     Trainable encoders (their tokens change with the weights) and image backbones do not.
     """
-    cond = getattr(policy, "obs_encoder", None)
-    enc = getattr(cond, "frozen_encoder", None)
+    cond = getattr(policy, "obs_conditioner", None)
+    enc = getattr(cond, "token_encoder", None)
     if enc is None or getattr(enc, "trainable", None) != "frozen" or not hasattr(cond, "encode_images"):
         return None
     return cond.encode_images

@@ -1,6 +1,8 @@
 """Batched, seeded evaluation rollouts: ``from s2robot.evaluation import evaluate``.
 
-Modules: ``vector_env`` (spawn worker pool, shared-memory observations), ``rollout`` (``evaluate``), ``metrics``
+Modules: ``env_pool`` (``StepResult`` and the env-pool interface), ``vector_env`` (spawn worker pool,
+shared-memory observations), ``warp_pool`` (MuJoCo Warp worlds as a pool), ``env_config`` (env kwargs for a
+policy and task), ``rollout`` (``evaluate``), ``metrics``
 (Wilson interval), ``report`` (JSON, plot, videos), ``cli`` (the ``s2robot eval`` verb). ``evaluate`` is imported
 lazily so that env worker processes, which import ``vector_env``, never pay for importing torch.
 """

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+
+from s2robot.device import resolve_device
+from s2robot.evaluation.env_config import env_kwargs_for, match_policy
+from s2robot.evaluation.rollout import eval_seed, evaluate
+from s2robot.policies.loading import STATE_FILE, load_policy, read_config, resolve_checkpoint
 
 
 def exit_code(summary: dict[str, Any]) -> int:
     """Non-zero only when every episode was aborted by an error (NaN action, env exception, dead worker)."""
     return 1 if summary.get("all_errored") else 0
-
-
-def env_kwargs_for(task_cfg: dict[str, Any]) -> dict[str, Any]:
-    """``make_env`` keyword arguments from a task config section: image_size, cameras and its env_kwargs."""
-    kw = dict(task_cfg.get("env_kwargs") or {})
-    for key in ("image_size", "cameras"):
-        if task_cfg.get(key) is not None:
-            kw[key] = tuple(task_cfg[key]) if key == "cameras" else task_cfg[key]
-    return kw
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -37,39 +38,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"[eval] video: {v}")
 
 
-def match_policy(env_kwargs: dict[str, Any], policy, explicit: dict[str, Any]) -> dict[str, Any]:
-    """Render what the policy was trained on: its ``shape_meta`` image size and cameras, unless set explicitly.
-
-    A task config says 224 px while the demos were collected at 96 px (``collect image_size=96``): the policy's
-    ``shape_meta.image_shape`` records what it actually saw, so evaluation renders that.
-    """
-    meta = getattr(policy, "shape_meta", None)
-    out = dict(env_kwargs)
-    if meta is None:
-        return out
-    if getattr(meta, "image_shape", None) and "image_size" not in explicit:
-        h, w = int(meta.image_shape[0]), int(meta.image_shape[1])
-        size = h if h == w else (h, w)
-        if out.get("image_size") not in (None, size):
-            print(f"[eval] rendering {size} px images as the policy was trained on (task config says "
-                  f"{out['image_size']}); pass env_kwargs.image_size=... to override")
-        out["image_size"] = size
-    if getattr(meta, "cameras", None) is not None and "cameras" not in explicit:
-        out["cameras"] = tuple(meta.cameras)  # () for a policy without images: nothing is rendered
-    if getattr(meta, "state_dim", 0) and "state_obs" not in explicit:
-        out["state_obs"] = True
-    return out
-
-
 def checkpoint_info(ckpt) -> dict[str, Any]:
     """``{"checkpoint", "step", "trained_task", "trained_on"}`` of a checkpoint directory (config.yaml, state.json)."""
-    import json
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from s2robot.training.checkpoint import STATE_FILE, read_config
-
     cfg = OmegaConf.to_container(read_config(ckpt), resolve=True)
     state_file = Path(ckpt) / STATE_FILE
     step = json.loads(state_file.read_text()).get("step") if state_file.is_file() else None
@@ -88,13 +58,6 @@ def task_mismatch(info: dict[str, Any], task: str) -> str | None:
 
 def run(cfg) -> int:
     """CLI verb: load the checkpoint's policy, evaluate it, print the summary and where the files are."""
-    from omegaconf import OmegaConf
-
-    import s2robot
-    from s2robot.device import resolve_device
-    from s2robot.evaluation.rollout import evaluate
-    from s2robot.training.checkpoint import read_config, resolve_checkpoint
-
     if not cfg.get("checkpoint"):
         raise SystemExit("s2robot eval: checkpoint=PATH is required (a checkpoint directory or a training run)")
     try:
@@ -109,17 +72,15 @@ def run(cfg) -> int:
         raise SystemExit("s2robot eval: no task given and the checkpoint's config.yaml names none; pass task=<name>")
     explicit = OmegaConf.to_container(cfg.get("env_kwargs") or OmegaConf.create({}), resolve=True)
     device = resolve_device(cfg.get("device", "auto"))
-    policy = s2robot.load_policy(ckpt, device=str(device))
+    policy = load_policy(ckpt, device=str(device))
     env_kwargs = {**match_policy(env_kwargs_for(task_cfg), policy, explicit), **explicit}
     info = checkpoint_info(ckpt)
     warning = task_mismatch(info, task_cfg["name"])
     if warning:
-        import sys
-
         print(warning, file=sys.stderr)
     out = cfg.get("out") or str(ckpt.parent.parent / f"eval_{task_cfg['name']}_{ckpt.name}")
     summary = evaluate(policy, task=task_cfg["name"], n_envs=int(cfg.n_envs), episodes=int(cfg.episodes),
-                       seed=int(cfg.seed), device=device, out_dir=out, n_videos=int(cfg.n_videos),
+                       seed=eval_seed(cfg.get("seed")), device=device, out_dir=out, n_videos=int(cfg.n_videos),
                        env_kwargs=env_kwargs, backend=str(cfg.get("backend", "cpu")),
                        max_steps=cfg.get("max_steps") or task_cfg.get("max_episode_steps"), policy_info=info)
     print_summary(summary)

@@ -34,12 +34,24 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
 from s2robot.evaluation.metrics import summarize_episodes
 from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text, write_report
-from s2robot.evaluation.vector_env import EnvPool, StepResult, TaskEnvFactory
+from s2robot.evaluation.env_pool import EnvPoolProtocol, StepResult
+from s2robot.evaluation.vector_env import EnvPool, TaskEnvFactory
+
+#: Evaluation episodes start at this seed unless one is given: far from the collection seeds (0, 1, ...), so an
+#: evaluation start is never a training start. Used by ``s2robot eval`` (``seed: null``), the demo and training's
+#: periodic rollouts (``seed + EVAL_SEED_OFFSET``).
+EVAL_SEED_OFFSET = 100_000
+
+
+def eval_seed(seed: int | None) -> int:
+    """The first episode seed: ``seed`` as given, ``None`` -> :data:`EVAL_SEED_OFFSET`."""
+    return EVAL_SEED_OFFSET if seed is None else int(seed)
 
 
 def episode_generator(seed: int, episode: int) -> torch.Generator:
@@ -108,7 +120,7 @@ def _warn_image_mismatch(policy, image_shapes: dict[str, tuple[int, ...]]) -> No
     wrong = {k: s for k, s in image_shapes.items() if tuple(s) != tuple(trained)}
     if wrong:
         warnings.warn(f"the env renders {wrong} but the policy was trained on {tuple(trained)} images; pass "
-                      f"env_kwargs={{'image_size': {trained[0]}}} (s2robot.evaluation.cli.match_policy does this)",
+                      f"env_kwargs={{'image_size': {trained[0]}}} (evaluation.env_config.match_policy does this)",
                       stacklevel=3)
 
 
@@ -133,9 +145,9 @@ def _forward(policy, hist: dict[str, np.ndarray], rows: list[int], gens: list[to
 
 
 class _BatchedRollout:
-    """The control loop over an :class:`EnvPool` (see the module docstring); ``run()`` fills ``records``."""
+    """The control loop over an env pool (see the module docstring); ``run()`` fills ``records``."""
 
-    def __init__(self, policy, pool: EnvPool, device: torch.device, episodes: int, seed: int, limit: int,
+    def __init__(self, policy, pool: EnvPoolProtocol, device: torch.device, episodes: int, seed: int, limit: int,
                  video: VideoRecorder, bar, timers: _Timers, token_history: bool = True):
         self.policy, self.pool, self.device = policy, pool, device
         self.episodes, self.seed, self.limit = episodes, seed, limit
@@ -323,20 +335,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         ``all_errored``: True when every episode was aborted by an error, paths of written files) plus
         ``episodes``: the per-episode records (also in ``episodes.json``; not repeated in ``summary.json``).
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if n_envs < 1:
-        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-    if backend not in ("cpu", "warp"):
-        raise ValueError(f"backend={backend!r}: choose 'cpu' (MuJoCo in worker processes) or 'warp' (MuJoCo-Warp)")
-    if backend == "warp" and (env_fn is not None or not task):
-        raise ValueError("backend='warp' runs the built-in tasks only: pass task=<name>, not env_fn")
-    if env_fn is None:
-        if not task:
-            raise ValueError("evaluate needs a task name or an env_fn")
-        env_fn = TaskEnvFactory(task, dict(env_kwargs or {}))
-    from tqdm.auto import tqdm
-
+    env_fn = _check_args(episodes, n_envs, backend, task, env_fn, env_kwargs)
     task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
     dev = resolve_device(device)
     n_envs = min(int(n_envs), int(episodes))
@@ -353,7 +352,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
     pool = video = bar = None
     try:
         if backend == "warp":
-            from s2robot.envs.warp_backend import WarpEnvPool
+            from s2robot.evaluation.warp_pool import WarpEnvPool  # optional extra (mujoco-warp): imported on use
 
             pool = WarpEnvPool(task, n_envs, device=dev, **dict(env_kwargs or {}))
         else:
@@ -372,24 +371,47 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         while loop.busy():
             loop.step()
         t_loop_end = time.perf_counter()
-        video_paths = [video.paths[i] for i in sorted(video.paths)]
     finally:
-        if video is not None:
-            video.close()
-        if bar is not None:
-            bar.close()
-        if pool is not None:
-            pool.close()
+        for part in (video, bar, pool):
+            if part is not None:
+                part.close()
         if was_training and hasattr(policy, "train"):
             policy.train()
 
-    records = loop.records
+    summary = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
+               "device": str(dev), "max_steps": int(limit), **summarize_episodes(loop.records)}
+    summary["all_errored"] = summary["n_errors"] == len(loop.records)
+    summary.update(_run_stats(loop, timers, pool, video, (t_begin, t_started, t_loop_end)))
+    if out_dir is not None:
+        summary["files"].update(write_report(out_dir, loop.records, summary))
+    summary["episodes"] = loop.records
+    return summary
+
+
+def _check_args(episodes: int, n_envs: int, backend: str, task: str | None, env_fn: Callable | None,
+                env_kwargs: dict | None) -> Callable:
+    """Refuse bad arguments of :func:`evaluate` with one clear line; returns the env factory to use."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    if backend not in ("cpu", "warp"):
+        raise ValueError(f"backend={backend!r}: choose 'cpu' (MuJoCo in worker processes) or 'warp' (MuJoCo-Warp)")
+    if backend == "warp" and (env_fn is not None or not task):
+        raise ValueError("backend='warp' runs the built-in tasks only: pass task=<name>, not env_fn")
+    if env_fn is None:
+        if not task:
+            raise ValueError("evaluate needs a task name or an env_fn")
+        env_fn = TaskEnvFactory(task, dict(env_kwargs or {}))
+    return env_fn
+
+
+def _run_stats(loop: "_BatchedRollout", timers: "_Timers", pool: EnvPoolProtocol, video: VideoRecorder,
+               times: tuple[float, float, float]) -> dict[str, Any]:
+    """The summary's run statistics: env-steps/s (steady state), forwards, timings, video files."""
+    t_begin, t_started, t_loop_end = times
     loop_wall = t_loop_end - t_started  # steady state: without worker start-up, first resets and shutdown
-    summary: dict[str, Any] = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
-                               "device": str(dev),
-                               "max_steps": int(limit), **summarize_episodes(records)}
-    summary["all_errored"] = summary["n_errors"] == len(records)
-    summary.update({
+    return {
         "env_steps": timers.env_steps,
         "wall_s": round(time.perf_counter() - t_begin, 3),
         "env_steps_per_s": timers.env_steps / loop_wall if loop_wall > 0 else 0.0,
@@ -401,10 +423,6 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
                    "policy": round(timers.policy, 3), "env_wait": round(timers.env_wait, 3),
                    "env_inside_workers": round(timers.env_inner, 3),
                    **{f"env_{k}": round(v, 3) for k, v in sorted(timers.env_parts.items())}},
-        "files": {"videos": video_paths},
+        "files": {"videos": [video.paths[i] for i in sorted(video.paths)]},
         "video_fps": video.fps,
-    })
-    if out_dir is not None:
-        summary["files"].update(write_report(out_dir, records, summary))
-    summary["episodes"] = records
-    return summary
+    }

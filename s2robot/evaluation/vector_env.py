@@ -32,20 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-
-@dataclasses.dataclass
-class StepResult:
-    """What a worker returns for one reset/step of one env (the observation itself is in shared memory)."""
-
-    ok: bool
-    reward: float = 0.0
-    terminated: bool = False
-    truncated: bool = False
-    success: bool = False
-    score: float | None = None
-    env_time: float = 0.0  # seconds spent inside env.reset/env.step in the worker
-    timing: dict[str, float] | None = None  # optional finer split from info["timing"] (physics, render, ...)
-    error: str | None = None
+from s2robot.evaluation.env_pool import StepResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +43,7 @@ class TaskEnvFactory:
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __call__(self):
+        # imported here, in the worker, after it chose MUJOCO_GL: importing s2robot.envs loads MuJoCo and Mesa
         from s2robot.envs import make_env
 
         return make_env(self.task, **dict(self.env_kwargs))

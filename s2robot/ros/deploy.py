@@ -30,10 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s2robot.ros.config_types import ConfigError, bad, typed_kwargs
-from s2robot.ros.control_loop import ChunkPolicy, ControlLoop, EpisodeReport, LoopConfig, TorchPolicy
-from s2robot.ros.robot import Robot, RobotConfig
-from s2robot.ros.safety import SafetyFilter, Watchdog
+from omegaconf import OmegaConf
+
+from s2robot.deploy.config_types import ConfigError, bad, typed_kwargs
+from s2robot.deploy.control_loop import ChunkPolicy, ControlLoop, EpisodeReport, LoopConfig, TorchPolicy
+from s2robot.deploy.recorder import EpisodeRecorder
+from s2robot.deploy.robot_interface import ObservationError, Robot
+from s2robot.deploy.safety import SafetyFilter, Watchdog
+from s2robot.deploy.sim_robot import SimRobot
+from s2robot.ros.preflight import run_check, wait_for_inputs
+from s2robot.ros.robot_config import RobotConfig
+from s2robot.ros.rosbridge import RosbridgeRobot
+from s2robot.ros.rospy_robot import RospyRobot  # importable without ROS 1: rospy is imported when it connects
 
 LOG = logging.getLogger("s2robot.deploy")
 
@@ -130,8 +138,6 @@ class DeployOptions:
 
     @classmethod
     def from_cfg(cls, cfg) -> DeployOptions:
-        from omegaconf import OmegaConf
-
         d = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "robot"}
         return cls(**typed_kwargs(cls, d, ""))
 
@@ -151,19 +157,13 @@ def load_configs(cfg) -> tuple[DeployOptions, RobotConfig]:
 def build_robot(cfg: RobotConfig, dry_run: bool = False, image_size=None, publish: bool = True) -> Robot:
     """The Robot for ``cfg.backend`` (not yet connected); ``publish=False`` for the pre-flight check."""
     if cfg.backend == "sim":
-        from s2robot.ros.sim_robot import SimRobot
-
         sim = dict(cfg.sim)
         size = image_size or cfg.image_size or sim.get("image_size", 96)
         return SimRobot(task=sim.get("task", "lift_cube"), image_size=tuple(size) if isinstance(size, (list, tuple))
                         else size, cameras=tuple(cfg.cameras) or tuple(sim.get("cameras", ("front", "wrist"))),
                         env_kwargs=sim.get("env_kwargs"), max_episode_steps=sim.get("max_episode_steps"))
     if cfg.backend == "rospy":
-        from s2robot.ros.rospy_robot import RospyRobot
-
         return RospyRobot(cfg, dry_run=dry_run, image_size=image_size, publish=publish)
-    from s2robot.ros.rosbridge import RosbridgeRobot
-
     return RosbridgeRobot(cfg, dry_run=dry_run, image_size=image_size, publish=publish)
 
 
@@ -192,8 +192,6 @@ def run_episodes(robot: Robot, policy: ChunkPolicy, robot_cfg: RobotConfig, loop
     Each episode's report is appended to ``reports`` when it starts, so an interrupt (which propagates) leaves the
     running one there, marked ``interrupted``. Episodes stop after one that ended in a fault (policy_fault,
     disconnected, no_input): the next would meet the same fault."""
-    from s2robot.ros.sim_robot import SimRobot
-
     reports = [] if reports is None else reports
     safety = SafetyFilter(robot_cfg.action, robot_cfg.safety, 1.0 / loop_cfg.rate_hz)
     for ep in range(episodes):
@@ -256,8 +254,6 @@ def _connect(robot: Robot) -> str:
 
 def _start(robot: Robot, robot_cfg: RobotConfig, opts: DeployOptions) -> tuple[str, str]:
     """Connect and wait for every input; returns (ending, detail): ("", "") when ready."""
-    from s2robot.ros.preflight import wait_for_inputs
-    from s2robot.ros.robot import ObservationError
 
     why = _connect(robot)
     if why:
@@ -276,8 +272,9 @@ def _start(robot: Robot, robot_cfg: RobotConfig, opts: DeployOptions) -> tuple[s
 
 
 def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
-    from s2robot import load_policy
+    # Imported on use: deployment and the ROS transports stay importable (and testable) without torch.
     from s2robot.device import resolve_device
+    from s2robot.policies.loading import load_policy
 
     try:
         device = resolve_device(opts.device)
@@ -308,8 +305,6 @@ def run(cfg) -> int:
                           realtime=robot_cfg.backend != "sim" or opts.sim_realtime)
     recorder = None
     if opts.record:
-        from s2robot.ros.recorder import EpisodeRecorder
-
         recorder = EpisodeRecorder(opts.record, attrs={"robot": robot_cfg.name, "fps": robot_cfg.rate_hz,
                                                        "checkpoint": str(opts.checkpoint)})
     out = Path(opts.out)
@@ -358,7 +353,6 @@ def _summary(robot_cfg: RobotConfig, opts: DeployOptions, reports: list[EpisodeR
 
 
 def _run_check(robot: Robot, robot_cfg: RobotConfig, policy: TorchPolicy, opts: DeployOptions) -> int:
-    from s2robot.ros.preflight import run_check
 
     try:
         with signals_as_interrupts():

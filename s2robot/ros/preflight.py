@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from s2robot.deploy.robot_interface import ObservationError, Robot, RobotDisconnected
+from s2robot.deploy.safety import PolicyFault, SafetyFilter
 from s2robot.ros import messages as M
-from s2robot.ros.robot import ObservationError, Robot, RobotConfig, RobotDisconnected
-from s2robot.ros.safety import PolicyFault, SafetyFilter
+from s2robot.ros.robot_config import RobotConfig
 
 
 def wait_for_inputs(robot: Robot, timeout_s: float) -> dict[str, str]:

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from s2robot.deploy.robot_interface import ObservationError, Robot, RobotDisconnected
+from s2robot.deploy.safety import EStop
 from s2robot.ros import messages as M
-from s2robot.ros.robot import ObservationError, Robot, RobotConfig, RobotDisconnected
-from s2robot.ros.safety import EStop
+from s2robot.ros.robot_config import RobotConfig
 
 LOG = logging.getLogger(__name__)
 

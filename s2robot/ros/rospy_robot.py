@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from s2robot.ros import messages as M
-from s2robot.ros.robot import RobotConfig
+from s2robot.ros.robot_config import RobotConfig
 from s2robot.ros.rosbridge import RosbridgeRobot
 
 LOG = logging.getLogger(__name__)

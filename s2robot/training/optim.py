@@ -20,12 +20,12 @@ SCHEDULERS = ("cosine", "constant_with_warmup", "linear", "constant")
 class OptimConfig:
     """``optim:`` section of ``configs/train.yaml``."""
 
-    lr: float = 1e-4
+    lr: float = 3e-4
     weight_decay: float = 1e-6
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
     eps: float = 1e-8
     scheduler: str = "cosine"
-    warmup_steps: int = 500
+    warmup_steps: int = 100
 
     def __post_init__(self) -> None:
         if not self.lr > 0:

@@ -17,33 +17,55 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
 
-from s2robot.policies.factory import dataclass_from
+from s2robot.configtools import dataclass_from, section
+from s2robot.datasets.feature_cache import STORED_DTYPE, cache_command, cached_feature_sets
+from s2robot.datasets.integrity import preflight
+from s2robot.datasets.sampler import BatchView, SequenceDataset
+from s2robot.datasets.store import DatasetError, EpisodeStore
+from s2robot.datasets.token_reduction import load_projection
+from s2robot.device import autocast_for
+from s2robot.encoders import build_encoder
+from s2robot.evaluation.env_config import env_kwargs_for
+from s2robot.evaluation.rollout import EVAL_SEED_OFFSET, evaluate
+from s2robot.policies.base import ShapeMeta
+from s2robot.policies.ema import PolicyEMA
+from s2robot.policies.factory import build_policy, parse_policy_config
+from s2robot.policies.loading import resolve_checkpoint
+from s2robot.policies.normalizer import MODES as NORMALIZER_MODES
+from s2robot.policies.normalizer import Normalizer
+from s2robot.training.checkpoint import load_training_state, save_checkpoint
 from s2robot.training.ddp import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown_distributed
+from s2robot.training.interrupt import StopRequest, resume_command
+from s2robot.training.logger import RunLogger
 from s2robot.training.optim import OptimConfig, build_lr_scheduler, build_optimizer
 
-__all__ = ["TrainConfig", "EMAConfig", "train", "run", "select_features", "seed_for_step"]
+__all__ = ["TrainConfig", "EMAConfig", "DatasetConfig", "resolved_config", "train", "run", "select_features",
+           "seed_for_step"]
 
 
 @dataclass
 class TrainConfig:
     """``train:`` section of ``configs/train.yaml``."""
 
-    steps: int = 20000
+    steps: int = 3000  # BC-MLP on cached tokens: 1500-3000 measured equal on lift_cube (docs/policies.md)
     batch_size: int = 64
     grad_clip: float = 1.0  # max global grad norm (0 disables clipping)
     log_every: int = 50
-    val_every: int = 1000  # validation loss (EMA weights) on the held-out episodes; 0 disables
+    val_every: int = 500  # validation loss (EMA weights) on the held-out episodes; 0 disables
     val_batches: int = 8
-    save_every: int = 5000  # checkpoint period; the final step is always saved
+    save_every: int = 500  # checkpoint period; the final step is always saved
     keep_last: int = 2  # older step_* checkpoints are deleted (0 keeps all)
     eval_every: int = 0  # evaluator rollouts (EMA weights) every N steps; 0 disables
     eval_episodes: int = 10
@@ -81,6 +103,56 @@ class EMAConfig:
             raise ValueError(f"ema needs 0 <= min_decay <= max_decay < 1, got {self.min_decay}, {self.max_decay}")
 
 
+@dataclass
+class DatasetConfig:
+    """``dataset:`` section: the demonstration store and how training reads it (``configs/dataset/default.yaml``
+    sets only ``path``; ``dataset=PATH`` on the command line sets it too)."""
+
+    path: str | None = None  # zarr directory, .zip, or fsspec URL
+    val_ratio: float = 0.1  # fraction of episodes held out for validation (split by episode)
+    seed: int = 0  # split seed
+    use_cached_features: bool = True  # read features/<encoder hash> when present instead of running the encoder
+    num_workers: int = 4  # DataLoader worker processes (each opens the store lazily)
+    lowdim_cache_mb: int = 256  # low-dim arrays below this total size are held in RAM per process
+    token_cache_mb: int = 4096  # cached tokens up to this total size are loaded into RAM once (0: stream them)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.val_ratio) < 1.0:
+            raise ValueError(f"dataset.val_ratio must be in [0, 1), got {self.val_ratio}")
+        for name in ("num_workers", "lowdim_cache_mb", "token_cache_mb"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"dataset.{name} must be >= 0, got {getattr(self, name)}")
+
+
+#: every top-level key of a training config (configs/train.yaml); anything else is a typo
+TRAIN_CONFIG_KEYS = ("task", "policy", "encoder", "dataset", "normalizer", "train", "optim", "ema", "seed", "device",
+                     "threads", "out_dir", "resume", "pool_grid", "token_dim")
+NORMALIZED_KEYS = ("action", "proprio", "state")  # the ``normalizer:`` section's keys; each minmax by default
+
+
+def resolved_config(cfg: Any) -> dict[str, Any]:
+    """A training config with every section validated and completed from its dataclass (the schema): unknown keys,
+    in any section, are an error naming them. The result is what the checkpoint records, every value included."""
+    c = section(cfg, "train config")
+    unknown = sorted(set(c) - set(TRAIN_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"train config: unknown key(s) {unknown}; valid keys are {sorted(TRAIN_CONFIG_KEYS)}")
+    ptype, head, obs = parse_policy_config(c.get("policy") or {})
+    name = section(c.get("policy"), "policy").get("name")
+    c["policy"] = {"name": name, "type": ptype, **asdict(head), "obs": asdict(obs)}
+    for key, cls in (("train", TrainConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("dataset", DatasetConfig)):
+        c[key] = asdict(dataclass_from(cls, c.get(key), key))
+    modes = section(c.get("normalizer"), "normalizer")
+    unknown = sorted(set(modes) - set(NORMALIZED_KEYS))
+    if unknown:
+        raise ValueError(f"normalizer: unknown key(s) {unknown}; valid keys are {list(NORMALIZED_KEYS)}")
+    bad = {k: v for k, v in modes.items() if v not in NORMALIZER_MODES}
+    if bad:
+        raise ValueError(f"normalizer: mode(s) {bad} not one of {sorted(NORMALIZER_MODES)}")
+    c["normalizer"] = {k: modes.get(k, "minmax") for k in NORMALIZED_KEYS}
+    return c
+
+
 def seed_for_step(seed: int, rank: int, step: int) -> int:
     """A 63-bit torch seed derived from (seed, rank, step) with numpy's SeedSequence."""
     return int(np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
@@ -112,8 +184,6 @@ def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int
     Prefers the requested ``pool_grid`` (None: unpooled first). ``token_dim``: only sets PCA-reduced to that many
     channels (None: only unreduced sets). Returns (key, attrs) or (None, {}).
     """
-    from s2robot.datasets.feature_cache import cached_feature_sets
-
     found = []
     for key, attrs in cached_feature_sets(store).items():
         progress = attrs.get("progress", {})
@@ -136,14 +206,6 @@ def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _plain(cfg: Any) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
-
-
 def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     nb = device.type == "cuda"
     return {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
@@ -157,8 +219,6 @@ def _ema_weights(policy: torch.nn.Module, ema: Any):
 def _prune(ckpt_dir: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
-    import shutil
-
     steps = sorted((p for p in ckpt_dir.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
     for old in steps[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -172,7 +232,7 @@ def _log(info: DistInfo, msg: str) -> None:
 # ------------------------------------------------------------------------------------------------------ train
 def train(cfg: Any) -> Path:
     """Train per ``cfg`` (the composed ``configs/train.yaml``); returns the final checkpoint directory."""
-    c = _plain(cfg)
+    c = resolved_config(cfg)
     info, device = init_distributed(c.get("device", "auto"))
     threads = c.get("threads")
     if device.type == "cpu" and threads:
@@ -191,11 +251,7 @@ def train(cfg: Any) -> Path:
 def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any, tcfg: TrainConfig):
     """Open the store, build the frozen encoder, pick cached features, make the train/val windows and the shape
     metadata -> (store, encoder or None, train_ds, val_ds or None, ShapeMeta)."""
-    from s2robot.datasets.sampler import SequenceDataset
-    from s2robot.datasets.store import EpisodeStore
-    from s2robot.policies.base import ShapeMeta
-
-    task_cfg, dcfg = c.get("task") or {}, c.get("dataset") or {}
+    task_cfg, dcfg = c.get("task") or {}, c["dataset"]
     store = EpisodeStore.open(dcfg["path"], mode="r")
     # task.cameras: [] trains a policy without images (e.g. on the privileged state only)
     cameras = list(store.cameras if task_cfg.get("cameras") is None else task_cfg["cameras"])
@@ -209,48 +265,46 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
 
     encoder, feature_key, feature_attrs = None, None, {}
     if obs_cfg.backbone == "tokens" and cameras:
-        from s2robot.encoders import build_encoder
-
         enc_cfg = c.get("encoder") or {}
         if not enc_cfg.get("name"):
             raise ValueError("policy.obs.backbone=tokens needs an encoder: pass encoder=<name>")
         encoder = build_encoder(**enc_cfg, device="cpu")
-        if dcfg.get("use_cached_features", True):
+        if dcfg["use_cached_features"]:
             token_dim = c.get("token_dim")
             feature_key, feature_attrs = select_features(store, encoder, cameras, c.get("pool_grid"), token_dim)
             if token_dim and not feature_key:
                 full, _ = select_features(store, encoder, cameras, c.get("pool_grid"), None)
                 if full:
-                    from s2robot.datasets.feature_cache import cache_command
-
                     raise ValueError(
                         f"{dcfg['path']}: no features reduced to token_dim={token_dim} channels; add them (seconds) "
                         f"with `{cache_command(dcfg['path'], enc_cfg, c.get('pool_grid'))} token_dim={token_dim}`, "
                         f"or train on the full tokens with token_dim=null")
                 _log(info, f"token_dim={token_dim} needs a PCA fitted on cached features; none are cached, so the "
                            f"full tokens are used")
+        if feature_key and obs_cfg.cache_dtype != STORED_DTYPE:
+            raise ValueError(
+                f"policy.obs.cache_dtype={obs_cfg.cache_dtype} but the cached features are {STORED_DTYPE}: live "
+                f"frames would not give the tokens the policy was trained on; use policy.obs.cache_dtype="
+                f"{STORED_DTYPE}, or dataset.use_cached_features=false to train on online {obs_cfg.cache_dtype} tokens")
         if feature_key:
             _log(info, f"using cached features {dcfg['path']}/features/{feature_key} (encoder {enc_cfg['name']}, "
                        f"hash {encoder.config_hash})")
         else:
-            why = "cached features disabled (dataset.use_cached_features=false)" if not dcfg.get(
-                "use_cached_features", True) else (
+            why = "cached features disabled (dataset.use_cached_features=false)" if not dcfg[
+                "use_cached_features"] else (
                 f"no cached features for encoder {enc_cfg['name']!r} (hash {encoder.config_hash}) in the store")
-            from s2robot.datasets.feature_cache import cache_command
-
             _log(info, f"{why}: encoding images online with the frozen encoder (slower; "
                        f"`{cache_command(dcfg['path'], enc_cfg)}` caches them once)")
 
     obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else []) + (
         ["state"] if use_state else [])
-    from s2robot.datasets.integrity import preflight  # every chunk present, float keys finite (a listing + low-dim)
-
+    # every chunk present, float keys finite (a listing + the low-dim data)
     preflight(store, [k for k in obs_keys if not (feature_key and k.endswith("_image"))] + ["action"], feature_key)
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
-                 val_ratio=float(dcfg.get("val_ratio", 0.1)), seed=int(dcfg.get("seed", 0)),
-                 lowdim_cache_bytes=int(dcfg.get("lowdim_cache_mb", 256)) << 20,
-                 token_cache_bytes=int(dcfg.get("token_cache_mb", 4096)) << 20)
+                 val_ratio=float(dcfg["val_ratio"]), seed=int(dcfg["seed"]),
+                 lowdim_cache_bytes=int(dcfg["lowdim_cache_mb"]) << 20,
+                 token_cache_bytes=int(dcfg["token_cache_mb"]) << 20)
     train_ds = SequenceDataset(store, split="train", **ds_kw)
     val_ds = SequenceDataset(store, split="val", **ds_kw) if tcfg.val_every and ds_kw["val_ratio"] > 0 else None
     if val_ds is not None and len(val_ds) == 0:
@@ -276,28 +330,77 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
 def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
     """Normaliser for ``action`` (+ ``proprio``, ``state``) fitted on the training split, modes from
     ``normalizer:``."""
-    from s2robot.datasets.normalizer import Normalizer
-
     stats = train_ds.lowdim_data(["action"] + (["proprio"] if meta.proprio_dim else []) + (
         ["state"] if meta.state_dim else []))
-    modes = dict(c.get("normalizer") or {})
-    return Normalizer().fit(stats, modes={k: modes.get(k, "minmax") for k in stats})
+    return Normalizer().fit(stats, modes={k: c["normalizer"][k] for k in stats})
+
+
+@dataclass
+class TrainRun:
+    """Everything one training run uses, built by :func:`build_run` and stepped by :func:`run_steps`."""
+
+    c: dict[str, Any]  # the whole resolved config (plain containers)
+    info: DistInfo
+    device: torch.device
+    tcfg: TrainConfig
+    seed: int
+    store: Any  # EpisodeStore (read-only)
+    encoder: Any  # the frozen token encoder, or None
+    train_ds: Any  # SequenceDataset, training split
+    val_ds: Any  # SequenceDataset, validation split, or None
+    meta: ShapeMeta
+    policy: torch.nn.Module
+    model: torch.nn.Module  # ``policy``, wrapped in DistributedDataParallel when distributed
+    named: list[tuple[str, torch.nn.Parameter]]  # the trainable parameters
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    ema: Any  # PolicyEMA or None
+    task_cfg: dict[str, Any]
+    task_name: str
+    out_dir: Path
+    start_step: int
+    saved_cfg: dict[str, Any]  # what checkpoints record as config.yaml (+ shape_meta)
+    sampler: ResumableSampler
+    loader: DataLoader
+    per_epoch: int  # optimiser steps per epoch
+    logger: RunLogger
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+
+@dataclass
+class _LoopState:
+    """What the step loop carries from one step to the next."""
+
+    step: int
+    epoch: int
+    loss_sum: torch.Tensor  # summed since the last log line, on the device
+    nonfinite: torch.Tensor  # count of non-finite losses not yet checked, on the device
+    loss_n: int = 0
+    t_last: float = 0.0
+    checked_to: int = 0  # every step up to this one had a finite loss
+    last_saved: Path | None = None
+    eval_disabled: bool = False
 
 
 def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: contextlib.ExitStack) -> Path:
-    from s2robot.policies import build_policy
-    from s2robot.policies.ema import PolicyEMA
-    from s2robot.policies.factory import parse_policy_config
-    from s2robot.training.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
-    from s2robot.training.logger import RunLogger
+    run = build_run(c, info, device, cleanup)
+    if run.start_step >= run.tcfg.steps:
+        _log(info, f"nothing to do: the checkpoint is at step {run.start_step} >= train.steps={run.tcfg.steps}")
+        return resolve_checkpoint(run.out_dir)
+    return run_steps(run, cleanup)
 
+
+def build_run(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: contextlib.ExitStack) -> TrainRun:
+    """Validate the config, open the data, build policy + optimiser (+ EMA), resume, and make the loader."""
     tcfg = dataclass_from(TrainConfig, c.get("train"), "train")
     ocfg = dataclass_from(OptimConfig, c.get("optim"), "optim")
     ecfg = dataclass_from(EMAConfig, c.get("ema"), "ema")
     pcfg = c.get("policy") or {}
     _, head_cfg, obs_cfg = parse_policy_config(pcfg)  # validate before any heavy work
-    dcfg = c.get("dataset") or {}
-    if not dcfg.get("path"):
+    if not c["dataset"]["path"]:
         raise ValueError("no dataset: pass dataset=PATH (a zarr store written by `s2robot collect` or imported)")
     seed = int(c.get("seed", 0))
     torch.manual_seed(seed)  # model init: identical on every rank (DDP also broadcasts rank 0's weights)
@@ -305,12 +408,9 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
 
     store, encoder, train_ds, val_ds, meta = _prepare_data(c, info, obs_cfg, head_cfg, tcfg)
     cleanup.callback(store.close)
-    task_cfg = c.get("task") or {}
     policy = build_policy(pcfg, meta, _fit_normalizer(c, train_ds, meta), encoder)
     if meta.token_reduce:  # the cache's PCA goes into the policy, which applies it to live frames
-        from s2robot.datasets.token_reduction import load_projection
-
-        policy.obs_encoder.set_token_projection(load_projection(store.group["features"][meta.feature_hash]))
+        policy.obs_conditioner.set_token_projection(load_projection(store.group["features"][meta.feature_hash]))
     policy = policy.to(device)
     named = policy.trainable_named_parameters()
     optimizer = build_optimizer(named, ocfg)
@@ -318,59 +418,15 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     ema = PolicyEMA(policy, ecfg.max_decay, ecfg.power, ecfg.inv_gamma, ecfg.min_decay,
                     ecfg.update_after_step).to(device) if ecfg.enabled else None
 
+    task_cfg = c.get("task") or {}
     task_name = task_cfg.get("name") or store.attrs.get("task") or "task"
-    vision = (c.get("encoder") or {}).get("name") if encoder is not None else (
-        obs_cfg.backbone if meta.cameras else "state")
-    out_dir = Path(c.get("out_dir") or f"outputs/train/{task_name}-{pcfg.get('name', 'policy')}-{vision}")
-    ckpt_dir = out_dir / "checkpoints"
-    start_step = 0
-    resume = c.get("resume", False)
-    if not resume and info.is_main and any(ckpt_dir.glob("step_*")):
-        raise FileExistsError(
-            f"{out_dir} already holds checkpoints of an earlier run; pass resume=true to continue it, or choose "
-            "another out_dir=")
-    if resume:
-        src = None
-        if resume is True or str(resume).lower() in ("true", "auto"):
-            with contextlib.suppress(FileNotFoundError):
-                src = resolve_checkpoint(out_dir)
-            if src is None:
-                _log(info, f"resume: no checkpoint in {out_dir} yet; starting from step 0")
-        else:
-            src = resolve_checkpoint(resume)
-        if src is not None:
-            state = load_training_state(src, policy, optimizer, lr_scheduler, ema)
-            start_step = int(state["step"])
-            _log(info, f"resumed from {src} at step {start_step}")
-
-    saved_cfg = {**c, "shape_meta": meta.to_dict()}
-    if encoder is not None:  # lets load_policy keep the hash when the original weights file is absent
-        saved_cfg["encoder_config_hash"] = encoder.config_hash
-    size = meta.image_shape[0] if meta.image_shape else None
-    if task_cfg and size is not None and task_cfg.get("image_size") not in (None, size):
-        # evaluation renders at the task's image_size: record the resolution the policy was trained on
-        _log(info, f"the store's images are {size} px, task.image_size is {task_cfg['image_size']}: the checkpoint "
-                   f"records image_size={size} so evaluation renders what the policy was trained on")
-        saved_cfg["task"] = task_cfg = {**task_cfg, "image_size": size}
-    saved_cfg.pop("resume", None)
+    out_dir = _out_dir(c, task_name, encoder, obs_cfg, meta)
+    start_step = _resume(c, info, out_dir, policy, optimizer, lr_scheduler, ema)
+    saved_cfg = _saved_config(c, info, encoder, meta)
     model = policy
     if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
         model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
-
-    sampler = ResumableSampler(train_ds, info.world_size, info.rank, seed)
-    per_epoch = len(sampler) // tcfg.batch_size
-    if per_epoch < 1:
-        raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
-                         f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
-    workers = int(dcfg.get("num_workers", 0))
-    from s2robot.datasets.sampler import BatchView
-
-    loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
-                        batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                        pin_memory=device.type == "cuda")
-
+    sampler, loader, per_epoch = _make_loader(c, info, device, train_ds, tcfg, seed)
     logger = RunLogger(out_dir, enabled=info.is_main, tensorboard=tcfg.tensorboard, resume_step=start_step,
                        wandb=tcfg.wandb, config=c)
     cleanup.callback(logger.close)
@@ -378,118 +434,201 @@ def _train(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: con
     _log(info, f"{pcfg.get('name')}: {n_params / 1e6:.2f} M trainable params, {len(train_ds)} train windows"
                f"{f', {len(val_ds)} val windows' if val_ds else ''}, world size {info.world_size}, device {device}, "
                f"steps {start_step}->{tcfg.steps}, out {out_dir}")
+    return TrainRun(c, info, device, tcfg, seed, store, encoder, train_ds, val_ds, meta, policy, model, named,
+                    optimizer, lr_scheduler, ema, saved_cfg.get("task") or {}, task_name, out_dir, start_step,
+                    saved_cfg, sampler, loader, per_epoch, logger)
 
-    from s2robot.device import autocast_for
-    from tqdm.auto import tqdm
 
-    if start_step >= tcfg.steps:
-        _log(info, f"nothing to do: the checkpoint is at step {start_step} >= train.steps={tcfg.steps}")
-        return resolve_checkpoint(out_dir)
-    epoch, in_epoch = divmod(start_step, per_epoch)
-    sampler.set_position(epoch, in_epoch * tcfg.batch_size)
-    batches = iter(loader)
-    bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step",
+def _out_dir(c: dict[str, Any], task_name: str, encoder: Any, obs_cfg: Any, meta: ShapeMeta) -> Path:
+    """``out_dir`` of the config, else ``outputs/train/<task>-<policy>-<vision>``."""
+    vision = (c.get("encoder") or {}).get("name") if encoder is not None else (
+        obs_cfg.backbone if meta.cameras else "state")
+    policy_name = (c.get("policy") or {}).get("name", "policy")
+    return Path(c.get("out_dir") or f"outputs/train/{task_name}-{policy_name}-{vision}")
+
+
+def _resume(c: dict[str, Any], info: DistInfo, out_dir: Path, policy, optimizer, lr_scheduler, ema) -> int:
+    """The step to start from: 0, or that of the checkpoint ``resume=`` names (``true``/``auto``: the run's latest,
+    whose weights, optimiser, scheduler and EMA are restored in place). Refuses to overwrite an earlier run."""
+    ckpt_dir, resume = out_dir / "checkpoints", c.get("resume", False)
+    if not resume and info.is_main and any(ckpt_dir.glob("step_*")):
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints of an earlier run; pass resume=true to continue it, or choose "
+            "another out_dir=")
+    if not resume:
+        return 0
+    src = None
+    if resume is True or str(resume).lower() in ("true", "auto"):
+        with contextlib.suppress(FileNotFoundError):
+            src = resolve_checkpoint(out_dir)
+        if src is None:
+            _log(info, f"resume: no checkpoint in {out_dir} yet; starting from step 0")
+    else:
+        src = resolve_checkpoint(resume)
+    if src is None:
+        return 0
+    state = load_training_state(src, policy, optimizer, lr_scheduler, ema)
+    _log(info, f"resumed from {src} at step {int(state['step'])}")
+    return int(state["step"])
+
+
+def _saved_config(c: dict[str, Any], info: DistInfo, encoder: Any, meta: ShapeMeta) -> dict[str, Any]:
+    """The config checkpoints record: the run's, plus ``shape_meta``, the encoder hash, the trained image size."""
+    saved = {**c, "shape_meta": meta.to_dict()}
+    if encoder is not None:  # lets load_policy keep the hash when the original weights file is absent
+        saved["encoder_config_hash"] = encoder.config_hash
+    task_cfg = c.get("task") or {}
+    size = meta.image_shape[0] if meta.image_shape else None
+    if task_cfg and size is not None and task_cfg.get("image_size") not in (None, size):
+        # evaluation renders at the task's image_size: record the resolution the policy was trained on
+        _log(info, f"the store's images are {size} px, task.image_size is {task_cfg['image_size']}: the checkpoint "
+                   f"records image_size={size} so evaluation renders what the policy was trained on")
+        saved["task"] = {**task_cfg, "image_size": size}
+    saved.pop("resume", None)
+    return saved
+
+
+def _make_loader(c: dict[str, Any], info: DistInfo, device: torch.device, train_ds: Any, tcfg: TrainConfig,
+                 seed: int) -> tuple[ResumableSampler, DataLoader, int]:
+    """(sampler, loader of whole batches, batches per epoch) for this rank."""
+    sampler = ResumableSampler(train_ds, info.world_size, info.rank, seed)
+    per_epoch = len(sampler) // tcfg.batch_size
+    if per_epoch < 1:
+        raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
+                         f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
+    workers = int(c["dataset"]["num_workers"])
+    loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
+                        batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                        pin_memory=device.type == "cuda")
+    return sampler, loader, per_epoch
+
+
+def run_steps(run: TrainRun, cleanup: contextlib.ExitStack) -> Path:
+    """Step ``run`` from its start step to ``train.steps``; validation, rollouts and checkpoints are hooks."""
+    tcfg, info, device = run.tcfg, run.info, run.device
+    epoch, in_epoch = divmod(run.start_step, run.per_epoch)
+    run.sampler.set_position(epoch, in_epoch * tcfg.batch_size)
+    bar = tqdm(total=tcfg.steps, initial=run.start_step, desc="train", unit="step",
                disable=not (info.is_main and tcfg.progress))
     cleanup.callback(bar.close)
-    loss_sum, loss_n, t_last, last_saved = torch.zeros((), device=device), 0, time.perf_counter(), None
     # Non-finite losses are counted on the device and checked every step on CPU, but on CUDA only when the loop
     # syncs anyway (log/val/eval/save steps), summed over ranks so that every DDP rank raises together. Nothing is
     # saved from weights a non-finite step touched: each save step checks first.
-    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+    st = _LoopState(step=run.start_step, epoch=epoch, loss_sum=torch.zeros((), device=device),
+                    nonfinite=torch.zeros((), dtype=torch.int64, device=device), t_last=time.perf_counter(),
+                    checked_to=run.start_step)
     check_every = tcfg.log_every if device.type == "cuda" else 1
-    checked_to = start_step  # every step up to this one had a finite loss
-    eval_disabled = False
-    step = start_step
-    policy.train()
-    from s2robot.training.interrupt import StopRequest, resume_command
-
+    run.policy.train()
     stop = cleanup.enter_context(StopRequest(enabled=not info.distributed))  # Ctrl-C: save, print how to resume
-    while step < tcfg.steps:
+    for batch in _batches(run, st):
+        grad_norm = _optimizer_step(run, st, batch)
+        bar.update(1)
+        last = st.step == tcfg.steps
+        val_due = run.val_ds is not None and tcfg.val_every and (st.step % tcfg.val_every == 0 or last)
+        eval_due = tcfg.eval_every and not st.eval_disabled and (st.step % tcfg.eval_every == 0 or last)
+        save_due = st.step % tcfg.save_every == 0 or last or stop.requested
+        if st.step % check_every == 0 or last or val_due or eval_due or save_due:
+            _check_finite(run, st)
+        if st.step % tcfg.log_every == 0 or last:
+            _log_train(run, st, grad_norm, bar)
+        if val_due:
+            _validate(run, st.step)
+        if eval_due:
+            st.eval_disabled = not _rollouts(run, st.step) if info.is_main else st.eval_disabled
+            barrier(info)
+        if save_due:
+            st.last_saved = _save(run, st)
+            if stop.requested:
+                _log(info, f"interrupted: saved {st.last_saved}; resume with: {resume_command(run.out_dir)}")
+                raise KeyboardInterrupt
+    bar.close()  # before the closing message (the ExitStack closes the logger and the store)
+    final = run.ckpt_dir / f"step_{tcfg.steps:07d}"
+    _log(info, f"done: checkpoint {final}  (load with s2robot.load_policy('{final}'); logs in {run.out_dir})")
+    return final
+
+
+def _batches(run: TrainRun, st: _LoopState) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches until ``train.steps``, on the device; a new epoch re-seeds the sampler's order."""
+    batches = iter(run.loader)
+    while st.step < run.tcfg.steps:
         try:
             batch = next(batches)
         except StopIteration:
-            epoch += 1
-            sampler.set_position(epoch, 0)
-            batches = iter(loader)
+            st.epoch += 1
+            run.sampler.set_position(st.epoch, 0)
+            batches = iter(run.loader)
             continue
-        torch.manual_seed(seed_for_step(seed, info.rank, step))
-        batch = _to_device(batch, device)
-        with autocast_for(device):
-            loss = model(batch)
-        nonfinite += ~torch.isfinite(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for _, p in named], tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        lr_scheduler.step()
-        if ema is not None:
-            ema.step(policy)
-        step += 1
-        loss_sum += loss.detach().float()
-        loss_n += 1
-        bar.update(1)
+        yield _to_device(batch, run.device)
 
-        last = step == tcfg.steps
-        val_due = val_ds is not None and tcfg.val_every and (step % tcfg.val_every == 0 or last)
-        eval_due = tcfg.eval_every and not eval_disabled and (step % tcfg.eval_every == 0 or last)
-        save_due = step % tcfg.save_every == 0 or last or stop.requested
-        if step % check_every == 0 or last or val_due or eval_due or save_due:
-            if float(all_reduce_mean(nonfinite.float(), info)) > 0:
-                raise FloatingPointError(
-                    f"non-finite training loss between steps {checked_to + 1} and {step}"
-                    f"{'' if info.world_size == 1 else ' (on some rank)'}; lower optim.lr or check the data "
-                    f"(`s2robot dataset verify {dcfg['path']}`). Checkpoints in {ckpt_dir} hold only weights from "
-                    "before it.")
-            checked_to = step
 
-        if step % tcfg.log_every == 0 or last:
-            mean_loss = float(all_reduce_mean(loss_sum / loss_n, info))
-            now = time.perf_counter()
-            logger.log("train", step, {"epoch": epoch, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
-                                       "grad_norm": float(grad_norm), "steps_per_s": loss_n / max(now - t_last, 1e-9)})
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            loss_sum.zero_()
-            loss_n, t_last = 0, now
+def _optimizer_step(run: TrainRun, st: _LoopState, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One seeded forward/backward/clip/step (+ LR schedule, EMA); returns the gradient norm (before clipping)."""
+    torch.manual_seed(seed_for_step(run.seed, run.info.rank, st.step))
+    with autocast_for(run.device):
+        loss = run.model(batch)
+    st.nonfinite += ~torch.isfinite(loss.detach())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = run.tcfg.grad_clip if run.tcfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in run.named], clip)
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    if run.ema is not None:
+        run.ema.step(run.policy)
+    st.step += 1
+    st.loss_sum += loss.detach().float()
+    st.loss_n += 1
+    return grad_norm
 
-        if val_due:
-            if info.is_main:
-                with _ema_weights(policy, ema):
-                    val = _val_loss(policy, val_ds, tcfg, seed, device)
-                logger.log("val", step, {"val_loss": val})
-            barrier(info)
 
-        if eval_due:
-            if info.is_main:
-                eval_disabled = not _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device,
-                                              logger, info)
-            barrier(info)
+def _check_finite(run: TrainRun, st: _LoopState) -> None:
+    """Raise (on every rank together) when a loss since the last check was non-finite."""
+    if float(all_reduce_mean(st.nonfinite.float(), run.info)) > 0:
+        raise FloatingPointError(
+            f"non-finite training loss between steps {st.checked_to + 1} and {st.step}"
+            f"{'' if run.info.world_size == 1 else ' (on some rank)'}; lower optim.lr or check the data "
+            f"(`s2robot dataset verify {run.c['dataset']['path']}`). Checkpoints in {run.ckpt_dir} hold only weights "
+            "from before it.")
+    st.checked_to = st.step
 
-        if save_due:
-            path = ckpt_dir / f"step_{step:07d}"
-            if info.is_main:
-                save_checkpoint(path, policy, saved_cfg, step=step, epoch=epoch, optimizer=optimizer,
-                                lr_scheduler=lr_scheduler, ema=ema, previous=last_saved,
-                                extra_state={"seed": seed, "world_size": info.world_size,
-                                             "rng": {"scheme": "torch.manual_seed(SeedSequence([seed, rank, step]))",
-                                                     "seeds": [seed, info.world_size]}})
-                _prune(ckpt_dir, tcfg.keep_last)
-            last_saved = path
-            barrier(info)
-            if stop.requested:
-                _log(info, f"interrupted: saved {path}; resume with: {resume_command(out_dir)}")
-                raise KeyboardInterrupt
-    bar.close()  # before the closing message (the ExitStack closes the logger and the store)
-    final = ckpt_dir / f"step_{tcfg.steps:07d}"
-    _log(info, f"done: checkpoint {final}  (load with s2robot.load_policy('{final}'); logs in {out_dir})")
-    return final
+
+def _log_train(run: TrainRun, st: _LoopState, grad_norm: torch.Tensor, bar) -> None:
+    mean_loss = float(all_reduce_mean(st.loss_sum / st.loss_n, run.info))
+    now = time.perf_counter()
+    run.logger.log("train", st.step, {
+        "epoch": st.epoch, "loss": mean_loss, "lr": run.lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+        "steps_per_s": st.loss_n / max(now - st.t_last, 1e-9)})
+    bar.set_postfix(loss=f"{mean_loss:.4f}")
+    st.loss_sum.zero_()
+    st.loss_n, st.t_last = 0, now
+
+
+def _validate(run: TrainRun, step: int) -> None:
+    """Validation loss with the EMA weights, logged as ``val_loss`` (main rank; the others wait)."""
+    if run.info.is_main:
+        with _ema_weights(run.policy, run.ema):
+            val = _val_loss(run.policy, run.val_ds, run.tcfg, run.seed, run.device)
+        run.logger.log("val", step, {"val_loss": val})
+    barrier(run.info)
+
+
+def _save(run: TrainRun, st: _LoopState) -> Path:
+    """Checkpoint ``step_<N>`` (main rank; older ones pruned to ``keep_last``); returns its path."""
+    path = run.ckpt_dir / f"step_{st.step:07d}"
+    if run.info.is_main:
+        save_checkpoint(path, run.policy, run.saved_cfg, step=st.step, epoch=st.epoch, optimizer=run.optimizer,
+                        lr_scheduler=run.lr_scheduler, ema=run.ema, previous=st.last_saved,
+                        extra_state={"seed": run.seed, "world_size": run.info.world_size,
+                                     "rng": {"scheme": "torch.manual_seed(SeedSequence([seed, rank, step]))",
+                                             "seeds": [run.seed, run.info.world_size]}})
+        _prune(run.ckpt_dir, run.tcfg.keep_last)
+    barrier(run.info)
+    return path
 
 
 @torch.no_grad()
 def _val_loss(policy: Any, val_ds: Any, tcfg: TrainConfig, seed: int, device: torch.device) -> float:
     """Mean loss over ``val_batches`` fixed batches (fixed noise: a forked, seeded RNG)."""
-    from s2robot.device import autocast_for
-
     policy.eval()
     n = len(val_ds)
     bs = min(tcfg.batch_size, n)
@@ -504,28 +643,23 @@ def _val_loss(policy: Any, val_ds: Any, tcfg: TrainConfig, seed: int, device: to
     return float(np.mean(losses))
 
 
-def _rollouts(policy, ema, c, task_cfg, task_name, tcfg, out_dir, step, device, logger, info) -> bool:
+def _rollouts(run: TrainRun, step: int) -> bool:
     """Evaluator rollouts with EMA weights; returns False (and says why) when rollouts are unavailable."""
-    try:
-        from s2robot.evaluation import evaluate
-        from s2robot.evaluation.cli import env_kwargs_for
-    except ImportError as e:
-        _log(info, f"periodic rollouts disabled: the evaluator is not available ({e})")
-        return False
+    task_cfg, tcfg = run.task_cfg, run.tcfg
     if not task_cfg.get("name"):
-        _log(info, "periodic rollouts disabled: no task config (pass task=<name>)")
+        _log(run.info, "periodic rollouts disabled: no task config (pass task=<name>)")
         return False
-    with _ema_weights(policy, ema):
-        policy.eval()
-        summary = evaluate(policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
-                           seed=int(c.get("seed", 0)) + 100_000, device=device,
-                           out_dir=out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
-                           env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps,
-                           progress=False, policy_info={"checkpoint": None, "step": step, "trained_task": task_name})
-    policy.train()
-    logger.log("eval", step, {"success_rate": summary["success_rate"],
-                              "mean_max_score": summary.get("mean_max_score")})
-    _log(info, f"step {step}: rollout success {summary['success_rate']:.2f} over {summary['n_episodes']} episodes")
+    with _ema_weights(run.policy, run.ema):
+        run.policy.eval()
+        summary = evaluate(run.policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
+                           seed=run.seed + EVAL_SEED_OFFSET, device=run.device,
+                           out_dir=run.out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
+                           env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps, progress=False,
+                           policy_info={"checkpoint": None, "step": step, "trained_task": run.task_name})
+    run.policy.train()
+    run.logger.log("eval", step, {"success_rate": summary["success_rate"],
+                                  "mean_max_score": summary.get("mean_max_score")})
+    _log(run.info, f"step {step}: rollout success {summary['success_rate']:.2f} over {summary['n_episodes']} episodes")
     return True
 
 
@@ -534,8 +668,6 @@ def run(cfg: Any) -> str:
 
     Configuration and input errors end the command with their message instead of a traceback.
     """
-    from s2robot.datasets.store import DatasetError
-
     try:
         return str(train(cfg))
     except (ValueError, KeyError, FileExistsError, FileNotFoundError, DatasetError) as e:

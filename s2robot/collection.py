@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
-from . import make_env, robot
-from .experts import make_expert
+from s2robot.datasets.store import EpisodeStore
+from s2robot.envs import make_env, robot
+from s2robot.envs.experts import make_expert
 
 
 def motion_noise(env, action_noise: float, seed: int) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -121,10 +124,6 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
 
     Returns a summary dict (path, episodes, steps, attempts, success_rate).
     """
-    from tqdm.auto import tqdm
-
-    from s2robot.datasets.store import EpisodeStore
-
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     name = task_cfg["name"]
@@ -185,8 +184,6 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
 
 def run(cfg) -> int:
     """CLI verb ``s2robot collect`` (``configs/collect.yaml``)."""
-    from omegaconf import OmegaConf
-
     c = OmegaConf.to_container(cfg, resolve=True)
     summary = collect(c["task"], episodes=int(c["episodes"]), out=c["out"], seed=int(c["seed"]),
                       only_success=bool(c["only_success"]), image_size=c.get("image_size"),

@@ -1,4 +1,4 @@
-"""The robot interface used for deployment (its config dataclasses live in ``robot_config.py``).
+"""The robot interface used for deployment, whatever the transport (ROS via rosbridge or rospy, the simulator).
 
 ``Robot`` is the contract of docs/INTERFACES.md: ``connect()``, ``get_observation() -> (obs, timestamp)``,
 ``send_action(action)``, ``close()``. The observation dict is the same one a simulated env or a dataset window
@@ -17,15 +17,6 @@ import abc
 
 import numpy as np
 
-from s2robot.ros.robot_config import (  # noqa: F401 - re-exported: the robot and its config go together
-    ActionConfig,
-    CameraConfig,
-    CommandConfig,
-    GripperConfig,
-    ProprioSegment,
-    RobotConfig,
-    SafetyConfig,
-)
 
 
 class RobotDisconnected(RuntimeError):

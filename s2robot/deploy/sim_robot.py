@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from s2robot.ros.robot import Robot, RobotDisconnected
+from s2robot.deploy.robot_interface import Robot, RobotDisconnected
 
 
 class SimRobot(Robot):
@@ -35,7 +35,7 @@ class SimRobot(Robot):
 
     def connect(self) -> None:
         if self.env is None:
-            from s2robot.envs import make_env
+            from s2robot.envs import make_env  # MuJoCo/GL only when the simulated robot connects
 
             self.env = make_env(self.task, **self._make)
         self.action_dim = int(np.prod(self.env.action_space.shape))

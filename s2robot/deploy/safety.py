@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from s2robot.ros.robot import ActionConfig, SafetyConfig
+from s2robot.deploy.action_config import ActionConfig, SafetyConfig
 
 
 class PolicyFault(RuntimeError):

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from s2robot.ros.robot import ObservationError, Robot, RobotDisconnected
-from s2robot.ros.safety import EStop, PolicyFault, SafetyFilter, Watchdog
+from s2robot.deploy.robot_interface import ObservationError, Robot, RobotDisconnected
+from s2robot.deploy.safety import EStop, PolicyFault, SafetyFilter, Watchdog
 
 LOG = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class TorchPolicy:
     """
 
     def __init__(self, policy, device="cpu", n_action_steps: int | None = None, token_history: bool = True):
-        import torch
+        import torch  # imported on use: the loop itself (and the ROS side) never needs torch
 
         from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
 
@@ -292,8 +292,28 @@ class ActionQueue:
         return (np.stack(preds) * (w / w.sum())[:, None]).sum(0).astype(np.float32)
 
 
+@dataclass
+class _EpisodeState:
+    """What one episode's ticks share: the observation history, the action plan and the inference worker."""
+
+    n_obs: int
+    history: deque  # the last n_obs usable observations
+    queue: ActionQueue
+    infer: _Inference
+    chunk_obs_time: dict[int, float] = field(default_factory=dict)  # chunk tick -> capture time of its observation
+    down_since: float | None = None  # first tick of the current link outage
+    starved_since: float | None = None  # first tick of the current run without a usable observation
+    was_ok: bool = False  # the previous tick had a usable observation
+
+
 class ControlLoop:
-    """Runs episodes of ``policy`` on ``robot`` under ``safety`` at a fixed rate."""
+    """Runs episodes of ``policy`` on ``robot`` under ``safety`` at a fixed rate.
+
+    Each tick of :meth:`run_episode`: ``_schedule`` (wait for the tick's slot, skip missed slots), ``_observe``
+    (observation + watchdog; ends the episode on a long outage), then either ``_hold`` (no usable observation: drop
+    the plan) or ``_plan`` (ask the policy for a chunk when due, take finished chunks) and ``_act`` (the planned
+    action through the safety filter to the robot).
+    """
 
     def __init__(self, robot: Robot, policy: ChunkPolicy, safety: SafetyFilter, watchdog: Watchdog,
                  cfg: LoopConfig, recorder=None, estop: EStop | None = None,
@@ -316,139 +336,35 @@ class ControlLoop:
         ``on_tick(k, report)`` is called at the end of every tick (progress display, tests). ``report``: the
         ``EpisodeReport`` to fill (the caller keeps it when an interrupt ends the episode: a ``KeyboardInterrupt``
         marks it ``interrupted`` and is re-raised)."""
-        cfg, robot = self.cfg, self.robot
+        cfg = self.cfg
         if start_after is not None:
             self.watchdog.fault_time = start_after
         rep = report if report is not None else EpisodeReport()
         n_obs = max(1, int(self.policy.n_obs_steps))
-        history: deque[dict] = deque(maxlen=n_obs)
-        queue = ActionQueue(cfg.temporal_ensemble, cfg.n_action_steps)
-        infer = _Inference(self.policy, inline=not cfg.realtime)
+        st = _EpisodeState(n_obs, deque(maxlen=n_obs), ActionQueue(cfg.temporal_ensemble, cfg.n_action_steps),
+                           _Inference(self.policy, inline=not cfg.realtime))
         self.policy.reset()
         self.safety.reset()
-        robot.reset_setpoint()
-        chunk_obs_time: dict[int, float] = {}
-        down_since: float | None = None
-        starved_since: float | None = None  # first tick of the current run without a usable observation
-        bad_obs = ""
-        was_ok = False
+        self.robot.reset_setpoint()
         t0 = time.monotonic()
         k = 0
         try:
             while k < cfg.max_steps:
-                slot = t0 + k * self.period
-                if cfg.realtime:
-                    delay = slot - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                now = time.monotonic()
-                if cfg.realtime:
-                    behind = int((now - slot) // self.period)
-                    if behind >= 1:  # whole slots missed: skip them, never burst
-                        behind = min(behind, cfg.max_steps - 1 - k)  # never skip past the episode's last tick
-                        rep.skipped_ticks += behind
-                        k += behind
-                        slot = t0 + k * self.period
-                    if now - slot > cfg.late_tolerance * self.period:
-                        rep.late_ticks += 1
-                rep.tick_times.append(now)
-                rep.tick_errors.append(now - slot)
-                rep.steps = k + 1
-
-                # ---- observation + watchdog
-                bad_obs = ""
-                try:
-                    got = robot.get_observation()
-                    connected = robot.is_connected
-                except RobotDisconnected:
-                    got, connected = None, False
-                except ObservationError as e:
-                    got, connected, bad_obs = None, robot.is_connected, str(e)
-                obs, obs_time = got if got is not None else (None, None)
-                status = self.watchdog.check(obs_time, now, connected, self._estopped(), robot.link_epoch)
-                if status == "no_obs" and bad_obs:
-                    status = "bad_obs"
-                    if not rep.holds["bad_obs"]:
-                        LOG.error("tick %d: observation does not fit the robot config: %s", k, bad_obs)
-                if status == "disconnected":
-                    down_since = down_since or now
-                    if now - down_since > cfg.reconnect_timeout_s:
-                        rep.status, rep.detail = "disconnected", f"link down for more than {cfg.reconnect_timeout_s} s"
-                        break
-                else:
-                    down_since = None
-                if status in ("no_obs", "bad_obs", "stale"):
-                    starved_since = starved_since or now
-                    if now - starved_since > cfg.input_timeout_s:
-                        rep.status, rep.detail = "no_input", self._starved_detail(status, bad_obs)
-                        LOG.error("no usable observation for %.1f s: %s", now - starved_since, rep.detail)
-                        break
-                else:
-                    starved_since = None
+                k, slot, now = self._schedule(rep, t0, k)
+                obs, obs_time, status = self._observe(rep, st, k, now)
+                if status == "ended":
+                    break
                 if status != "ok":
-                    rep.holds[status] += 1
-                    if was_ok:
-                        LOG.warning("tick %d: holding (%s)", k, status)
-                        history.clear()
-                        queue.clear()
-                        infer.invalidate()
-                        self.policy.reset()
-                        self.safety.reset()
-                        robot.reset_setpoint()
-                    was_ok = False
-                    if on_tick:
-                        on_tick(k, rep)
-                    k += 1
-                    continue
-                was_ok = True
-
-                # ---- policy
-                if not history:
-                    history.extend([obs] * n_obs)  # pad with the first fresh observation
+                    self._hold(rep, st, k, status)
                 else:
-                    history.append(obs)
-                for tick, otime, chunk, dt in infer.poll():
-                    rep.inference_times.append(dt)
-                    chunk_obs_time[tick] = otime
-                    queue.add(tick, chunk, k)
-                need = queue.remaining(k) <= cfg.replan_margin if cfg.temporal_ensemble is None else True
-                submitted = need and infer.idle
-                if submitted:
-                    infer.submit(history, k, obs_time)
-                if (submitted or queue.action(k) is None) and not infer.idle:
-                    # A fresher chunk is being computed (or nothing is planned): give it until ``max_wait`` of the
-                    # period; a slower policy leaves this tick to the current plan (or a hold).
-                    infer.wait(slot + cfg.max_wait * self.period - time.monotonic())
-                for tick, otime, chunk, dt in infer.poll():
-                    rep.inference_times.append(dt)
-                    chunk_obs_time[tick] = otime
-                    queue.add(tick, chunk, k)
-                action = queue.action(k)
-                if action is None:
-                    rep.holds["waiting_policy"] += 1
-                else:
-                    decision = self.safety.filter(action, obs.get("proprio"), now)
-                    for ev in decision.events:
-                        rep.safety_events[ev] += 1
-                    if decision.action is None:
-                        rep.holds["rejected"] += 1
-                    elif robot.send_action(decision.action):
-                        rep.commands += 1
-                        rep.tick_compute.append(time.monotonic() - now)
-                        src = max((t for t in chunk_obs_time if t <= k), default=None)
-                        if src is not None:
-                            rep.latencies.append(time.monotonic() - chunk_obs_time[src])
-                        if self.recorder is not None:
-                            self.recorder.add_step(obs, decision.action)
-                    else:
-                        rep.holds["send_failed"] += 1
-                for t in [t for t in chunk_obs_time if t < k - 64]:
-                    del chunk_obs_time[t]
-                if self.success_fn is not None and self.success_fn():
-                    rep.success = True
-                    if cfg.stop_on_success:
-                        rep.status = "success"
-                        break
+                    st.was_ok = True
+                    self._plan(rep, st, k, slot, obs, obs_time)
+                    self._act(rep, st, k, now, obs)
+                    if self.success_fn is not None and self.success_fn():
+                        rep.success = True
+                        if cfg.stop_on_success:
+                            rep.status = "success"
+                            break
                 if on_tick:
                     on_tick(k, rep)
                 k += 1
@@ -461,11 +377,138 @@ class ControlLoop:
             rep.status = "interrupted"
             raise
         finally:
-            infer.close()
+            st.infer.close()
         if rep.status == "running":
             rep.status = "stopped"
         rep.success = rep.success or (self.success_fn() if self.success_fn is not None else False)
         return rep
+
+    def _schedule(self, rep: EpisodeReport, t0: float, k: int) -> tuple[int, float, float]:
+        """Wait for tick ``k``'s slot (realtime); skip whole missed slots, never burst. -> (k, slot, now)."""
+        cfg = self.cfg
+        slot = t0 + k * self.period
+        if cfg.realtime:
+            delay = slot - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        now = time.monotonic()
+        if cfg.realtime:
+            behind = int((now - slot) // self.period)
+            if behind >= 1:  # whole slots missed: skip them, never burst
+                behind = min(behind, cfg.max_steps - 1 - k)  # never skip past the episode's last tick
+                rep.skipped_ticks += behind
+                k += behind
+                slot = t0 + k * self.period
+            if now - slot > cfg.late_tolerance * self.period:
+                rep.late_ticks += 1
+        rep.tick_times.append(now)
+        rep.tick_errors.append(now - slot)
+        rep.steps = k + 1
+        return k, slot, now
+
+    def _observe(self, rep: EpisodeReport, st: _EpisodeState, k: int, now: float):
+        """Read the robot and ask the watchdog -> (obs, obs_time, status); status ``"ended"`` when the link or the
+        inputs stayed down past their timeout (``rep.status`` / ``rep.detail`` say which)."""
+        robot, bad_obs = self.robot, ""
+        try:
+            got = robot.get_observation()
+            connected = robot.is_connected
+        except RobotDisconnected:
+            got, connected = None, False
+        except ObservationError as e:
+            got, connected, bad_obs = None, robot.is_connected, str(e)
+        obs, obs_time = got if got is not None else (None, None)
+        status = self.watchdog.check(obs_time, now, connected, self._estopped(), robot.link_epoch)
+        if status == "no_obs" and bad_obs:
+            status = "bad_obs"
+            if not rep.holds["bad_obs"]:
+                LOG.error("tick %d: observation does not fit the robot config: %s", k, bad_obs)
+        if self._timed_out(rep, st, status, now, bad_obs):
+            return None, None, "ended"
+        return obs, obs_time, status
+
+    def _timed_out(self, rep: EpisodeReport, st: _EpisodeState, status: str, now: float, bad_obs: str) -> bool:
+        """Track how long the link / the inputs have been down; True (and the report says why) past the limit."""
+        cfg = self.cfg
+        if status == "disconnected":
+            st.down_since = st.down_since or now
+            if now - st.down_since > cfg.reconnect_timeout_s:
+                rep.status, rep.detail = "disconnected", f"link down for more than {cfg.reconnect_timeout_s} s"
+                return True
+        else:
+            st.down_since = None
+        if status in ("no_obs", "bad_obs", "stale"):
+            st.starved_since = st.starved_since or now
+            if now - st.starved_since > cfg.input_timeout_s:
+                rep.status, rep.detail = "no_input", self._starved_detail(status, bad_obs)
+                LOG.error("no usable observation for %.1f s: %s", now - st.starved_since, rep.detail)
+                return True
+        else:
+            st.starved_since = None
+        return False
+
+    def _hold(self, rep: EpisodeReport, st: _EpisodeState, k: int, status: str) -> None:
+        """No command this tick; on the first such tick drop the history, the plan and any running inference."""
+        rep.holds[status] += 1
+        if st.was_ok:
+            LOG.warning("tick %d: holding (%s)", k, status)
+            st.history.clear()
+            st.queue.clear()
+            st.infer.invalidate()
+            self.policy.reset()
+            self.safety.reset()
+            self.robot.reset_setpoint()
+        st.was_ok = False
+
+    def _take_chunks(self, rep: EpisodeReport, st: _EpisodeState, k: int) -> None:
+        """Move finished inference results into the plan (re-raises a policy error here, on the loop thread)."""
+        for tick, otime, chunk, dt in st.infer.poll():
+            rep.inference_times.append(dt)
+            st.chunk_obs_time[tick] = otime
+            st.queue.add(tick, chunk, k)
+
+    def _plan(self, rep: EpisodeReport, st: _EpisodeState, k: int, slot: float, obs: dict,
+              obs_time: float) -> None:
+        """Add ``obs`` to the history, ask for a chunk when the plan runs low, take the chunks that are ready."""
+        cfg = self.cfg
+        if not st.history:
+            st.history.extend([obs] * st.n_obs)  # pad with the first fresh observation
+        else:
+            st.history.append(obs)
+        self._take_chunks(rep, st, k)
+        need = st.queue.remaining(k) <= cfg.replan_margin if cfg.temporal_ensemble is None else True
+        submitted = need and st.infer.idle
+        if submitted:
+            st.infer.submit(st.history, k, obs_time)
+        if (submitted or st.queue.action(k) is None) and not st.infer.idle:
+            # A fresher chunk is being computed (or nothing is planned): give it until ``max_wait`` of the
+            # period; a slower policy leaves this tick to the current plan (or a hold).
+            st.infer.wait(slot + cfg.max_wait * self.period - time.monotonic())
+        self._take_chunks(rep, st, k)
+
+    def _act(self, rep: EpisodeReport, st: _EpisodeState, k: int, now: float, obs: dict) -> None:
+        """Send tick ``k``'s planned action through the safety filter (or count why nothing was sent)."""
+        action = st.queue.action(k)
+        if action is None:
+            rep.holds["waiting_policy"] += 1
+        else:
+            decision = self.safety.filter(action, obs.get("proprio"), now)
+            for ev in decision.events:
+                rep.safety_events[ev] += 1
+            if decision.action is None:
+                rep.holds["rejected"] += 1
+            elif self.robot.send_action(decision.action):
+                rep.commands += 1
+                rep.tick_compute.append(time.monotonic() - now)
+                src = max((t for t in st.chunk_obs_time if t <= k), default=None)
+                if src is not None:
+                    rep.latencies.append(time.monotonic() - st.chunk_obs_time[src])
+                if self.recorder is not None:
+                    self.recorder.add_step(obs, decision.action)
+            else:
+                rep.holds["send_failed"] += 1
+        for t in [t for t in st.chunk_obs_time if t < k - 64]:
+            del st.chunk_obs_time[t]
 
 
 def _starved_detail_text(status: str, bad_obs: str, missing: dict[str, str]) -> str:

@@ -34,7 +34,7 @@ class EpisodeRecorder:
         steps, self._steps = self._steps, []
         if len(steps) < self.min_steps:
             return False
-        from s2robot.datasets.store import EpisodeStore
+        from s2robot.datasets.store import EpisodeStore  # zarr only once an episode is written
 
         keys = sorted(steps[0][0])
         episode = {k: np.stack([o[k] for o, _ in steps]) for k in keys}

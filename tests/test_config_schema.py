@@ -1,0 +1,86 @@
+"""One place per default: the config dataclasses are the schema, YAML files override; every section is validated."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+
+import pytest
+import yaml
+
+from s2robot import cli
+from s2robot.configs import configs_dir
+from s2robot.policies.conditioning import ConditioningConfig
+from s2robot.policies.factory import POLICY_TYPES
+from s2robot.training.optim import OptimConfig
+from s2robot.training.train import DatasetConfig, EMAConfig, TrainConfig, resolved_config
+
+
+def defaults(cls) -> dict:
+    return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cls)
+            if f.default is not MISSING or f.default_factory is not MISSING}
+
+
+def restated(values: dict, cls) -> list[str]:
+    """Keys of ``values`` that only repeat the dataclass default."""
+    d = defaults(cls)
+    return sorted(k for k, v in values.items() if k in d and d[k] == v)
+
+
+@pytest.mark.parametrize("path", sorted((configs_dir() / "policy").glob("*.yaml")), ids=lambda p: p.stem)
+def test_policy_yamls_set_only_what_differs_from_the_schema(path):
+    data = yaml.safe_load(path.read_text())
+    head = POLICY_TYPES[data["type"]][0]
+    assert restated({k: v for k, v in data.items() if k != "obs"}, head) == []
+    assert restated(data.get("obs") or {}, ConditioningConfig) == []
+    unknown = set(data) - {f.name for f in fields(head)} - {"name", "type", "obs"}
+    assert not unknown
+
+
+def test_dataset_yaml_holds_no_default_of_its_own():
+    assert yaml.safe_load((configs_dir() / "dataset" / "default.yaml").read_text()) == {"path": None}
+
+
+@pytest.mark.parametrize("section, cls", [("train", TrainConfig), ("optim", OptimConfig), ("ema", EMAConfig)])
+def test_train_yaml_lists_the_schema_defaults_without_disagreeing(section, cls):
+    """train.yaml lists these sections for `--help` and the demo's stage keys; each value is the dataclass's."""
+    values = yaml.safe_load((configs_dir() / "train.yaml").read_text())[section]
+    d = defaults(cls)
+    assert {k: v for k, v in values.items() if d[k] != v} == {}
+
+
+def test_composed_train_config_resolves_to_the_schema_with_every_value():
+    cfg = resolved_config(cli.compose("train", ["policy=diffusion_unet", "dataset=/tmp/d.zarr"]))
+    assert cfg["policy"]["unet_down_dims"] == [64, 128, 256] and cfg["policy"]["horizon"] == 16
+    assert cfg["policy"]["obs"] == defaults(ConditioningConfig)
+    assert cfg["dataset"] == {**defaults(DatasetConfig), "path": "/tmp/d.zarr"}
+    assert cfg["normalizer"] == {"action": "minmax", "proprio": "minmax", "state": "minmax"}
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"dataset": {"path": "/x.zarr", "num_workerz": 2}}, r"dataset: unknown key\(s\) \['num_workerz'\]"),
+    ({"dataset": {"path": "/x.zarr", "val_ratio": 1.5}}, r"dataset.val_ratio must be in \[0, 1\)"),
+    ({"normalizer": {"actoin": "minmax"}}, r"normalizer: unknown key\(s\) \['actoin'\]"),
+    ({"normalizer": {"action": "minmx"}}, r"normalizer: mode\(s\) \{'action': 'minmx'\}"),
+    ({"optimm": {}}, r"train config: unknown key\(s\) \['optimm'\]"),
+    ({"policy": {"type": "bc", "obs": {"poolling": "mean"}}}, r"policy.obs: unknown key\(s\) \['poolling'\]"),
+])
+def test_every_section_is_validated_naming_the_unknown_key(over, match):
+    cfg = {"policy": {"type": "bc"}, "dataset": {"path": "/x.zarr"}, **over}
+    with pytest.raises(ValueError, match=match):
+        resolved_config(cfg)
+
+
+def test_train_refuses_a_dataset_typo_before_reading_the_store(tmp_path):
+    from s2robot.training.train import train
+
+    with pytest.raises(ValueError, match=r"num_workerz"):
+        train({"policy": {"type": "bc"}, "dataset": {"path": str(tmp_path / "missing.zarr"), "num_workerz": 0}})
+
+
+def test_help_lists_schema_defaults_the_yaml_leaves_out(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    dataset = out[out.index("  dataset:"):]
+    assert "num_workers: 4" in dataset and "val_ratio: 0.1" in dataset
+    assert "unet_down_dims" not in out  # policy=bc_mlp: only the BC head's keys
+    assert "pooling: attention" in out  # policy.obs defaults (bc_mlp.yaml has no obs section)
