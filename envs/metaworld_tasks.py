@@ -24,6 +24,7 @@ Traps handled here (each checked by ``tests/test_metaworld.py``):
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -194,4 +195,8 @@ class MetaWorldExpert:
         self.base, self.policy = base, policies[base.task]()
 
     def act(self, obs: dict[str, Any] | None = None) -> np.ndarray:
-        return np.clip(self.policy.get_action(self.base.raw_obs), -1.0, 1.0).astype(np.float32)
+        """float32 (4,) expert action for the env's current state (``obs`` is not needed: the expert reads the state)."""
+        with warnings.catch_warnings():  # "Constant(s) may be too high": the actions are clipped to [-1, 1] here
+            warnings.simplefilter("ignore", UserWarning)
+            action = self.policy.get_action(self.base.raw_obs)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
