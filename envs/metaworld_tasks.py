@@ -18,7 +18,8 @@ Traps handled here (each checked by ``tests/test_metaworld.py``):
   would hang: some tasks redraw until the layout is valid.)
 - the goal-observable task class is used: the raw classes zero the goal entries of the state that the experts read.
 - the ``corner*`` cameras render upside down; they are rotated by 180 degrees (a vertical flip would mirror them).
-- shadows, reflections and skybox are off (``rendering.CameraRenderer``): on a CPU rasteriser they cost 4-7x.
+- shadows, reflections and skybox are off (``rendering.CameraRenderer``): on a CPU rasteriser they cost 4-7x;
+  multisampling is off too (``offsamples = 0``, as in the built-in scenes), which halves the render time again.
 - a v3 env raises when stepped past ``max_path_length`` (500); the TimeLimit (``max_episode_steps``) must not exceed it.
 """
 
@@ -110,6 +111,7 @@ class MetaWorldEnv(gym.Env):
         self.terminate_on_success = bool(terminate_on_success)
         self.mw = envs[key](seed=0)  # goal observable: the experts read the goal from the state
         self.mw.max_path_length = MAX_PATH_LENGTH
+        self.mw.model.vis.quality.offsamples = 0  # no MSAA: halves CPU render time (27 -> 13 ms per 96 px camera)
         self._renderer = CameraRenderer(self.mw.model, *self.image_hw) if self.cameras else None
         obs = {f"{c}_image": spaces.Box(0, 255, (*self.image_hw, 3), np.uint8) for c in self.cameras}
         obs["proprio"] = spaces.Box(-np.inf, np.inf, (len(PROPRIO_LAYOUT),), np.float32)
