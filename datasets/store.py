@@ -168,7 +168,9 @@ class EpisodeStore:
         where = describe(self._path)
         g = self._group
         if "format_version" not in g.attrs:
-            raise DatasetError(f"{where}: not an s2robot dataset (group attrs lack 'format_version')")
+            raise DatasetError(f"{where}: not an s2robot dataset (group attrs lack 'format_version'); write demos "
+                               "with EpisodeStore.create(path, attrs).append_episode(...) (docs/datasets.md), which "
+                               "records format_version and each key's spec, rather than building the zarr group by hand")
         if int(g.attrs["format_version"]) > FORMAT_VERSION:
             raise DatasetError(
                 f"{where}: format_version {g.attrs['format_version']} is newer than supported ({FORMAT_VERSION})"

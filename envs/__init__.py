@@ -38,8 +38,11 @@ def make_env(task: str, image_size=224, cameras=("front", "wrist"), max_episode_
     """Build a task env by name (``TASKS`` key) or gymnasium id, with a ``TimeLimit`` of the task's episode length.
 
     ``env_kwargs`` go to ``ManipulationEnv`` (``control_hz``, ``max_delta``, ``max_dyaw``, ``terminate_on_success``).
+    ``metaworld/<v3-task-name>`` builds a Meta-World task (``metaworld_tasks.MetaWorldEnv``; needs its venv).
     """
-    env_id = TASKS.get(task, task)
+    from .metaworld_tasks import env_id as metaworld_env_id, is_metaworld_task
+
+    env_id = metaworld_env_id(task) if is_metaworld_task(task) else TASKS.get(task, task)
     if env_id not in gym.registry:
         raise KeyError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     kwargs = dict(image_size=image_size, cameras=tuple(cameras), **env_kwargs)

@@ -379,7 +379,10 @@ class PushMarkedExpert(_Expert):
 def make_expert(task: str, env, seed: int = 0):
     """Scripted expert for ``task`` (name or gymnasium id) acting in ``env`` (state read via ``env.unwrapped``)."""
     from . import TASKS
+    from .metaworld_tasks import MetaWorldExpert, is_metaworld_task
 
+    if is_metaworld_task(task):
+        return MetaWorldExpert(env, seed)
     task = {v: k for k, v in TASKS.items()}.get(task, task)
     if task == "lift_cube":
         return PickPlaceExpert(env, seed, pick_index=0)

@@ -31,12 +31,24 @@ CONFIG_GROUPS = ("task", "policy", "encoder", "dataset", "robot")
 
 
 def _group_options(group: str) -> set[str]:
+    """A config group's options, subfolders included (``task=metaworld/pick-place-v3``)."""
     folder = Path(importlib.import_module("s2robot.configs").__file__).parent / group
-    return {p.stem for p in folder.glob("*.yaml")}
+    return {p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml")}
+
+
+def _options_text(options: set[str]) -> str:
+    """The options for an error line, a subfolder's many options as one ``folder/<name> (N options)`` entry."""
+    top = sorted(o for o in options if "/" not in o)
+    folders: dict[str, int] = {}
+    for o in options:
+        if "/" in o:
+            folders[o.split("/", 1)[0]] = folders.get(o.split("/", 1)[0], 0) + 1
+    return str(top + [f"{f}/<name> ({n} options)" for f, n in sorted(folders.items())])
 
 
 def _is_config_file(value: str) -> bool:
-    return value.endswith((".yaml", ".yml")) or "/" in value
+    """A YAML file name, or an existing path (``metaworld/pick-plac-v3``, a typo of an option, is neither)."""
+    return value.endswith((".yaml", ".yml")) or ("/" in value and Path(value).expanduser().exists())
 
 
 def split_group_files(overrides: list[str]) -> tuple[list[str], dict[str, Path], list[str]]:
@@ -83,7 +95,7 @@ def rewrite_overrides(overrides: list[str]) -> list[str]:
                     ov = f"dataset.path={value}"
                 else:
                     raise SystemExit(
-                        f"s2robot: {key}={value!r} is not a known {key} config; choose one of {sorted(options)} "
+                        f"s2robot: {key}={value!r} is not a known {key} config; choose one of {_options_text(options)} "
                         f"or give the path of your own {key} YAML file ({key}=./my_{key}.yaml)"
                     )
         out.append(ov)

