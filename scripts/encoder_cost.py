@@ -15,6 +15,7 @@ threads. The header names the CPU, threads and 1-minute load average: timings on
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import platform
 import statistics
@@ -85,10 +86,10 @@ def measure(name: str, scales: tuple, input_size: int, batch: int, runs: int) ->
 
 def _print(rows: list[dict], fmt: str) -> None:
     cols = list(rows[0])
-    if fmt == "csv":
-        print(",".join(cols))
-        for r in rows:
-            print(",".join(str(r[c]) for c in cols))
+    if fmt == "csv":  # the csv module quotes the scales column ("1,2")
+        writer = csv.DictWriter(sys.stdout, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
         return
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---" for _ in cols) + "|")
