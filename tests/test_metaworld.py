@@ -16,7 +16,7 @@ pytest.importorskip("metaworld")
 
 from s2robot.cli import main  # noqa: E402
 from s2robot.envs import make_env  # noqa: E402
-from s2robot.envs.collect import collect  # noqa: E402
+from s2robot.collection import collect  # noqa: E402
 from s2robot.envs.metaworld_tasks import UPSIDE_DOWN, task_names  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
@@ -109,7 +109,7 @@ def test_collect_cache_train_eval_chain(tmp_path, capsys):
     task = "task=metaworld/button-press-topdown-v3"
     data, run = tmp_path / "demos.zarr", tmp_path / "run"
     assert main(["collect", task, "episodes=3", "image_size=32", f"out={data}"]) == 0
-    assert main(["cache", f"dataset={data}", "encoder=vit_tiny_test", "dataset.num_workers=0"]) == 0
+    assert main(["cache", f"dataset={data}", "encoder=vit_tiny_test"]) == 0
     assert main(["train", task, f"dataset={data}", "encoder=vit_tiny_test", "policy=bc_mlp", "train.steps=30",
                  "optim.warmup_steps=5", "train.progress=false", "train.tensorboard=false",
                  "dataset.num_workers=0", f"out_dir={run}"]) == 0
