@@ -79,6 +79,17 @@ def sample_slots(rng: np.random.Generator, n: int, k: int, low, high, grid=(3, 2
     return centres[cells] + rng.uniform(-jitter, jitter, size=(n, k, 2))
 
 
+def target_index(params: np.ndarray) -> np.ndarray:
+    """Target object of each world (B,) int from per-episode params (B, n_params) whose first entry names it
+    (match_marker, push_marked)."""
+    return np.asarray(params, dtype=np.float64)[:, 0].astype(int)
+
+
+def target_mask(params: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) bool: True at each world's target object (see :func:`target_index`)."""
+    return np.arange(k)[None, :] == target_index(params)[:, None]
+
+
 def sample_ee(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Initial end-effector target (n, 3) above the back of the table and small yaw (n,)."""
     pos = rng.uniform([-0.08, 0.04, 0.18], [0.08, 0.12, 0.24], size=(n, 3))
@@ -240,8 +251,7 @@ class MatchMarker(Task):
 
     def evaluate(self, s):
         height = s.obj_pos[..., 2] - CUBE_HALF  # (B, K)
-        target = s.params[:, 0].astype(int)
-        is_target = np.arange(height.shape[1])[None, :] == target[:, None]
+        is_target = target_mask(s.params, height.shape[1])
         h_target = np.where(is_target, height, -np.inf).max(axis=1)
         wrong_lifted = np.any((height > 0.02) & ~is_target, axis=1)
         success = (h_target >= self.lift_height) & ~wrong_lifted
@@ -250,8 +260,7 @@ class MatchMarker(Task):
 
     def goal_features(self, params):
         """One-hot of the target cube (B, 3): which cube's marker matches the card."""
-        target = np.asarray(params, dtype=np.float64)[:, 0].astype(int)
-        return np.eye(N_MARKER_CUBES)[target]
+        return target_mask(params, N_MARKER_CUBES).astype(np.float64)
 
     def apply_params(self, model, params):
         import mujoco
@@ -303,8 +312,7 @@ class PushMarked(Task):
     def evaluate(self, s):
         start = s.params[:, 1:].reshape(-1, N_PUSH_MARKED, 2)
         moved = s.obj_pos[..., :2] - start  # (B, K, 2)
-        target = s.params[:, 0].astype(int)
-        is_target = np.arange(N_PUSH_MARKED)[None, :] == target[:, None]
+        is_target = target_mask(s.params, N_PUSH_MARKED)
         pushed = -np.where(is_target, moved[..., 1], -np.inf).max(axis=1)  # target's push towards -y
         other_moved = np.where(is_target, 0.0, np.linalg.norm(moved, axis=-1)).max(axis=1)
         wrong = other_moved > self.moved_tolerance
@@ -314,8 +322,7 @@ class PushMarked(Task):
 
     def goal_features(self, params):
         """One-hot of the target cube (B, 2): which cube's marker is red on its left."""
-        target = np.asarray(params, dtype=np.float64)[:, 0].astype(int)
-        return np.eye(N_PUSH_MARKED)[target]
+        return target_mask(params, N_PUSH_MARKED).astype(np.float64)
 
     def apply_params(self, model, params):
         import mujoco

@@ -20,24 +20,31 @@ from pathlib import Path
 import numpy as np
 
 
+def goal_rank(state: np.ndarray) -> np.ndarray:
+    """(T, 5K + K) privileged states with a goal one-hot over the K objects at the end -> (T,) int64: the goal
+    object's rank by x (0 = leftmost in the front image)."""
+    d = state.shape[1]
+    k = d // 6
+    if d != 6 * k or k < 2:
+        raise SystemExit(f"the detail probe needs a state of 5 numbers per object + a goal one-hot over the objects, "
+                         f"got {d} numbers (tasks: push_marked, match_marker)")
+    xs = state[:, 0:5 * k:5]  # (T, K)
+    goal = state[:, 5 * k:].argmax(1)
+    return (xs < xs[np.arange(len(xs)), goal][:, None]).sum(1).astype(np.int64)
+
+
 def render_scenes(task: str, n: int, image_size: int, seed0: int) -> tuple[np.ndarray, np.ndarray]:
     """-> frames (n, H, W, 3) uint8 of the front camera after ``reset(seed=seed0 + i)``, labels (n,) int64."""
     from s2robot.envs import make_env
-    from s2robot.envs.tasks import get_task
 
     env = make_env(task, image_size=image_size, cameras=("front",), state_obs=True)
-    spec = get_task(task)
-    k = len(spec.objects)
-    frames, labels = [], []
+    frames, states = [], []
     for i in range(n):
         obs, _ = env.reset(seed=seed0 + i)
-        state = obs["state"]
-        xs = state[0:5 * k:5]
-        goal = int(np.argmax(state[5 * k:5 * k + k]))
         frames.append(obs["front_image"])
-        labels.append(int((xs < xs[goal]).sum()))
+        states.append(obs["state"])
     env.close()
-    return np.stack(frames), np.asarray(labels, dtype=np.int64)
+    return np.stack(frames), goal_rank(np.stack(states))
 
 
 def encode(frames: np.ndarray, args) -> "torch.Tensor":
@@ -54,30 +61,35 @@ def encode(frames: np.ndarray, args) -> "torch.Tensor":
     return torch.cat(out)
 
 
-def probe(tokens, labels, n_train: int, steps: int, seed: int) -> float:
-    """Train the attention-pool probe on the first ``n_train`` rows; accuracy on the rest."""
+def train_classifier(tokens: list, labels, train_idx, val_idx, steps: int, d_model: int = 64,
+                     seed: int | None = None) -> float:
+    """Attention-pool probe (one ``TokenPooler`` per camera + an MLP) classifying ``labels`` (T,) int64 from one
+    frame's tokens (a list of (T, N, D) tensors, one per camera), trained on rows ``train_idx`` with AdamW, batch 64;
+    returns the accuracy on rows ``val_idx``. ``seed``: reseed torch first (None: use the current RNG)."""
     import torch
     from torch import nn
 
     from s2robot.policies.conditioning import ConditioningConfig, TokenPooler
 
-    torch.manual_seed(seed)
-    y = torch.from_numpy(labels)
-    k = int(y.max()) + 1
-    cfg = ConditioningConfig(d_model=64)
-    pooler = TokenPooler(cfg, tokens.shape[1], tokens.shape[2])
-    head = nn.Sequential(nn.Linear(cfg.num_queries * cfg.d_model, 256), nn.GELU(), nn.Linear(256, k))
-    opt = torch.optim.AdamW(list(pooler.parameters()) + list(head.parameters()), lr=3e-4, weight_decay=1e-4)
-    logits = lambda idx: head(pooler(tokens[idx]).flatten(1))  # noqa: E731
+    if seed is not None:
+        torch.manual_seed(seed)
+    k = int(labels.max()) + 1
+    cfg = ConditioningConfig(d_model=d_model)
+    poolers = nn.ModuleList(TokenPooler(cfg, t.shape[1], t.shape[2]) for t in tokens)
+    head = nn.Sequential(nn.Linear(len(tokens) * cfg.num_queries * cfg.d_model, 256), nn.GELU(), nn.Linear(256, k))
+    opt = torch.optim.AdamW(list(poolers.parameters()) + list(head.parameters()), lr=3e-4, weight_decay=1e-4)
+
+    def logits(idx):
+        return head(torch.cat([p(t[idx]).flatten(1) for p, t in zip(poolers, tokens)], dim=1))
+
     for _ in range(steps):
-        idx = torch.randint(n_train, (64,))
-        loss = nn.functional.cross_entropy(logits(idx), y[idx])
+        idx = train_idx[torch.randint(len(train_idx), (64,))]
+        loss = nn.functional.cross_entropy(logits(idx), labels[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        va = torch.arange(n_train, len(y))
-        return (logits(va).argmax(1) == y[va]).float().mean().item()
+        return (logits(val_idx).argmax(1) == labels[val_idx]).float().mean().item()
 
 
 def main(argv=None) -> int:
@@ -111,7 +123,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     tokens = encode(frames, args)
     t_enc = time.perf_counter() - t0
-    accs = [probe(tokens, labels, args.scenes, args.steps, s) for s in range(args.seeds)]
+    import torch
+
+    y = torch.from_numpy(labels)
+    train, val = torch.arange(args.scenes), torch.arange(args.scenes, n)
+    accs = [train_classifier([tokens], y, train, val, args.steps, seed=s) for s in range(args.seeds)]
     k = int(labels.max()) + 1
     print(f"detail probe {args.task} {args.encoder} scales {args.scales} input {args.input_size} "
           f"(image {args.image_size} px) tokens {tuple(tokens.shape[1:])}: held-out accuracy {np.mean(accs):.3f} "

@@ -17,11 +17,16 @@ measures whether the tokens carry the fine detail, apart from any policy.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from probe_detail import goal_rank, train_classifier  # noqa: E402  (the detail probe, one copy)
 
 
 def main(argv=None) -> int:
@@ -108,48 +113,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def goal_rank(state: np.ndarray) -> np.ndarray:
-    """(T, 5K + K) privileged states with a goal one-hot over the K objects at the end -> (T,) int64: the goal
-    object's rank by x (0 = leftmost in the front image)."""
-    d = state.shape[1]
-    k = d // 6
-    if d != 6 * k or k < 2:
-        raise SystemExit(f"--detail needs a state of 5 numbers per object + a goal one-hot over the objects, got "
-                         f"{d} numbers (tasks: push_marked, match_marker)")
-    xs = state[:, 0:5 * k:5]  # (T, K)
-    goal = state[:, 5 * k:].argmax(1)
-    rank = (xs < xs[np.arange(len(xs)), goal][:, None]).sum(1)
-    return rank.astype(np.int64)
-
-
 def probe_detail(args, name, key, cams, tokens, label, tr, va) -> tuple[int, int]:
-    """Attention-pool probe classifying ``label`` (T,) int from one frame's tokens, trained on rows ``tr``;
-    prints the held-out accuracy on rows ``va`` and returns (correct, total)."""
-    from torch import nn
-
-    from s2robot.policies.conditioning import ConditioningConfig, TokenPooler
-
-    k = int(label.max()) + 1
-    cfg = ConditioningConfig(d_model=args.d_model)
-    N, D = tokens[cams[0]].shape[1:]
-    poolers = nn.ModuleList(TokenPooler(cfg, N, D) for _ in cams)
-    head = nn.Sequential(nn.Linear(len(cams) * cfg.num_queries * cfg.d_model, 256), nn.GELU(), nn.Linear(256, k))
-    opt = torch.optim.AdamW(list(poolers.parameters()) + list(head.parameters()), lr=3e-4, weight_decay=1e-4)
-
-    def logits(idx):
-        return head(torch.cat([p(tokens[c][idx]).flatten(1) for p, c in zip(poolers, cams)], dim=1))
-
+    """The detail probe (``probe_detail.train_classifier``) trained on rows ``tr``; prints the held-out accuracy on
+    rows ``va`` and returns (correct, total)."""
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        idx = tr[torch.randint(len(tr), (64,))]
-        loss = nn.functional.cross_entropy(logits(idx), label[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        acc = (logits(va).argmax(1) == label[va]).float().mean().item()
+    acc = train_classifier([tokens[c] for c in cams], label, tr, va, args.steps, args.d_model)
+    N, D = tokens[cams[0]].shape[1:]
     print(f"detail probe {name} features/{key} cameras {cams} tokens {N}x{D}: held-out accuracy {acc:.3f} "
-          f"(chance {1 / k:.3f}), {len(tr)} train / {len(va)} val frames, {time.perf_counter() - t0:.0f} s")
+          f"(chance {1 / (int(label.max()) + 1):.3f}), {len(tr)} train / {len(va)} val frames, "
+          f"{time.perf_counter() - t0:.0f} s")
     return round(acc * len(va)), len(va)
 
 
