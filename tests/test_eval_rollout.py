@@ -131,6 +131,52 @@ def test_one_forward_per_control_step_for_all_envs(tmp_path):
     assert [e["end"] for e in eps] == ["time_limit"] * 3 and all(e["length"] == 7 for e in eps)
 
 
+class RampPolicy(CountingPolicy):
+    """Every forward at env step t returns a chunk whose actions all equal ``(t + 1) / 100`` on both axes, and
+    records the position x it saw, so the actions the envs executed can be read back from x's increments."""
+
+    def __init__(self):
+        super().__init__(gain=0.0, noise=0.0)
+        self.seen: list[tuple[float, float]] = []  # (t, x) per row of each forward
+
+    def predict_action(self, obs, generators=None):
+        prop = obs["proprio"][:, -1]
+        self.calls.append(prop.shape[0])
+        self.seen += [(float(t), float(x)) for t, x in zip(prop[:, 5], prop[:, 0])]
+        value = (prop[:, 5:6] + 1) / 100  # (B, 1)
+        return value[:, None, :].expand(-1, self.n_action_steps, 2).clone()
+
+
+def test_replan_every_k_steps():
+    """replan_every=1: a forward at every step (7 steps, batch 3); replan_every=2: at steps 0, 2, 4, 6."""
+    policy = RampPolicy()
+    s = _run(policy, n_envs=3, episodes=3, replan_every=1)
+    assert policy.calls == [3] * 7 and s["policy_forwards"] == 7 and s["execution"]["replan_every"] == 1
+    executed = np.diff([x for t, x in policy.seen[::3]])  # env 0's x at steps 0..6
+    assert np.allclose(executed, [(t + 1) / 100 for t in range(6)], atol=1e-6)  # always the newest chunk's action
+    policy = RampPolicy()
+    _run(policy, n_envs=3, episodes=3, replan_every=2)
+    assert sorted({t for t, _ in policy.seen}) == [0, 2, 4, 6]
+
+
+def test_temporal_ensemble_executes_act_weighted_mean():
+    """ACT ensembling (m = 0.5, chunks of 3): a forward at every step; the action at step t is the exp(-m i)-weighted
+    mean of the predictions of the chunks made at t-2, t-1, t (i = 0 the oldest)."""
+    m = 0.5
+    policy = RampPolicy()
+    s = _run(policy, n_envs=3, episodes=3, temporal_ensemble=m)
+    assert policy.calls == [3] * 7 and s["execution"]["temporal_ensemble"] == m
+    executed = np.diff([x for t, x in policy.seen[::3]])
+    for t, got in enumerate(executed):
+        made = np.arange(max(0, t - 2), t + 1)  # steps whose chunks cover step t, oldest first
+        w = np.exp(-m * np.arange(len(made)))
+        assert got == pytest.approx(float((w * (made + 1) / 100).sum() / w.sum()), abs=1e-6)
+    with pytest.raises(ValueError, match="temporal ensembling coefficient"):
+        _run(RampPolicy(), n_envs=1, episodes=1, temporal_ensemble=-1.0)
+    with pytest.raises(ValueError, match="max_chunk"):
+        _run(RampPolicy(), n_envs=1, episodes=1, replan_every=0)
+
+
 def test_episode_accounting_with_refill(tmp_path):
     """7 episodes of seed-dependent length over 3 envs: each episode exactly once, lengths exact, batch refilled."""
     policy = CountingPolicy()

@@ -30,6 +30,7 @@ import numpy as np
 
 from s2robot.deploy.robot_interface import ObservationError, Robot, RobotDisconnected
 from s2robot.deploy.safety import EStop, PolicyFault, SafetyFilter, Watchdog
+from s2robot.policies.action_queue import ActionQueue
 
 LOG = logging.getLogger(__name__)
 
@@ -247,49 +248,6 @@ class _Inference:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-class ActionQueue:
-    """Actions keyed by tick. Chunk mode: the newest chunk replaces the plan; ensemble mode: ACT weighting."""
-
-    def __init__(self, ensemble_m: float | None, max_chunk: int | None):
-        self.m, self.max_chunk = ensemble_m, max_chunk
-        self.plan: dict[int, np.ndarray] = {}
-        self.chunks: deque[tuple[int, np.ndarray]] = deque()
-
-    def clear(self):
-        self.plan.clear()
-        self.chunks.clear()
-
-    def add(self, tick: int, chunk: np.ndarray, now_tick: int):
-        if self.max_chunk is not None:
-            chunk = chunk[: self.max_chunk]
-        if tick + len(chunk) <= now_tick:
-            # Every action is for a tick that already passed (inference took longer than the chunk): the freshest
-            # prediction is the chunk's last action; use it for this tick rather than nothing.
-            tick, chunk = now_tick, chunk[-1:]
-        if self.m is None:
-            self.plan = {tick + i: a for i, a in enumerate(chunk) if tick + i >= now_tick}
-        else:
-            self.chunks.append((tick, chunk))
-
-    def remaining(self, now_tick: int) -> int:
-        if self.m is None:
-            return sum(1 for t in self.plan if t >= now_tick)
-        return max((t0 + len(c) - now_tick for t0, c in self.chunks), default=0)
-
-    def action(self, now_tick: int) -> np.ndarray | None:
-        if self.m is None:
-            for t in [t for t in self.plan if t < now_tick]:
-                del self.plan[t]
-            return self.plan.get(now_tick)
-        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= now_tick:
-            self.chunks.popleft()
-        preds = [c[now_tick - t0] for t0, c in self.chunks if t0 <= now_tick < t0 + len(c)]
-        if not preds:
-            return None
-        w = np.exp(-self.m * np.arange(len(preds)))  # index 0 = oldest chunk
-        return (np.stack(preds) * (w / w.sum())[:, None]).sum(0).astype(np.float32)
 
 
 @dataclass

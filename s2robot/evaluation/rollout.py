@@ -12,6 +12,9 @@ Control loop (one iteration = one control step for every active env):
    queried: re-planning envs that are mid-chunk would change what they execute, and would consume their random
    streams at times that depend on the batch, so an episode's outcome would depend on N.
 2. Every active env executes the next action of its chunk; all step concurrently in their worker processes.
+   How chunks are executed is ``policies.action_queue.ActionQueue``: whole chunks (default), only the first
+   ``replan_every`` actions of each, or ACT temporal ensembling (``temporal_ensemble=m``: every env replans every
+   step and executes the weighted mean of all chunks' predictions for that step).
 3. Envs whose episode ended (success, ``terminated``, or the time limit) are recorded, then reset with the next
    unclaimed episode's seed so the batch stays full until all episodes are claimed.
 
@@ -42,6 +45,7 @@ from s2robot.evaluation.metrics import summarize_episodes
 from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text, write_report
 from s2robot.evaluation.env_pool import EnvPoolProtocol, StepResult
 from s2robot.evaluation.vector_env import EnvPool, TaskEnvFactory
+from s2robot.policies.action_queue import ActionQueue
 
 #: Evaluation episodes start at this seed unless one is given: far from the collection seeds (0, 1, ...), so an
 #: evaluation start is never a training start. Used by ``s2robot eval`` (``seed: null``), the demo and training's
@@ -148,7 +152,8 @@ class _BatchedRollout:
     """The control loop over an env pool (see the module docstring); ``run()`` fills ``records``."""
 
     def __init__(self, policy, pool: EnvPoolProtocol, device: torch.device, episodes: int, seed: int, limit: int,
-                 video: VideoRecorder, bar, timers: _Timers, token_history: bool = True):
+                 video: VideoRecorder, bar, timers: _Timers, token_history: bool = True,
+                 execution: tuple[int | None, float | None] = (None, None)):
         self.policy, self.pool, self.device = policy, pool, device
         self.episodes, self.seed, self.limit = episodes, seed, limit
         self.video, self.bar, self.timers = video, bar, timers
@@ -167,9 +172,9 @@ class _BatchedRollout:
         self.token_cache = (FrameTokenCache(encode, capacity=max(1, 2 * n * n_obs * n_image), device=device)
                             if encode is not None and n_image else None)
         self.act_shape = pool.action_shape
-        self.chunks = np.zeros((n, 0, *self.act_shape), dtype=np.float32)  # (n_envs, L, *A) current chunks
-        self.chunk_len = np.zeros(n, dtype=np.int64)
-        self.chunk_pos = np.zeros(n, dtype=np.int64)
+        replan_every, ensemble_m = execution  # per env: the actions planned for its coming steps
+        self.queues = [ActionQueue(ensemble_m, replan_every) for _ in range(n)]
+        self.last_action: list[np.ndarray | None] = [None] * n  # what each env executed last (video overlay)
         self.slots: list[_Episode | None] = [None] * n
         self.records: list[dict[str, Any] | None] = [None] * episodes
         self.next_episode = 0
@@ -196,8 +201,7 @@ class _BatchedRollout:
     def _frame(self, k: int) -> np.ndarray:
         """Video frame of slot ``k``: labelled, enlarged views with step, last action and score overlaid."""
         ep = self.slots[k]
-        pos = int(self.chunk_pos[k])
-        action = self.chunks[k, pos - 1] if ep.length and pos > 0 else None
+        action = self.last_action[k] if ep.length else None
         views = {key[: -len("_image")]: self.pool.obs[key][k] for key in self.image_keys}
         return annotate_frame(views, frame_text(ep.length, action, ep.max_score, ep.success))
 
@@ -224,7 +228,8 @@ class _BatchedRollout:
                 ep.observe(res)
                 for key, buf in self.hist.items():
                     buf[k] = self.pool.obs[key][k]  # pad the history by repeating the first observation
-                self.chunk_len[k] = self.chunk_pos[k] = 0
+                self.queues[k].clear()
+                self.last_action[k] = None
                 if self.video.wants(ep.index):
                     self.video.add(ep.index, self._frame(k))
 
@@ -240,23 +245,20 @@ class _BatchedRollout:
         if out.ndim != 2 + len(self.act_shape) or out.shape[0] != len(need) or out.shape[2:] != self.act_shape:
             raise ValueError(f"policy.predict_action returned shape {tuple(out.shape)}; expected "
                              f"({len(need)}, n_action_steps, {', '.join(map(str, self.act_shape))})")
-        if self.chunks.shape[1] < out.shape[1]:  # grow, keeping the other envs' unfinished chunks
-            grown = np.zeros((self.pool.n_envs, out.shape[1], *self.act_shape), dtype=np.float32)
-            grown[:, : self.chunks.shape[1]] = self.chunks
-            self.chunks = grown
-        self.chunks[need, : out.shape[1]] = out
-        self.chunk_len[need] = out.shape[1]
-        self.chunk_pos[need] = 0
         finite = np.isfinite(out.reshape(len(need), -1)).all(axis=1)
-        for row in np.flatnonzero(~finite):
-            k = need[row]
-            self.finish(k, "error", f"policy returned a non-finite action (NaN/Inf) at step {self.slots[k].length} "
-                                    f"of episode {self.slots[k].index}; episode aborted")
+        for row, k in enumerate(need):
+            step = self.slots[k].length
+            if finite[row]:
+                self.queues[k].add(step, out[row], step)
+            else:
+                self.finish(k, "error", f"policy returned a non-finite action (NaN/Inf) at step {step} "
+                                        f"of episode {self.slots[k].index}; episode aborted")
 
     def act(self, active: list[int]) -> None:
-        """Step every env in ``active`` with the next action of its chunk; record episodes that end."""
-        actions = self.chunks[active, self.chunk_pos[active]]
-        self.chunk_pos[active] += 1
+        """Step every env in ``active`` with its planned action for this step; record episodes that end."""
+        for k in active:
+            self.last_action[k] = self.queues[k].action(self.slots[k].length)
+        actions = np.stack([self.last_action[k] for k in active])
         t0 = time.perf_counter()
         results = self.pool.step(active, actions)
         self.timers.env_wait += time.perf_counter() - t0
@@ -288,7 +290,7 @@ class _BatchedRollout:
 
     def step(self) -> None:
         active = [k for k, slot in enumerate(self.slots) if slot is not None]
-        need = [k for k in active if self.chunk_pos[k] >= self.chunk_len[k]]
+        need = [k for k in active if self.queues[k].ensembling or self.queues[k].remaining(self.slots[k].length) == 0]
         if need:
             self.plan(need)
             active = [k for k in active if self.slots[k] is not None]
@@ -305,7 +307,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
              env_kwargs: dict | None = None, backend: str = "cpu", env_fn: Callable | None = None,
              max_steps: int | None = None, progress: bool = True, step_timeout: float | None = 300.0,
              fps: float | None = None, policy_info: dict[str, Any] | None = None,
-             token_history: bool = True) -> dict[str, Any]:
+             token_history: bool = True, replan_every: int | None = None,
+             temporal_ensemble: float | None = None) -> dict[str, Any]:
     """Run ``episodes`` seeded episodes of ``policy`` on ``n_envs`` parallel envs; return the summary dict.
 
     Args:
@@ -330,12 +333,17 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             (:class:`s2robot.encoders.history.FrameTokenCache`) so each frame is encoded once, also when the policy
             replans every step with ``n_obs_steps > 1``; False re-encodes every frame of the window in every
             forward (the same tokens, more encoder calls).
+        replan_every: execute only the first k actions of each chunk, then replan (None: the whole chunk).
+        temporal_ensemble: ACT temporal ensembling coefficient m (None: off). Every env replans every step and
+            executes ``sum_i w_i a_i / sum_i w_i`` over the chunks covering the step, ``w_i = exp(-m i)``, i = 0 the
+            oldest (with ``replan_every=k`` only each chunk's first k actions take part).
 
     Returns: the summary (success rate, 95% Wilson interval, mean max score, lengths, env-steps/s, timings,
         ``all_errored``: True when every episode was aborted by an error, paths of written files) plus
         ``episodes``: the per-episode records (also in ``episodes.json``; not repeated in ``summary.json``).
     """
     env_fn = _check_args(episodes, n_envs, backend, task, env_fn, env_kwargs)
+    ActionQueue(temporal_ensemble, replan_every)  # refuses bad values before any worker starts
     task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
     dev = resolve_device(device)
     n_envs = min(int(n_envs), int(episodes))
@@ -364,7 +372,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos",
                               range(min(n_videos, episodes)) if has_images else [], fps or pool.fps or 10.0)
         bar = tqdm(total=episodes, desc=f"eval {task_name}", unit="ep", disable=not progress, dynamic_ncols=True)
-        loop = _BatchedRollout(policy, pool, dev, episodes, seed, int(limit), video, bar, timers, token_history)
+        loop = _BatchedRollout(policy, pool, dev, episodes, seed, int(limit), video, bar, timers, token_history,
+                               (replan_every, temporal_ensemble))
         loop.refill()
         t_started = time.perf_counter()  # startup = workers + first resets (GL contexts are created there)
         timers.env_wait, timers.env_inner, timers.env_parts = 0.0, 0.0, {}  # timings below: steady state only
@@ -379,7 +388,9 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             policy.train()
 
     summary = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
-               "device": str(dev), "max_steps": int(limit), **summarize_episodes(loop.records)}
+               "device": str(dev), "max_steps": int(limit),
+               "execution": {"replan_every": replan_every, "temporal_ensemble": temporal_ensemble},
+               **summarize_episodes(loop.records)}
     summary["all_errored"] = summary["n_errors"] == len(loop.records)
     summary.update(_run_stats(loop, timers, pool, video, (t_begin, t_started, t_loop_end)))
     if out_dir is not None:
