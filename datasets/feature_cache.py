@@ -210,6 +210,10 @@ def run(cfg) -> str:
     encoder = build_encoder(**kwargs, device=dev)
     cams = cfg.get("cameras")
     token_dim = cfg.get("token_dim")
+    misplaced = [f"dataset.augment_{k}" for k in ("views", "shift", "seed") if cfg.dataset.get(f"augment_{k}") is not None]
+    if misplaced:
+        raise SystemExit(f"s2robot cache: {misplaced} are training options; the cache takes augment_views=K "
+                         "augment_shift=S augment_seed=R (no dataset. prefix)")
     augment = augment_spec(cfg.get("augment_views"), cfg.get("augment_shift"), cfg.get("augment_seed"))
     aug_kw = augment.attrs() if augment else {}
     key = cache_features(
@@ -252,7 +256,10 @@ def train_command(path: str, encoder_cfg: Any, pool_grid: int | None) -> str:
     return " ".join(parts)
 
 
-def cache_command(path: str, encoder_cfg: Any, pool_grid: int | None = None) -> str:
-    """The ``s2robot cache`` command that caches (or finishes caching) features for exactly this encoder config."""
+def cache_command(path: str, encoder_cfg: Any, pool_grid: int | None = None,
+                  augment: dict[str, int] | None = None) -> str:
+    """The ``s2robot cache`` command that caches (or finishes caching) features for exactly this encoder config
+    (``augment``: a set's ``augment`` attrs ``{views, shift, seed}``, for an augmented-view set)."""
     pool = [f"pool_grid={int(pool_grid)}"] if pool_grid is not None else []
-    return " ".join(["s2robot cache", f"dataset={path}", *encoder_overrides(encoder_cfg), *pool])
+    aug = [f"augment_{k}={int(augment[k])}" for k in ("views", "shift", "seed")] if augment else []
+    return " ".join(["s2robot cache", f"dataset={path}", *encoder_overrides(encoder_cfg), *pool, *aug])

@@ -276,7 +276,8 @@ class SequenceDataset(Dataset):
 def _cache_command(store: EpisodeStore, feats: Any) -> str:
     from .feature_cache import cache_command
 
-    return cache_command(describe(store.path), feats.attrs.get("encoder_config") or {}, feats.attrs.get("pool_grid"))
+    return cache_command(describe(store.path), feats.attrs.get("encoder_config") or {}, feats.attrs.get("pool_grid"),
+                         feats.attrs.get("augment"))
 
 
 def read_frames(source: FrameReader | np.ndarray, frames: np.ndarray) -> np.ndarray:

@@ -132,7 +132,9 @@ def _check_feature_set(store: EpisodeStore, key: str) -> list[KeyReport]:
     from .feature_cache import cache_command
 
     group, n = store.group[f"features/{key}"], store.n_steps
-    rerun = f"`{cache_command(describe(store.path), group.attrs.get('encoder_config') or {}, group.attrs.get('pool_grid'))}`"
+    command = cache_command(describe(store.path), group.attrs.get("encoder_config") or {},
+                            group.attrs.get("pool_grid"), group.attrs.get("augment"))
+    rerun = f"`{command}`"
     reports = []
     cams = {c for c in store.cameras if f"{c}_image" in store.spec}
     for cam in sorted(cams - {c for c, _ in group.arrays()}):
