@@ -210,10 +210,6 @@ def run(cfg) -> str:
     encoder = build_encoder(**kwargs, device=dev)
     cams = cfg.get("cameras")
     token_dim = cfg.get("token_dim")
-    misplaced = [f"dataset.augment_{k}" for k in ("views", "shift", "seed") if cfg.dataset.get(f"augment_{k}") is not None]
-    if misplaced:
-        raise SystemExit(f"s2robot cache: {misplaced} are training options; the cache takes augment_views=K "
-                         "augment_shift=S augment_seed=R (no dataset. prefix)")
     augment = augment_spec(cfg.get("augment_views"), cfg.get("augment_shift"), cfg.get("augment_seed"))
     aug_kw = augment.attrs() if augment else {}
     key = cache_features(

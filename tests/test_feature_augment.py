@@ -90,6 +90,9 @@ def test_views_are_deterministic_resumable_and_view0_is_the_plain_cache(tmp_path
     from s2robot.datasets.verify import verify_store
 
     assert not [r for r in verify_store(path, record=False) if r.problems]
+    from s2robot.datasets.cli import summary
+
+    assert f"{key}: encoder=fake" in summary(path) and f"views=3 (shift {DEFAULT_SHIFT} px, seed 0)" in summary(path)
 
 
 def test_key_records_views_shift_and_seed_and_k1_is_todays_cache(tmp_path):
