@@ -74,9 +74,11 @@ def summary(path: StoreLike) -> str:
                 cams = ", ".join(
                     f"{c} {done.get(c, 0)}/{store.n_steps}" for c in info["shapes"]
                 )
+                aug = info.get("augment")
+                views = f" views={aug['views']} (shift {aug['shift']} px, seed {aug['seed']})" if aug else ""
                 lines.append(
                     f"  {key}: encoder={enc.get('name')} scales={enc.get('scales')} pool_grid={info.get('pool_grid')}"
-                    f" tokens={info.get('num_tokens')}x{info.get('out_dim')}  [{cams}]"
+                    f" tokens={info.get('num_tokens')}x{info.get('out_dim')}{views}  [{cams}]"
                 )
         disk = size_on_disk(path, store.group)
         lines.append("")

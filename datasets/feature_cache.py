@@ -9,6 +9,11 @@ Resumable: tokens are written batch by batch and ``attrs["progress"][camera]`` (
 batch, so a rerun after an interruption starts from the last finished batch. Episodes appended after caching are
 picked up by a rerun (the arrays grow to the store's length).
 
+Augmented views (``augment_views=K`` > 1, :mod:`~s2robot.datasets.view_augment`): ``features/<key>_aug<K>sh<S>sd<R>``
+holds float16 (T_total, K, N', D) per camera, view 0 the frame itself and views 1..K-1 seeded random shifts; the
+group's ``augment`` attrs record ``{views, shift, seed}``. View 0 is stored again (not read from the plain set):
+the set is self-contained, and a frame's K views share one chunk.
+
 Storage: one frame per chunk (Blosc lz4 with byte shuffle), so a training window decodes exactly its frames; the
 sampler's ``FrameReader`` reads these chunk files directly. (zarr sharding would cut the file count, but reads of
 sharded arrays go through zarr's slower general path; see docs/datasets.md.)
@@ -37,21 +42,24 @@ from s2robot.tokens import pool_tokens, tokens_as_cached  # noqa: F401  (pool_to
 from .integrity import check_present, read_steps
 from .store import WRITE_ALL_CHUNKS, DatasetError, EpisodeStore, StoreLike, describe
 from .token_reduction import reduce_features
+from .view_augment import AugmentSpec, augment_spec, shifted_views, view_offsets
 
 STORED_DTYPE = "float16"  # the cache's token dtype; a policy trained on it must round online tokens the same way
 TOKEN_CODEC = dict(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
 CACHE_FORMAT = 1
 
 
-def feature_hash_for(encoder: Any, pool_grid: int | None = None) -> str:
-    """The ``features/<key>`` name for ``encoder`` tokens, optionally pooled to a ``pool_grid`` x ``pool_grid`` grid."""
+def feature_hash_for(encoder: Any, pool_grid: int | None = None, augment: AugmentSpec | None = None) -> str:
+    """The ``features/<key>`` name for ``encoder`` tokens, optionally pooled to a ``pool_grid`` x ``pool_grid`` grid,
+    optionally with ``augment`` views (``_aug<K>sh<shift>sd<seed>``)."""
     key = str(encoder.config_hash)
     if pool_grid is not None and int(pool_grid) != int(encoder.grid):
         key += f"_pool{int(pool_grid)}"
-    return key
+    return key + (augment.key_suffix if augment is not None else "")
 
 
-def _feature_group(store: EpisodeStore, key: str, encoder: Any, pool_grid: int | None, n_tok: int) -> zarr.Group:
+def _feature_group(store: EpisodeStore, key: str, encoder: Any, pool_grid: int | None, n_tok: int,
+                   augment: AugmentSpec | None) -> zarr.Group:
     meta = {
         "format": CACHE_FORMAT,
         "config_hash": str(encoder.config_hash),
@@ -62,6 +70,8 @@ def _feature_group(store: EpisodeStore, key: str, encoder: Any, pool_grid: int |
         "num_tokens": n_tok,
         "out_dim": int(encoder.out_dim),
     }
+    if augment is not None:  # absent for the plain cache, whose attrs stay as they were
+        meta["augment"] = augment.attrs()
     feats = store.group.require_group("features")
     if key in feats:
         group = feats[key]
@@ -85,11 +95,18 @@ def cache_features(
     device: str | torch.device = "auto",
     progress: bool = True,
     token_dim: int | None = None,
+    augment_views: int = 1,
+    augment_shift: int | None = None,
+    augment_seed: int = 0,
 ) -> str:
     """Encode every frame of every camera of the store at ``path`` and store float16 tokens; returns the key.
 
     ``token_dim``: also store the tokens PCA-reduced to this many channels
     (:func:`~s2robot.datasets.token_reduction.reduce_features`) and return that set's key.
+    ``augment_views`` K > 1: store K views per frame instead (view 0 the frame, views 1..K-1 shifted by up to
+    ``augment_shift`` px, default :data:`~s2robot.datasets.view_augment.DEFAULT_SHIFT`, seeded by ``augment_seed``;
+    see :mod:`~s2robot.datasets.view_augment`); with ``token_dim`` the PCA is fitted once on view 0 and applied
+    to every view. K = 1 is the plain cache (same key, no extra work).
 
     ``encoder``: an object with ``encode(uint8 (B,H,W,3)) -> (B, N, D)``, ``config_hash``, ``config``, ``out_dim``,
     ``num_tokens``, ``grid``, ``num_prefix`` (an ``S2Encoder``); an ``nn.Module`` is moved to ``device``.
@@ -97,12 +114,13 @@ def cache_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    augment = augment_spec(augment_views, augment_shift, augment_seed)
     dev = resolve_device(device)
     if isinstance(encoder, torch.nn.Module):
         encoder.to(dev)
     store = EpisodeStore.open(path, mode="a")
     try:  # an interrupted run keeps every finished batch (``progress``) and releases the store
-        key = _encode_into(store, encoder, dev, cameras, batch_size, pool_grid, progress)
+        key = _encode_into(store, encoder, dev, cameras, batch_size, pool_grid, progress, augment)
     finally:
         store.close()
     if token_dim:
@@ -111,8 +129,8 @@ def cache_features(
 
 
 def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: Sequence[str] | None,
-                 batch_size: int, pool_grid: int | None, progress: bool) -> str:
-    """The body of ``cache_features`` on an open store."""
+                 batch_size: int, pool_grid: int | None, progress: bool, augment: AugmentSpec | None = None) -> str:
+    """The body of ``cache_features`` on an open store (``augment``: K views per frame, (T, K, N', D) arrays)."""
     cams = list(cameras) if cameras is not None else [c for c in store.cameras if f"{c}_image" in store.spec]
     missing = [c for c in cams if f"{c}_image" not in store.spec]
     if missing:
@@ -120,20 +138,23 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
     n_prefix, grid = int(encoder.num_prefix), int(encoder.grid)
     if pool_grid is not None and int(pool_grid) == grid:
         pool_grid = None  # the full grid is no pooling: same tokens, same key and attrs as pool_grid=None
-    key = feature_hash_for(encoder, pool_grid)
+    key = feature_hash_for(encoder, pool_grid, augment)
     n_tok = n_prefix + int(pool_grid or grid) ** 2
     d = int(encoder.out_dim)
-    group = _feature_group(store, key, encoder, pool_grid, n_tok)
+    group = _feature_group(store, key, encoder, pool_grid, n_tok, augment)
     n = store.n_steps
+    frame_shape = (n_tok, d) if augment is None else (augment.views, n_tok, d)
+    if augment is not None:  # about batch_size images per encoder call, whatever K
+        batch_size = max(1, batch_size // augment.views)
     done = {c: min(int(group.attrs.get("progress", {}).get(c, 0)), n) for c in cams}
     for c in cams:
         if c not in group:
             group.create_array(
-                c, shape=(n, n_tok, d), dtype=STORED_DTYPE, chunks=(1, n_tok, d),
+                c, shape=(n, *frame_shape), dtype=STORED_DTYPE, chunks=(1, *frame_shape),
                 compressors=BloscCodec(**TOKEN_CODEC), fill_value=0, config=WRITE_ALL_CHUNKS,
             )
         elif group[c].shape[0] != n:
-            group[c].resize((n, n_tok, d))
+            group[c].resize((n, *frame_shape))
     todo = sum(n - done[c] for c in cams)
 
     def read(name: str, s: int) -> np.ndarray:  # a missing/corrupt image chunk is an error, never black frames
@@ -150,16 +171,19 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
                 frames = nxt.result()
                 if i + 1 < len(starts):  # read the next batch while this one encodes
                     nxt = pool.submit(read, images, starts[i + 1])
+                if augment is not None:  # (B, H, W, 3) -> (B * K, H, W, 3), frame-major
+                    frames = shifted_views(frames, view_offsets(augment, np.arange(s, s + len(frames))), augment.shift)
                 x = pin_if_cuda(torch.from_numpy(frames), dev)
                 with autocast_for(dev):
                     tok = encoder.encode(x)
                 tok = tokens_as_cached(tok, num_prefix=n_prefix, grid=grid, pool_grid=pool_grid, dtype=STORED_DTYPE)
                 if tuple(tok.shape[1:]) != (n_tok, d):
                     raise DatasetError(f"encoder returned tokens {tuple(tok.shape)}, expected (B, {n_tok}, {d})")
-                out[s : s + len(frames)] = tok.cpu().numpy()
-                done[c] = s + len(frames)
+                tok = tok.reshape(-1, *frame_shape)
+                out[s : s + len(tok)] = tok.cpu().numpy()
+                done[c] = s + len(tok)
                 group.attrs["progress"] = {**group.attrs.get("progress", {}), c: done[c]}
-                bar.update(len(frames))
+                bar.update(len(tok))
     return key
 
 
@@ -176,7 +200,8 @@ def cached_feature_sets(store: EpisodeStore) -> dict[str, dict[str, Any]]:
 
 
 def run(cfg) -> str:
-    """CLI verb ``s2robot cache dataset=PATH encoder=NAME [batch_size=256 pool_grid=null device=auto]``."""
+    """CLI verb ``s2robot cache dataset=PATH encoder=NAME [batch_size=256 pool_grid=null token_dim=null
+    augment_views=1 augment_shift=null augment_seed=0 device=auto]``."""
     path = cfg.dataset.path
     if not path:
         raise SystemExit("s2robot cache: give the store, e.g. `s2robot cache dataset=data/demos.zarr encoder=...`")
@@ -185,14 +210,19 @@ def run(cfg) -> str:
     encoder = build_encoder(**kwargs, device=dev)
     cams = cfg.get("cameras")
     token_dim = cfg.get("token_dim")
+    augment = augment_spec(cfg.get("augment_views"), cfg.get("augment_shift"), cfg.get("augment_seed"))
+    aug_kw = augment.attrs() if augment else {}
     key = cache_features(
         path, encoder, cameras=list(cams) if cams else None, batch_size=int(cfg.batch_size),
         pool_grid=cfg.get("pool_grid"), device=dev, token_dim=token_dim,
+        **{f"augment_{k}": v for k, v in aug_kw.items()},
     )
     what = f" (PCA-reduced to {int(token_dim)} channels)" if token_dim else ""
+    what += f" ({augment.views} views per frame, shifts up to {augment.shift} px)" if augment else ""
     print(f"cached features{what}: {path}/features/{key}")
     print(f"train on them with: {train_command(path, cfg.encoder, cfg.get('pool_grid'))}"
-          + (f" token_dim={int(token_dim)}" if token_dim else ""))
+          + (f" token_dim={int(token_dim)}" if token_dim else "")
+          + "".join(f" dataset.augment_{k}={v}" for k, v in aug_kw.items()))
     return key
 
 
@@ -222,7 +252,10 @@ def train_command(path: str, encoder_cfg: Any, pool_grid: int | None) -> str:
     return " ".join(parts)
 
 
-def cache_command(path: str, encoder_cfg: Any, pool_grid: int | None = None) -> str:
-    """The ``s2robot cache`` command that caches (or finishes caching) features for exactly this encoder config."""
+def cache_command(path: str, encoder_cfg: Any, pool_grid: int | None = None,
+                  augment: dict[str, int] | None = None) -> str:
+    """The ``s2robot cache`` command that caches (or finishes caching) features for exactly this encoder config
+    (``augment``: a set's ``augment`` attrs ``{views, shift, seed}``, for an augmented-view set)."""
     pool = [f"pool_grid={int(pool_grid)}"] if pool_grid is not None else []
-    return " ".join(["s2robot cache", f"dataset={path}", *encoder_overrides(encoder_cfg), *pool])
+    aug = [f"augment_{k}={int(augment[k])}" for k in ("views", "shift", "seed")] if augment else []
+    return " ".join(["s2robot cache", f"dataset={path}", *encoder_overrides(encoder_cfg), *pool, *aug])

@@ -11,6 +11,12 @@ decoded once (:class:`~s2robot.datasets.reader.FrameReader`, which bypasses zarr
 overhead for local stores). Small low-dim arrays are held in RAM (loaded lazily in each process); cached tokens are
 loaded into RAM once when they fit ``token_cache_bytes`` (then a batch is a numpy gather, no chunk decoding), else
 they stream from the store like images. The store is opened lazily per process, so DataLoader workers never receive a copy.
+
+Augmented views: a feature set cached with ``augment_views=K`` (``features/<key>`` arrays (T, K, N, D), see
+:mod:`.view_augment`) gives the same items; ``get_batch(indices, views)`` picks, per window and per camera, which
+view all ``n_obs_steps`` frames of the window read (default view 0, the un-augmented frame: what validation uses).
+Training draws the views with :func:`draw_views` (its sampler yields ``(window, view, ...)`` rows, which
+:class:`BatchView` hands to :meth:`get_batch`).
 """
 
 from __future__ import annotations
@@ -75,8 +81,10 @@ class SequenceDataset(Dataset):
         split: ``"train"``, ``"val"`` or ``"all"``; episodes are split with ``val_ratio`` and ``seed``.
         lowdim_cache_bytes: low-dim keys whose total size is below this are held in RAM (per process).
         token_cache_bytes: cached token arrays (``features/<hash>``) whose total size is at most this are loaded
-            into RAM once per process (float16 as stored); 0 streams them from the store.
-    Items: images uint8 (T_obs, H, W, 3); tokens float32 (T_obs, N, D); other keys float32.
+            into RAM once per process (float16 as stored, all K views of an augmented set); 0 streams them from the
+            store (an augmented set decodes a frame's K views together, one chunk, and keeps the chosen one).
+    Items: images uint8 (T_obs, H, W, 3); tokens float32 (T_obs, N, D); other keys float32. ``augment_views``:
+    K of the feature set (1 for a plain set); ``token_keys``: the ``<cam>_tokens`` keys, the columns of ``views``.
     """
 
     def __init__(
@@ -119,6 +127,9 @@ class SequenceDataset(Dataset):
             self._sources[k] = self._source_path(store, k)
         self._sources[action_key] = f"data/{action_key}"
         self.obs_keys = [k for k in self._sources if k != action_key]
+        self.token_keys = [k for k in self.obs_keys if self._sources[k].startswith("features/")]
+        augment = store.group[f"features/{feature_hash}"].attrs.get("augment") if self.token_keys else None
+        self.augment_views = int(augment["views"]) if augment else 1
 
         train, val = split_episodes(store.n_episodes, val_ratio, seed)
         self.episodes = {"train": train, "val": val, "all": np.arange(store.n_episodes)}[split]
@@ -138,7 +149,8 @@ class SequenceDataset(Dataset):
         )
         self.tokens_in_ram = 0 < token_bytes <= token_cache_bytes
         self.n_steps = store.n_steps
-        self._shapes = {k: tuple(store.group[p].shape[1:]) for k, p in self._sources.items()}
+        view_axis = {k: int(self.augment_views > 1 and k in self.token_keys) for k in self._sources}
+        self._shapes = {k: tuple(store.group[p].shape[1 + view_axis[k]:]) for k, p in self._sources.items()}
         self._store: EpisodeStore | None = store
         self._pid = os.getpid()
         self._arrays: dict[str, Any] = {}
@@ -204,22 +216,35 @@ class SequenceDataset(Dataset):
         """Per-step shape of every returned key (tokens: (N, D))."""
         return dict(self._shapes)
 
-    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
-        """Windows ``indices`` as a batch: ``{obs_key: (B, n_obs_steps, ...), action: (B, horizon, A)}``."""
+    def get_batch(self, indices: Sequence[int] | np.ndarray, views: np.ndarray | None = None
+                  ) -> dict[str, torch.Tensor]:
+        """Windows ``indices`` as a batch: ``{obs_key: (B, n_obs_steps, ...), action: (B, horizon, A)}``.
+
+        ``views``: int (B, len(token_keys)) view of each window's tokens per camera, in ``[0, augment_views)``
+        (default: view 0 everywhere).
+        """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"window index out of range for a dataset of {len(self)} windows")
+        if views is not None:
+            views = np.asarray(views, dtype=np.int64).reshape(len(idx), len(self.token_keys))
+            if views.size and (views.min() < 0 or views.max() >= self.augment_views):
+                raise IndexError(f"view index out of range for a feature set of {self.augment_views} views")
         win = self.windows[idx]
         obs_frames = window_frames(win, self.n_obs_steps)
         out = {}
         for key in self.obs_keys:
-            x = read_frames(self._array(key), obs_frames)
+            if self.augment_views > 1 and key in self.token_keys:
+                v = views[:, self.token_keys.index(key)] if views is not None else np.zeros(len(idx), np.int64)
+                x = read_views(self._array(key), obs_frames, v)
+            else:
+                x = read_frames(self._array(key), obs_frames)
             out[key] = torch.from_numpy(x if x.dtype == np.uint8 else x.astype(np.float32, copy=False))
         act = read_frames(self._array(self.action_key), window_frames(win, self.horizon))
         out[self.action_key] = torch.from_numpy(act.astype(np.float32, copy=False))
         return out
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # view 0
         return {k: v[0] for k, v in self.get_batch([i]).items()}
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
@@ -251,7 +276,8 @@ class SequenceDataset(Dataset):
 def _cache_command(store: EpisodeStore, feats: Any) -> str:
     from .feature_cache import cache_command
 
-    return cache_command(describe(store.path), feats.attrs.get("encoder_config") or {}, feats.attrs.get("pool_grid"))
+    return cache_command(describe(store.path), feats.attrs.get("encoder_config") or {}, feats.attrs.get("pool_grid"),
+                         feats.attrs.get("augment"))
 
 
 def read_frames(source: FrameReader | np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -259,6 +285,25 @@ def read_frames(source: FrameReader | np.ndarray, frames: np.ndarray) -> np.ndar
     if isinstance(source, np.ndarray):
         return source[frames.reshape(-1)].reshape(*frames.shape, *source.shape[1:])
     return source.read(frames)
+
+
+def read_views(source: FrameReader | np.ndarray, frames: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """View ``views[b]`` of every frame of window ``b``: ``frames`` int (B, T), ``views`` int (B,), ``source`` a
+    (T_total, K, N, D) array or reader -> (B, T, N, D)."""
+    if isinstance(source, np.ndarray):  # in RAM: gather only the chosen views
+        return source[frames, views[:, None]]
+    x = source.read(frames)  # (B, T, K, N, D): a frame's K views are one chunk
+    return x[np.arange(len(frames))[:, None], np.arange(frames.shape[1])[None], views[:, None]]
+
+
+def draw_views(seed: int, epoch: int, rank: int, n_windows: int, n_views: int, n_cameras: int) -> np.ndarray:
+    """The training views of one epoch: int64 (n_windows, n_cameras) in ``[0, n_views)``, uniform and independent
+    per window and camera, a pure function of ``(seed, epoch, rank)`` (so a resumed run draws the same ones)."""
+    rng = np.random.default_rng([int(seed), int(epoch), int(rank), VIEW_STREAM])
+    return rng.integers(0, n_views, size=(n_windows, n_cameras), dtype=np.int64)
+
+
+VIEW_STREAM = 0x76696577  # "view": keeps the view draws apart from other streams seeded by (seed, epoch, rank)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -294,5 +339,9 @@ class BatchView(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, indices: list[int] | list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        """``indices``: window indices, or ``(window, view_cam0, view_cam1, ...)`` rows (training's sampler)."""
+        if len(indices) and isinstance(indices[0], tuple):
+            rows = np.asarray(indices, dtype=np.int64)
+            return self.dataset.get_batch(rows[:, 0], views=rows[:, 1:])
         return self.dataset.get_batch(indices)

@@ -10,6 +10,10 @@ set plus ``reduce = {method, dim, source, explained_variance, fit_tokens}``, and
 ``projection/components`` (K, D) float32 so a policy can apply the same projection to live frames
 (:func:`s2robot.tokens.tokens_as_cached`). The key depends on the source key and K, and the fit is deterministic
 (a fixed, seeded sample of tokens of every camera), so a rerun reproduces the same set.
+
+A source set with augmented views (float16 (T, V, N, D), ``augment`` attrs, :mod:`.view_augment`) gives a reduced
+set (T, V, N, K) with the same attrs: the PCA is fitted once, on view 0 (the un-augmented frames, the same sample
+of frames as for the plain set), and applied to every view.
 """
 
 from __future__ import annotations
@@ -41,13 +45,19 @@ def load_projection(group: Any) -> TokenProjection | None:
                            torch.from_numpy(np.asarray(proj["components"][...])))
 
 
-def _fit(feats: Any, cams: list[str], n: int, dim: int, seed: int) -> tuple[TokenProjection, float, int]:
-    n_tok = int(feats[cams[0]].shape[1])
+def _view0(tokens: np.ndarray, has_views: bool) -> np.ndarray:
+    """(F, N, D) tokens, from (F, V, N, D) ones when the set has augmented views."""
+    return tokens[:, 0] if has_views else tokens
+
+
+def _fit(feats: Any, cams: list[str], n: int, dim: int, seed: int, has_views: bool = False
+         ) -> tuple[TokenProjection, float, int]:
+    n_tok = int(feats[cams[0]].shape[-2])
     frames_per_cam = max(1, min(n, FIT_TOKENS // (n_tok * len(cams))))
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=frames_per_cam, replace=False))
-    samples = torch.cat([torch.from_numpy(np.asarray(feats[c].get_orthogonal_selection((rows,))).astype(np.float32))
-                         .reshape(-1, feats[c].shape[2]) for c in cams])
+    samples = torch.cat([torch.from_numpy(_view0(np.asarray(feats[c].get_orthogonal_selection((rows,))), has_views)
+                                          .astype(np.float32)).reshape(-1, feats[c].shape[-1]) for c in cams])
     if not torch.isfinite(samples).all():
         raise DatasetError("cached tokens hold non-finite values; rerun `s2robot cache` (delete the feature set)")
     proj, explained = fit_pca(samples, dim)
@@ -74,14 +84,15 @@ def reduce_features(path: StoreLike, source_key: str, dim: int, seed: int = 0, b
         if unfinished:
             raise DatasetError(f"{describe(store.path)}: features/{source_key} is incomplete for {unfinished}; "
                                "finish `s2robot cache` before reducing it")
-        d = int(src[cams[0]].shape[2])
+        d = int(src[cams[0]].shape[-1])
+        has_views = bool(src.attrs.get("augment"))
         if not 1 <= int(dim) < d:
             raise DatasetError(f"token_dim must be in [1, {d}) for features/{source_key} (D={d}), got {dim}")
         key = reduced_key(source_key, dim)
         feats = store.group["features"]
         if key in feats and all(int(feats[key].attrs.get("progress", {}).get(c, 0)) >= n for c in cams):
             return key
-        proj, explained, n_fit = _fit(src, cams, n, int(dim), seed)
+        proj, explained, n_fit = _fit(src, cams, n, int(dim), seed, has_views)
         attrs = {k: v for k, v in src.attrs.items() if k != "progress"}
         attrs["out_dim"] = int(dim)
         attrs["reduce"] = {"method": "pca", "dim": int(dim), "source": source_key, "seed": int(seed),
@@ -92,10 +103,10 @@ def reduce_features(path: StoreLike, source_key: str, dim: int, seed: int = 0, b
         pg = group.create_group("projection")
         pg.create_array("mean", data=proj.mean.numpy())
         pg.create_array("components", data=proj.components.numpy())
-        n_tok = int(src[cams[0]].shape[1])
+        frame_shape = (*src[cams[0]].shape[1:-1], int(dim))  # (N, dim) or (V, N, dim)
         with tqdm(total=n * len(cams), desc=f"reduce {key}", unit="frame", disable=not progress) as bar:
             for c in cams:
-                out = group.create_array(c, shape=(n, n_tok, int(dim)), dtype="float16", chunks=(1, n_tok, int(dim)),
+                out = group.create_array(c, shape=(n, *frame_shape), dtype="float16", chunks=(1, *frame_shape),
                                          compressors=BloscCodec(**TOKEN_CODEC), fill_value=0)
                 for s in range(0, n, batch_frames):
                     x = torch.from_numpy(np.asarray(src[c][s:s + batch_frames]))

@@ -132,7 +132,9 @@ def _check_feature_set(store: EpisodeStore, key: str) -> list[KeyReport]:
     from .feature_cache import cache_command
 
     group, n = store.group[f"features/{key}"], store.n_steps
-    rerun = f"`{cache_command(describe(store.path), group.attrs.get('encoder_config') or {}, group.attrs.get('pool_grid'))}`"
+    command = cache_command(describe(store.path), group.attrs.get("encoder_config") or {},
+                            group.attrs.get("pool_grid"), group.attrs.get("augment"))
+    rerun = f"`{command}`"
     reports = []
     cams = {c for c in store.cameras if f"{c}_image" in store.spec}
     for cam in sorted(cams - {c for c, _ in group.arrays()}):
@@ -142,6 +144,8 @@ def _check_feature_set(store: EpisodeStore, key: str) -> list[KeyReport]:
         rep = KeyReport(f"features/{key}/{cam}")
         done = int(group.attrs.get("progress", {}).get(cam, 0))
         want = (int(group.attrs.get("num_tokens", -1)), int(group.attrs.get("out_dim", -1)))
+        if group.attrs.get("augment"):  # augmented views: (K, N, D) per frame
+            want = (int(group.attrs["augment"].get("views", -1)), *want)
         if tuple(arr.shape[1:]) != want or arr.dtype != np.float16:
             rep.problems.append(f"features/{key}/{cam} is {arr.dtype} {tuple(arr.shape[1:])} per frame, its attrs "
                                 f"declare float16 {want}")

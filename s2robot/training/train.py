@@ -32,9 +32,10 @@ from tqdm.auto import tqdm
 from s2robot.configtools import dataclass_from, section
 from s2robot.datasets.feature_cache import STORED_DTYPE, cache_command, cached_feature_sets
 from s2robot.datasets.integrity import preflight
-from s2robot.datasets.sampler import BatchView, SequenceDataset
+from s2robot.datasets.sampler import BatchView, SequenceDataset, draw_views
 from s2robot.datasets.store import DatasetError, EpisodeStore
 from s2robot.datasets.token_reduction import load_projection
+from s2robot.datasets.view_augment import DEFAULT_SHIFT, AugmentSpec, augment_spec
 from s2robot.device import autocast_for
 from s2robot.encoders import build_encoder
 from s2robot.evaluation.env_config import env_kwargs_for
@@ -115,6 +116,9 @@ class DatasetConfig:
     num_workers: int = 4  # DataLoader worker processes (each opens the store lazily)
     lowdim_cache_mb: int = 256  # low-dim arrays below this total size are held in RAM per process
     token_cache_mb: int = 4096  # cached tokens up to this total size are loaded into RAM once (0: stream them)
+    augment_views: int = 1  # K > 1: train on the cached set with K views per frame (`s2robot cache augment_views=K`)
+    augment_shift: int = DEFAULT_SHIFT  # ... cached with this max shift (px of the stored images)
+    augment_seed: int = 0  # ... and this seed
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.val_ratio) < 1.0:
@@ -122,6 +126,14 @@ class DatasetConfig:
         for name in ("num_workers", "lowdim_cache_mb", "token_cache_mb"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"dataset.{name} must be >= 0, got {getattr(self, name)}")
+        try:
+            self.augment()
+        except ValueError as e:
+            raise ValueError(f"dataset.{e}") from None
+
+    def augment(self) -> AugmentSpec | None:
+        """The requested augmented-view set (None: the plain cache)."""
+        return augment_spec(self.augment_views, self.augment_shift, self.augment_seed)
 
 
 #: every top-level key of a training config (configs/train.yaml); anything else is a typo
@@ -162,27 +174,36 @@ def seed_for_step(seed: int, rank: int, step: int) -> int:
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (this rank's shard of a (seed, epoch)-seeded permutation) that can skip a prefix."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, views: int = 1,
+                 cameras: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.skip = 0
+        self.views, self.cameras = int(views), int(cameras)
 
     def set_position(self, epoch: int, skip: int) -> None:
         self.set_epoch(epoch)
         self.skip = int(skip)
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, ...]]:
+        """Window indices; with ``views`` > 1, ``(window, view per camera...)`` rows (views from
+        :func:`~s2robot.datasets.sampler.draw_views`, a function of (seed, epoch, rank) like the order)."""
+        order: Iterator[Any] = super().__iter__()
+        if self.views > 1:
+            drawn = draw_views(self.seed, self.epoch, self.rank, self.num_samples, self.views, self.cameras).tolist()
+            order = ((int(i), *row) for i, row in zip(order, drawn))
+        return itertools.islice(order, self.skip, None)
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
 
 
 def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int | None,
-                    token_dim: int | None = None) -> tuple[str | None, dict]:
+                    token_dim: int | None = None, augment: AugmentSpec | None = None) -> tuple[str | None, dict]:
     """The ``features/<key>`` of ``store`` made by ``encoder`` (same config_hash), complete for ``cameras``.
 
     Prefers the requested ``pool_grid`` (None: unpooled first). ``token_dim``: only sets PCA-reduced to that many
-    channels (None: only unreduced sets). Returns (key, attrs) or (None, {}).
+    channels (None: only unreduced sets). ``augment``: only sets with exactly these augmented views (None: only
+    plain sets). Returns (key, attrs) or (None, {}).
     """
     found = []
     for key, attrs in cached_feature_sets(store).items():
@@ -193,6 +214,8 @@ def select_features(store: Any, encoder: Any, cameras: list[str], pool_grid: int
             continue
         reduced = (attrs.get("reduce") or {}).get("dim")
         if (None if reduced is None else int(reduced)) != (None if token_dim is None else int(token_dim)):
+            continue
+        if (attrs.get("augment") or None) != (augment.attrs() if augment is not None else None):
             continue
         pooled = attrs.get("pool_grid")
         grid = encoder.grid if pooled is None else int(pooled)
@@ -264,23 +287,17 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
                          f"with task.env_kwargs.state_obs=true (keys: {store.keys})")
 
     encoder, feature_key, feature_attrs = None, None, {}
+    augment = dataclass_from(DatasetConfig, dcfg, "dataset").augment()
+    if augment is not None and not (obs_cfg.backbone == "tokens" and cameras and dcfg["use_cached_features"]):
+        raise ValueError(f"dataset.augment_views={augment.views} selects cached token views; it needs "
+                         "policy.obs.backbone=tokens, cameras and dataset.use_cached_features=true")
     if obs_cfg.backbone == "tokens" and cameras:
         enc_cfg = c.get("encoder") or {}
         if not enc_cfg.get("name"):
             raise ValueError("policy.obs.backbone=tokens needs an encoder: pass encoder=<name>")
         encoder = build_encoder(**enc_cfg, device="cpu")
         if dcfg["use_cached_features"]:
-            token_dim = c.get("token_dim")
-            feature_key, feature_attrs = select_features(store, encoder, cameras, c.get("pool_grid"), token_dim)
-            if token_dim and not feature_key:
-                full, _ = select_features(store, encoder, cameras, c.get("pool_grid"), None)
-                if full:
-                    raise ValueError(
-                        f"{dcfg['path']}: no features reduced to token_dim={token_dim} channels; add them (seconds) "
-                        f"with `{cache_command(dcfg['path'], enc_cfg, c.get('pool_grid'))} token_dim={token_dim}`, "
-                        f"or train on the full tokens with token_dim=null")
-                _log(info, f"token_dim={token_dim} needs a PCA fitted on cached features; none are cached, so the "
-                           f"full tokens are used")
+            feature_key, feature_attrs = _cached_features(c, info, store, encoder, cameras, augment)
         if feature_key and obs_cfg.cache_dtype != STORED_DTYPE:
             raise ValueError(
                 f"policy.obs.cache_dtype={obs_cfg.cache_dtype} but the cached features are {STORED_DTYPE}: live "
@@ -325,6 +342,32 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
                       if feature_attrs.get("reduce") else None),
     )
     return store, encoder, train_ds, val_ds, meta
+
+
+def _cached_features(c: dict[str, Any], info: DistInfo, store: Any, encoder: Any, cameras: list[str],
+                     augment: AugmentSpec | None) -> tuple[str | None, dict]:
+    """The cached feature set training reads: (key, attrs), or (None, {}) to encode online. A requested set that
+    cannot be used (augmented views, or token_dim while full tokens are cached) is an error naming the command."""
+    dcfg, enc_cfg = c["dataset"], c.get("encoder") or {}
+    token_dim = c.get("token_dim")
+    feature_key, feature_attrs = select_features(store, encoder, cameras, c.get("pool_grid"), token_dim,
+                                                 augment)
+    if augment is not None and not feature_key:
+        raise ValueError(
+            f"{dcfg['path']}: no complete cached features with {augment.views} augmented views (shift "
+            f"{augment.shift}, seed {augment.seed}) for this encoder; make them with `"
+            f"{cache_command(dcfg['path'], enc_cfg, c.get('pool_grid'))} {augment.overrides()}"
+            f"{f' token_dim={int(token_dim)}' if token_dim else ''}`, or train without dataset.augment_views")
+    if token_dim and not feature_key:
+        full, _ = select_features(store, encoder, cameras, c.get("pool_grid"), None)
+        if full:
+            raise ValueError(
+                f"{dcfg['path']}: no features reduced to token_dim={token_dim} channels; add them (seconds) "
+                f"with `{cache_command(dcfg['path'], enc_cfg, c.get('pool_grid'))} token_dim={token_dim}`, "
+                f"or train on the full tokens with token_dim=null")
+        _log(info, f"token_dim={token_dim} needs a PCA fitted on cached features; none are cached, so the "
+                   f"full tokens are used")
+    return feature_key, feature_attrs
 
 
 def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
@@ -491,7 +534,9 @@ def _saved_config(c: dict[str, Any], info: DistInfo, encoder: Any, meta: ShapeMe
 def _make_loader(c: dict[str, Any], info: DistInfo, device: torch.device, train_ds: Any, tcfg: TrainConfig,
                  seed: int) -> tuple[ResumableSampler, DataLoader, int]:
     """(sampler, loader of whole batches, batches per epoch) for this rank."""
-    sampler = ResumableSampler(train_ds, info.world_size, info.rank, seed)
+    # augmented views: one view per window and camera, drawn with the order from (seed, epoch, rank)
+    sampler = ResumableSampler(train_ds, info.world_size, info.rank, seed, views=train_ds.augment_views,
+                               cameras=len(train_ds.token_keys))
     per_epoch = len(sampler) // tcfg.batch_size
     if per_epoch < 1:
         raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
