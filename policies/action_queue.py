@@ -71,3 +71,22 @@ class ActionQueue:
         w = np.exp(-self.m * np.arange(len(preds)))  # index 0 = oldest chunk
         w = (w / w.sum()).reshape(-1, *[1] * preds[0].ndim)
         return (np.stack(preds) * w).sum(0).astype(np.float32)
+
+
+def execution_for(policy, temporal_ensemble: float | str | None = None) -> float | None:
+    """The ACT coefficient to execute ``policy`` with, or None for whole chunks.
+
+    ``temporal_ensemble``: None -> the policy's own ``temporal_ensemble`` (its config, saved with the checkpoint;
+    None for a policy without one); ``"off"`` -> whole chunks; a number m >= 0 -> ACT ensembling with m.
+    """
+    if temporal_ensemble is None:
+        value = getattr(policy, "temporal_ensemble", None)
+        return None if value is None else float(value)
+    if isinstance(temporal_ensemble, str):
+        if temporal_ensemble.strip().lower() == "off":
+            return None
+        raise ValueError(f"temporal_ensemble={temporal_ensemble!r}: use a number m >= 0 (ACT ensembling), 'off' "
+                         f"(whole chunks) or null (the policy's own setting)")
+    if isinstance(temporal_ensemble, bool) or float(temporal_ensemble) < 0:
+        raise ValueError(f"temporal_ensemble={temporal_ensemble!r}: the ACT coefficient m must be a number >= 0")
+    return float(temporal_ensemble)

@@ -123,6 +123,7 @@ class BasePolicy(nn.Module):
         n_obs_steps: int,
         n_action_steps: int,
         horizon: int,
+        temporal_ensemble: float | None = None,
     ) -> None:
         super().__init__()
         if n_obs_steps < 1 or n_action_steps < 1:
@@ -138,6 +139,9 @@ class BasePolicy(nn.Module):
         self.n_obs_steps = int(n_obs_steps)
         self.n_action_steps = int(n_action_steps)
         self.horizon = int(horizon)
+        # how evaluation and deployment execute the chunks by default (``policies.action_queue.execution_for``):
+        # None = whole chunks, m = ACT temporal ensembling with weights exp(-m i)
+        self.temporal_ensemble = None if temporal_ensemble is None else float(temporal_ensemble)
         self.action_dim = int(shape_meta.action_dim)
 
     # ----- interface -------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ class BCConfig:
     n_obs_steps: int = 2
     n_action_steps: int = 8
     horizon: int | None = None  # default n_obs_steps - 1 + n_action_steps
+    # how eval/deploy execute the chunks: ACT temporal ensembling coefficient m (replan every step, average the
+    # chunks' predictions, weights exp(-m i)); null: whole chunks. 0.1 measured best on lift_cube (docs/policies.md)
+    temporal_ensemble: float | None = 0.1
     head: str = "mlp"  # "mlp" | "gmm"
     loss: str = "l2"  # MLP head: "l2" | "l1"
     hidden: int = 512
@@ -53,6 +56,8 @@ class BCConfig:
         for name in ("n_obs_steps", "n_action_steps", "hidden", "gmm_modes", "tf_d_model", "tf_layers", "tf_heads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temporal_ensemble is not None and not float(self.temporal_ensemble) >= 0:
+            raise ValueError(f"policy.temporal_ensemble must be >= 0 or null, got {self.temporal_ensemble}")
         if self.n_layers < 0:
             raise ValueError(f"policy.n_layers must be >= 0, got {self.n_layers}")
         if self.tf_d_model % self.tf_heads:
@@ -68,7 +73,8 @@ class BCPolicy(BasePolicy):
     """BC with an MLP or GMM head; flat conditioning or a causal transformer over the observation history."""
 
     def __init__(self, cfg: BCConfig, shape_meta: ShapeMeta, obs_conditioner: nn.Module, normalizer: nn.Module) -> None:
-        super().__init__(shape_meta, obs_conditioner, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
+        super().__init__(shape_meta, obs_conditioner, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon,
+                         cfg.temporal_ensemble)
         self.cfg = cfg
         step_dim = obs_conditioner.tokens_per_step * obs_conditioner.out_dim
         T = cfg.n_obs_steps

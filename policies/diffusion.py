@@ -35,6 +35,8 @@ class DiffusionConfig:
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 8
+    # how eval/deploy execute the chunks: ACT temporal ensembling coefficient m, or null for whole chunks
+    temporal_ensemble: float | None = None
     denoiser: str = "unet"  # "unet" | "transformer"
     num_train_timesteps: int = 100
     num_inference_steps: int = 10  # DDIM steps at inference
@@ -61,6 +63,8 @@ class DiffusionConfig:
         for name in ("horizon", "n_obs_steps", "n_action_steps", "num_train_timesteps", "num_inference_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temporal_ensemble is not None and not float(self.temporal_ensemble) >= 0:
+            raise ValueError(f"policy.temporal_ensemble must be >= 0 or null, got {self.temporal_ensemble}")
         if self.num_inference_steps > self.num_train_timesteps:
             raise ValueError(
                 f"policy.num_inference_steps={self.num_inference_steps} exceeds "
@@ -76,7 +80,8 @@ class DiffusionPolicy(BasePolicy):
     def __init__(
         self, cfg: DiffusionConfig, shape_meta: ShapeMeta, obs_conditioner: nn.Module, normalizer: nn.Module
     ) -> None:
-        super().__init__(shape_meta, obs_conditioner, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon)
+        super().__init__(shape_meta, obs_conditioner, normalizer, cfg.n_obs_steps, cfg.n_action_steps, cfg.horizon,
+                         cfg.temporal_ensemble)
         self.cfg = cfg
         d = obs_conditioner.out_dim
         n_tokens = cfg.n_obs_steps * obs_conditioner.tokens_per_step

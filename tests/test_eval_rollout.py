@@ -171,8 +171,23 @@ def test_temporal_ensemble_executes_act_weighted_mean():
         made = np.arange(max(0, t - 2), t + 1)  # steps whose chunks cover step t, oldest first
         w = np.exp(-m * np.arange(len(made)))
         assert got == pytest.approx(float((w * (made + 1) / 100).sum() / w.sum()), abs=1e-6)
-    with pytest.raises(ValueError, match="temporal ensembling coefficient"):
+    with pytest.raises(ValueError, match="ACT coefficient m must be a number >= 0"):
         _run(RampPolicy(), n_envs=1, episodes=1, temporal_ensemble=-1.0)
+    with pytest.raises(ValueError, match="'often'.*'off'"):
+        _run(RampPolicy(), n_envs=1, episodes=1, temporal_ensemble="often")
+
+
+def test_policy_default_execution_and_off():
+    """A policy whose config asks for ACT ensembling (``temporal_ensemble`` attribute) gets it by default: a forward
+    at every step; ``temporal_ensemble="off"`` executes whole chunks (forwards at steps 0, 3, 6)."""
+    policy = RampPolicy()
+    policy.temporal_ensemble = 0.2
+    s = _run(policy, n_envs=3, episodes=3)
+    assert policy.calls == [3] * 7 and s["execution"]["temporal_ensemble"] == 0.2
+    policy = RampPolicy()
+    policy.temporal_ensemble = 0.2
+    s = _run(policy, n_envs=3, episodes=3, temporal_ensemble="off")
+    assert policy.calls == [3] * 3 and s["execution"]["temporal_ensemble"] is None
     with pytest.raises(ValueError, match="max_chunk"):
         _run(RampPolicy(), n_envs=1, episodes=1, replan_every=0)
 

@@ -45,7 +45,7 @@ from s2robot.evaluation.metrics import summarize_episodes
 from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text, write_report
 from s2robot.evaluation.env_pool import EnvPoolProtocol, StepResult
 from s2robot.evaluation.vector_env import EnvPool, TaskEnvFactory
-from s2robot.policies.action_queue import ActionQueue
+from s2robot.policies.action_queue import ActionQueue, execution_for
 
 #: Evaluation episodes start at this seed unless one is given: far from the collection seeds (0, 1, ...), so an
 #: evaluation start is never a training start. Used by ``s2robot eval`` (``seed: null``), the demo and training's
@@ -308,7 +308,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
              max_steps: int | None = None, progress: bool = True, step_timeout: float | None = 300.0,
              fps: float | None = None, policy_info: dict[str, Any] | None = None,
              token_history: bool = True, replan_every: int | None = None,
-             temporal_ensemble: float | None = None) -> dict[str, Any]:
+             temporal_ensemble: float | str | None = None) -> dict[str, Any]:
     """Run ``episodes`` seeded episodes of ``policy`` on ``n_envs`` parallel envs; return the summary dict.
 
     Args:
@@ -334,7 +334,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             replans every step with ``n_obs_steps > 1``; False re-encodes every frame of the window in every
             forward (the same tokens, more encoder calls).
         replan_every: execute only the first k actions of each chunk, then replan (None: the whole chunk).
-        temporal_ensemble: ACT temporal ensembling coefficient m (None: off). Every env replans every step and
+        temporal_ensemble: None: the policy's own setting (its ``temporal_ensemble`` attribute, from its config);
+            ``"off"``: whole chunks; m >= 0: ACT temporal ensembling. Every env replans every step and
             executes ``sum_i w_i a_i / sum_i w_i`` over the chunks covering the step, ``w_i = exp(-m i)``, i = 0 the
             oldest (with ``replan_every=k`` only each chunk's first k actions take part).
 
@@ -343,6 +344,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         ``episodes``: the per-episode records (also in ``episodes.json``; not repeated in ``summary.json``).
     """
     env_fn = _check_args(episodes, n_envs, backend, task, env_fn, env_kwargs)
+    temporal_ensemble = execution_for(policy, temporal_ensemble)
     ActionQueue(temporal_ensemble, replan_every)  # refuses bad values before any worker starts
     task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
     dev = resolve_device(device)

@@ -38,6 +38,7 @@ from s2robot.deploy.recorder import EpisodeRecorder
 from s2robot.deploy.robot_interface import ObservationError, Robot
 from s2robot.deploy.safety import SafetyFilter, Watchdog
 from s2robot.deploy.sim_robot import SimRobot
+from s2robot.policies.action_queue import execution_for
 from s2robot.ros.preflight import run_check, wait_for_inputs
 from s2robot.ros.robot_config import RobotConfig
 from s2robot.ros.rosbridge import RosbridgeRobot
@@ -111,7 +112,7 @@ class DeployOptions:
     max_steps: int = 200
     rate_hz: float | None = None
     n_action_steps: int | None = None
-    temporal_ensemble: float | None = None
+    temporal_ensemble: float | str | None = None  # null: the policy's own; m >= 0: ACT; "off": whole chunks
     reconnect_timeout_s: float = 10.0
     input_timeout_s: float = 10.0
     sim_realtime: bool = False
@@ -130,8 +131,9 @@ class DeployOptions:
             raise bad("n_action_steps", self.n_action_steps, "an integer >= 1 or null")
         if self.rate_hz is not None and not 0 < self.rate_hz <= 1000:
             raise bad("rate_hz", self.rate_hz, "a number in (0, 1000] or null (robot.rate_hz)")
-        if self.temporal_ensemble is not None and self.temporal_ensemble < 0:
-            raise bad("temporal_ensemble", self.temporal_ensemble, "a number >= 0 or null")
+        te = self.temporal_ensemble
+        if te is not None and (te != "off" if isinstance(te, str) else te < 0):
+            raise bad("temporal_ensemble", te, "a number >= 0, 'off' or null (the policy's own setting)")
         for key in ("reconnect_timeout_s", "input_timeout_s", "check_listen_s"):
             if not getattr(self, key) > 0:
                 raise bad(key, getattr(self, key), "a number > 0")
@@ -299,7 +301,8 @@ def run(cfg) -> int:
     torch_policy = TorchPolicy(policy, device, opts.n_action_steps)
     if opts.check:
         return _run_check(robot, robot_cfg, torch_policy, opts)
-    loop_cfg = LoopConfig(rate_hz=robot_cfg.rate_hz, max_steps=opts.max_steps, temporal_ensemble=opts.temporal_ensemble,
+    loop_cfg = LoopConfig(rate_hz=robot_cfg.rate_hz, max_steps=opts.max_steps,
+                          temporal_ensemble=execution_for(policy, opts.temporal_ensemble),
                           n_action_steps=opts.n_action_steps, reconnect_timeout_s=opts.reconnect_timeout_s,
                           input_timeout_s=opts.input_timeout_s,
                           realtime=robot_cfg.backend != "sim" or opts.sim_realtime)
