@@ -29,6 +29,21 @@ VERBS: dict[str, tuple[str, str, str | None]] = {
 
 CONFIG_GROUPS = ("task", "policy", "encoder", "dataset", "robot")
 
+#: config name -> (module, dataclass) of its schema: a hydra structured config holding every key with its one
+#: default, stored as ``<name>_schema`` and named first in the defaults list of ``configs/<name>.yaml``, which only
+#: overrides it. Imported when that config is composed (the training schema's module imports torch).
+SCHEMAS: dict[str, tuple[str, str]] = {"train": ("s2robot.training.train", "TrainRunConfig")}
+
+
+def store_schema(config_name: str) -> None:
+    """Put the schema of ``configs/<config_name>.yaml`` (if it has one) in hydra's ``ConfigStore``."""
+    if config_name not in SCHEMAS:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    module, name = SCHEMAS[config_name]
+    ConfigStore.instance().store(name=f"{config_name}_schema", node=getattr(importlib.import_module(module), name))
+
 
 def _group_options(group: str) -> set[str]:
     """A config group's options, subfolders included (``task=metaworld/pick-place-v3``)."""
@@ -126,6 +141,7 @@ def compose(config_name: str, overrides: list[str] | None = None):
     from omegaconf import OmegaConf, open_dict
 
     rest, files, held = split_group_files(list(overrides or []))
+    store_schema(config_name)
     with initialize_config_module(config_module="s2robot.configs", version_base="1.3"):
         cfg = _compose_checked(config_name, rewrite_overrides(rest))
     for group, path in files.items():
@@ -170,19 +186,34 @@ def _compose_checked(config_name: str, overrides: list[str]):
         cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except ConfigCompositionException as e:
         bad = re.match(r"Could not (?:override|append to config)[^']*'([^']+)'", str(e))
+        merging = re.match(r"Error merging override (\S+)", str(e))
+        if merging and e.__cause__ is not None:  # a value of the wrong type for the schema (train.steps=abc)
+            raise SystemExit(f"s2robot {config_name}: {merging.group(1)}: {str(e.__cause__).splitlines()[0]}") from None
         if bad is None:
             raise
+        if bad.group(1) in known():  # +key=value for a key that exists
+            raise SystemExit(f"s2robot {config_name}: {bad.group(1)} is already a key; set it without the +") from None
         raise unknown_key_error(config_name, bad.group(1), known() + sorted(schema)) from None
     added = [ov.partition("=")[0].lstrip("+") for ov in overrides if ov.startswith("+")]
     added = [k for k in added if k not in schema]
     if added:
         check_added_keys(config_name, added, known(),
-                         lambda verb: leaf_keys(hydra_compose(config_name=verb)) if verb in _config_verbs() else [])
+                         lambda verb: _stage_keys(verb, hydra_compose))
     return cfg
 
 
 def _config_verbs() -> set[str]:
     return {c for _, _, c in VERBS.values() if c}
+
+
+def _stage_keys(verb: str, hydra_compose) -> list[str]:
+    """Every key of ``configs/<verb>.yaml`` (for the demo's ``stages.<verb>.*``); [] for a verb with no config."""
+    from s2robot.cli_checks import leaf_keys
+
+    if verb not in _config_verbs():
+        return []
+    store_schema(verb)
+    return leaf_keys(hydra_compose(config_name=verb))
 
 
 def _usage() -> str:
