@@ -130,3 +130,11 @@ def test_overrides_apply_over_the_schema():
     assert cfg.train.steps == 7 and cfg.threads is None and list(cfg.optim.betas) == [0.9, 0.99]
     assert list(cfg.policy.unet_down_dims) == [32, 64] and cfg.dataset.path == "/d.zarr"
     assert cfg.dataset.num_workers == 0 and cfg.train.batch_size == TrainConfig().batch_size
+
+
+@pytest.mark.parametrize("path", sorted((configs_dir() / "task").rglob("*.yaml")), ids=lambda p: p.stem)
+def test_task_yamls_leave_env_id_and_episode_limit_to_the_registry(path):
+    """envs/tasks.py (Meta-World: envs/metaworld_tasks.py) is the one source of a task's gymnasium id and episode
+    limit; a task config names the task and may override the limit with a number."""
+    data = yaml.safe_load(path.read_text())
+    assert "env_id" not in data and data["max_episode_steps"] is None

@@ -688,7 +688,8 @@ def _rollouts(run: TrainRun, step: int) -> bool:
         summary = evaluate(run.policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
                            seed=run.seed + EVAL_SEED_OFFSET, device=run.device,
                            out_dir=run.out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
-                           env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps, progress=False,
+                           env_kwargs=env_kwargs_for(task_cfg), progress=False,
+                           max_steps=tcfg.eval_max_steps or task_cfg.get("max_episode_steps"),  # None: the env's
                            policy_info={"checkpoint": None, "step": step, "trained_task": run.task_name})
     run.policy.train()
     run.logger.log("eval", step, {"success_rate": summary["success_rate"],
