@@ -300,6 +300,29 @@ class _BatchedRollout:
         return any(slot is not None for slot in self.slots)
 
 
+def _policy_for_eval(policy, device: torch.device) -> bool:
+    """Move ``policy`` to ``device``, put it in eval mode and reset its history; returns whether it was training."""
+    was_training = bool(getattr(policy, "training", False))
+    if hasattr(policy, "to"):
+        policy.to(device)
+    if hasattr(policy, "eval"):
+        policy.eval()
+    if hasattr(policy, "reset"):
+        policy.reset()
+    return was_training
+
+
+def _open_pool(backend: str, task: str | None, env_fn: Callable | None, n_envs: int, device: torch.device,
+               env_kwargs: dict | None, step_timeout: float | None):
+    """The env pool of ``backend``: "warp" (worlds of one MuJoCo-Warp model on ``device``) or "cpu" (``env_fn`` in
+    spawned worker processes)."""
+    if backend == "warp":
+        from s2robot.evaluation.warp_pool import WarpEnvPool  # optional extra (mujoco-warp): imported on use
+
+        return WarpEnvPool(task, n_envs, device=device, **dict(env_kwargs or {}))
+    return EnvPool(env_fn, n_envs, step_timeout=step_timeout)
+
+
 def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 20, seed: int = 0,
              device: str | torch.device = "auto", out_dir: str | Path | None = None, n_videos: int = 2,
              env_kwargs: dict | None = None, backend: str = "cpu", env_fn: Callable | None = None,
@@ -339,24 +362,13 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
     task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
     dev = resolve_device(device)
     n_envs = min(int(n_envs), int(episodes))
-    was_training = bool(getattr(policy, "training", False))
-    if hasattr(policy, "to"):
-        policy.to(dev)
-    if hasattr(policy, "eval"):
-        policy.eval()
-    if hasattr(policy, "reset"):
-        policy.reset()
+    was_training = _policy_for_eval(policy, dev)
 
     t_begin = time.perf_counter()
     timers = _Timers()
     pool = video = bar = None
     try:
-        if backend == "warp":
-            from s2robot.evaluation.warp_pool import WarpEnvPool  # optional extra (mujoco-warp): imported on use
-
-            pool = WarpEnvPool(task, n_envs, device=dev, **dict(env_kwargs or {}))
-        else:
-            pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
+        pool = _open_pool(backend, task, env_fn, n_envs, dev, env_kwargs, step_timeout)
         limit = max_steps if max_steps is not None else pool.max_episode_steps
         if limit is None:
             raise ValueError("the env has no time limit (max_episode_steps); pass max_steps=")
