@@ -186,13 +186,12 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
 
 
 def run(cfg) -> int:
-    """CLI verb ``s2robot collect`` (``configs/collect.yaml``)."""
+    """CLI verb ``s2robot collect`` (``configs/collect.yaml``, which holds every key: no defaults here)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     summary = collect(c["task"], episodes=int(c["episodes"]), out=c["out"], seed=int(c["seed"]),
-                      only_success=bool(c["only_success"]), image_size=c.get("image_size"),
-                      cameras=c.get("cameras"), max_attempts=c.get("max_attempts"),
-                      overwrite=bool(c.get("overwrite", False)), record_sim_state=bool(c.get("record_sim_state", True)),
-                      action_noise=float(c.get("action_noise", 0.0)))
+                      only_success=bool(c["only_success"]), image_size=c["image_size"], cameras=c["cameras"],
+                      max_attempts=c["max_attempts"], overwrite=bool(c["overwrite"]),
+                      record_sim_state=bool(c["record_sim_state"]), action_noise=float(c["action_noise"]))
     print(f"collect: {summary['episodes']} episodes ({summary['steps']} steps, {summary['new_episodes']} new, "
           f"expert success {summary['success_rate']:.2f}) in {summary['path']}")
     return 0

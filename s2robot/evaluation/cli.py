@@ -71,7 +71,7 @@ def run(cfg) -> int:
     if not task_cfg or not task_cfg.get("name"):
         raise SystemExit("s2robot eval: no task given and the checkpoint's config.yaml names none; pass task=<name>")
     explicit = OmegaConf.to_container(cfg.get("env_kwargs") or OmegaConf.create({}), resolve=True)
-    device = resolve_device(cfg.get("device", "auto"))
+    device = resolve_device(cfg.device)  # configs/eval.yaml holds every key
     policy = load_policy(ckpt, device=str(device))
     env_kwargs = {**match_policy(env_kwargs_for(task_cfg), policy, explicit), **explicit}
     info = checkpoint_info(ckpt)
@@ -81,7 +81,7 @@ def run(cfg) -> int:
     out = cfg.get("out") or str(ckpt.parent.parent / f"eval_{task_cfg['name']}_{ckpt.name}")
     summary = evaluate(policy, task=task_cfg["name"], n_envs=int(cfg.n_envs), episodes=int(cfg.episodes),
                        seed=eval_seed(cfg.get("seed")), device=device, out_dir=out, n_videos=int(cfg.n_videos),
-                       env_kwargs=env_kwargs, backend=str(cfg.get("backend", "cpu")),
+                       env_kwargs=env_kwargs, backend=str(cfg.backend),
                        max_steps=cfg.get("max_steps") or task_cfg.get("max_episode_steps"), policy_info=info)
     print_summary(summary)
     return exit_code(summary)
