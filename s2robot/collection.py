@@ -99,7 +99,7 @@ def store_attrs(task_cfg: dict, env, image_size, cameras, seed: int, action_nois
         "task": task_cfg["name"],
         "env_id": env.spec.id,  # from the task registry (envs/tasks.py), not the config
         "env_kwargs": {**dict(task_cfg.get("env_kwargs") or {}), "image_size": image_size, "cameras": list(cameras)},
-        "fps": float(task_cfg.get("fps", 10)),
+        "fps": float(env.metadata["render_fps"]),  # the env's control rate (e.g. task.env_kwargs.control_hz)
         "cameras": list(cameras),
         "action_space": {"low": low.tolist(), "high": high.tolist(),
                          "layout": list(getattr(base, "action_layout", ["dx", "dy", "dz", "dyaw", "gripper"]))},

@@ -17,7 +17,6 @@ name: metaworld/{name}
 cameras: [corner, gripperPOV]
 image_size: 224
 max_episode_steps: null     # null: Meta-World's max_path_length, 500 (a v3 env raises when stepped past it)
-fps: 80                     # control rate: frame_skip 5 x timestep 0.0025 s
 env_kwargs:
   terminate_on_success: true
 """

@@ -133,8 +133,9 @@ def test_overrides_apply_over_the_schema():
 
 
 @pytest.mark.parametrize("path", sorted((configs_dir() / "task").rglob("*.yaml")), ids=lambda p: p.stem)
-def test_task_yamls_leave_env_id_and_episode_limit_to_the_registry(path):
+def test_task_yamls_leave_env_id_episode_limit_and_fps_to_the_env(path):
     """envs/tasks.py (Meta-World: envs/metaworld_tasks.py) is the one source of a task's gymnasium id and episode
     limit; a task config names the task and may override the limit with a number."""
     data = yaml.safe_load(path.read_text())
     assert "env_id" not in data and data["max_episode_steps"] is None
+    assert "fps" not in data  # the env's control rate (metadata["render_fps"]) is what collect records

@@ -13,7 +13,7 @@ from s2robot.envs import make_env
 from s2robot.envs.adapter import ImageEnvAdapter, rendered_image_obs
 from s2robot.collection import collect, record_episode
 
-LIFT = {"name": "lift_cube", "cameras": ["front", "wrist"], "image_size": 32, "max_episode_steps": None, "fps": 10,
+LIFT = {"name": "lift_cube", "cameras": ["front", "wrist"], "image_size": 32, "max_episode_steps": None,
         "env_kwargs": {}}
 
 
@@ -31,6 +31,18 @@ def test_store_attrs_take_env_id_and_limit_from_the_registry(limit):
         env.close()
     assert attrs["env_id"] == get_task("lift_cube").env_id == "s2robot/LiftCube-v0"
     assert attrs["collect"]["max_episode_steps"] == (limit or get_task("lift_cube").max_episode_steps) == (limit or 80)
+    assert attrs["fps"] == 10.0  # the env's control rate
+
+
+def test_store_attrs_record_the_env_control_rate_as_fps():
+    from s2robot.collection import store_attrs
+
+    env = make_env("lift_cube", image_size=32, cameras=("front",), control_hz=20.0)
+    try:
+        attrs = store_attrs({**LIFT, "env_kwargs": {"control_hz": 20.0}}, env, 32, ("front",), seed=0)
+    finally:
+        env.close()
+    assert attrs["fps"] == 20.0
 
 
 def test_collect_round_trip(tmp_path):
