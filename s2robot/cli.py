@@ -91,10 +91,12 @@ def split_group_files(overrides: list[str]) -> tuple[list[str], dict[str, Path],
     return rest, files, held
 
 
-def rewrite_overrides(overrides: list[str]) -> list[str]:
+def rewrite_overrides(overrides: list[str], dataset_group: bool = True) -> list[str]:
     """Map ``dataset=some/path.zarr`` to ``dataset.path=some/path.zarr``; reject unknown group options early.
 
-    A group override whose value is a known option is kept as is. For ``dataset`` any other value is a path.
+    A group override whose value is a known option is kept as is. For ``dataset`` any other value is a path, and so
+    is every value where the config has no dataset group (``dataset_group=False``: training's ``dataset`` section is
+    the schema's ``DatasetConfig``).
     For the other groups a value that names a YAML file is a user's own config (see :func:`compose`); any other
     unknown value is an error naming the valid options.
     """
@@ -105,7 +107,7 @@ def rewrite_overrides(overrides: list[str]) -> list[str]:
         key, value = ov.split("=", 1)
         if key in CONFIG_GROUPS:
             options = _group_options(key)
-            if value not in options:
+            if value not in options or (key == "dataset" and not dataset_group):
                 if key == "dataset":
                     ov = f"dataset.path={value}"
                 else:
@@ -140,10 +142,12 @@ def compose(config_name: str, overrides: list[str] | None = None):
     from hydra import initialize_config_module
     from omegaconf import OmegaConf, open_dict
 
+    from s2robot.cli_checks import group_defaults
+
     rest, files, held = split_group_files(list(overrides or []))
     store_schema(config_name)
     with initialize_config_module(config_module="s2robot.configs", version_base="1.3"):
-        cfg = _compose_checked(config_name, rewrite_overrides(rest))
+        cfg = _compose_checked(config_name, rewrite_overrides(rest, "dataset" in group_defaults(config_name)))
     for group, path in files.items():
         if group not in cfg:
             raise SystemExit(f"s2robot: `{config_name}` has no {group} config group ({group}={path})")
@@ -191,7 +195,7 @@ def _compose_checked(config_name: str, overrides: list[str]):
             raise SystemExit(f"s2robot {config_name}: {merging.group(1)}: {str(e.__cause__).splitlines()[0]}") from None
         if bad is None:
             raise
-        if bad.group(1) in known():  # +key=value for a key that exists
+        if f"+{bad.group(1)}" in [ov.partition("=")[0] for ov in overrides] and bad.group(1) in known():
             raise SystemExit(f"s2robot {config_name}: {bad.group(1)} is already a key; set it without the +") from None
         raise unknown_key_error(config_name, bad.group(1), known() + sorted(schema)) from None
     added = [ov.partition("=")[0].lstrip("+") for ov in overrides if ov.startswith("+")]

@@ -139,3 +139,10 @@ def test_task_yamls_leave_env_id_episode_limit_and_fps_to_the_env(path):
     data = yaml.safe_load(path.read_text())
     assert "env_id" not in data and data["max_episode_steps"] is None
     assert "fps" not in data  # the env's control rate (metadata["render_fps"]) is what collect records
+
+
+def test_dataset_is_a_path_where_the_config_has_no_dataset_group():
+    """train's dataset section is the schema's DatasetConfig (no dataset group): dataset=<anything> is its path."""
+    assert cli.compose("train", ["dataset=default"]).dataset.path == "default"
+    assert cli.compose("cache", ["dataset=/d.zarr"]).dataset.path == "/d.zarr"
+    assert cli.compose("cache", ["dataset=default"]).dataset.path is None  # cache keeps the group option
