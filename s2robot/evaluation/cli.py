@@ -81,7 +81,7 @@ def run(cfg) -> int:
     out = cfg.get("out") or str(ckpt.parent.parent / f"eval_{task_cfg['name']}_{ckpt.name}")
     summary = evaluate(policy, task=task_cfg["name"], n_envs=int(cfg.n_envs), episodes=int(cfg.episodes),
                        seed=eval_seed(cfg.get("seed")), device=device, out_dir=out, n_videos=int(cfg.n_videos),
-                       env_kwargs=env_kwargs, backend=str(cfg.backend),
+                       env_kwargs=env_kwargs, backend=str(cfg.get("backend", "cpu")),
                        max_steps=cfg.get("max_steps") or task_cfg.get("max_episode_steps"), policy_info=info)
     print_summary(summary)
     return exit_code(summary)
