@@ -29,6 +29,21 @@ VERBS: dict[str, tuple[str, str, str | None]] = {
 
 CONFIG_GROUPS = ("task", "policy", "encoder", "dataset", "robot")
 
+#: config name -> (module, dataclass) of its schema: a hydra structured config holding every key with its one
+#: default, stored as ``<name>_schema`` and named first in the defaults list of ``configs/<name>.yaml``, which only
+#: overrides it. Imported when that config is composed (the training schema's module imports torch).
+SCHEMAS: dict[str, tuple[str, str]] = {"train": ("s2robot.training.train", "TrainRunConfig")}
+
+
+def store_schema(config_name: str) -> None:
+    """Put the schema of ``configs/<config_name>.yaml`` (if it has one) in hydra's ``ConfigStore``."""
+    if config_name not in SCHEMAS:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    module, name = SCHEMAS[config_name]
+    ConfigStore.instance().store(name=f"{config_name}_schema", node=getattr(importlib.import_module(module), name))
+
 
 def _group_options(group: str) -> set[str]:
     """A config group's options, subfolders included (``task=metaworld/pick-place-v3``)."""
@@ -76,10 +91,12 @@ def split_group_files(overrides: list[str]) -> tuple[list[str], dict[str, Path],
     return rest, files, held
 
 
-def rewrite_overrides(overrides: list[str]) -> list[str]:
+def rewrite_overrides(overrides: list[str], dataset_group: bool = True) -> list[str]:
     """Map ``dataset=some/path.zarr`` to ``dataset.path=some/path.zarr``; reject unknown group options early.
 
-    A group override whose value is a known option is kept as is. For ``dataset`` any other value is a path.
+    A group override whose value is a known option is kept as is. For ``dataset`` any other value is a path, and so
+    is every value where the config has no dataset group (``dataset_group=False``: training's ``dataset`` section is
+    the schema's ``DatasetConfig``).
     For the other groups a value that names a YAML file is a user's own config (see :func:`compose`); any other
     unknown value is an error naming the valid options.
     """
@@ -90,7 +107,7 @@ def rewrite_overrides(overrides: list[str]) -> list[str]:
         key, value = ov.split("=", 1)
         if key in CONFIG_GROUPS:
             options = _group_options(key)
-            if value not in options:
+            if value not in options or (key == "dataset" and not dataset_group):
                 if key == "dataset":
                     ov = f"dataset.path={value}"
                 else:
@@ -125,9 +142,12 @@ def compose(config_name: str, overrides: list[str] | None = None):
     from hydra import initialize_config_module
     from omegaconf import OmegaConf, open_dict
 
+    from s2robot.cli_checks import group_defaults
+
     rest, files, held = split_group_files(list(overrides or []))
+    store_schema(config_name)
     with initialize_config_module(config_module="s2robot.configs", version_base="1.3"):
-        cfg = _compose_checked(config_name, rewrite_overrides(rest))
+        cfg = _compose_checked(config_name, rewrite_overrides(rest, "dataset" in group_defaults(config_name)))
     for group, path in files.items():
         if group not in cfg:
             raise SystemExit(f"s2robot: `{config_name}` has no {group} config group ({group}={path})")
@@ -170,19 +190,34 @@ def _compose_checked(config_name: str, overrides: list[str]):
         cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except ConfigCompositionException as e:
         bad = re.match(r"Could not (?:override|append to config)[^']*'([^']+)'", str(e))
+        merging = re.match(r"Error merging override (\S+)", str(e))
+        if merging and e.__cause__ is not None:  # a value of the wrong type for the schema (train.steps=abc)
+            raise SystemExit(f"s2robot {config_name}: {merging.group(1)}: {str(e.__cause__).splitlines()[0]}") from None
         if bad is None:
             raise
+        if f"+{bad.group(1)}" in [ov.partition("=")[0] for ov in overrides] and bad.group(1) in known():
+            raise SystemExit(f"s2robot {config_name}: {bad.group(1)} is already a key; set it without the +") from None
         raise unknown_key_error(config_name, bad.group(1), known() + sorted(schema)) from None
     added = [ov.partition("=")[0].lstrip("+") for ov in overrides if ov.startswith("+")]
     added = [k for k in added if k not in schema]
     if added:
         check_added_keys(config_name, added, known(),
-                         lambda verb: leaf_keys(hydra_compose(config_name=verb)) if verb in _config_verbs() else [])
+                         lambda verb: _stage_keys(verb, hydra_compose))
     return cfg
 
 
 def _config_verbs() -> set[str]:
     return {c for _, _, c in VERBS.values() if c}
+
+
+def _stage_keys(verb: str, hydra_compose) -> list[str]:
+    """Every key of ``configs/<verb>.yaml`` (for the demo's ``stages.<verb>.*``); [] for a verb with no config."""
+    from s2robot.cli_checks import leaf_keys
+
+    if verb not in _config_verbs():
+        return []
+    store_schema(verb)
+    return leaf_keys(hydra_compose(config_name=verb))
 
 
 def _usage() -> str:

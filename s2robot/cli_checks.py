@@ -57,10 +57,11 @@ def _suggest(verb: str, key: str, known: list[str]) -> str:
 
 
 def _schema_sections(cfg: Any) -> dict[str, type]:
-    """``{dotted section: config dataclass}`` for the sections of ``cfg`` that have one (the schema): ``policy`` (the
-    policy type's head config) and ``policy.obs``; ``train``, ``optim``, ``ema`` and ``dataset`` of a training
-    config."""
-    # Imported here, not at the top: only configs with these sections (train, eval of a policy) pay for torch.
+    """``{dotted section: config dataclass}`` for the policy sections of ``cfg``: ``policy`` (the policy type's head
+    config) and ``policy.obs``. The policy group's YAML sets only what differs from these, and which dataclass
+    applies depends on its ``type``, so they are completed here; sections with one fixed schema (``train``,
+    ``optim``, ...) are hydra structured configs already in the composed config (``cli.SCHEMAS``)."""
+    # Imported here, not at the top: only configs with a policy section (train, demo) pay for torch.
     out: dict[str, type] = {}
     if not hasattr(cfg, "get"):
         return out
@@ -72,26 +73,20 @@ def _schema_sections(cfg: Any) -> dict[str, type]:
         head = POLICY_TYPES.get(policy.get("type"))
         if head is not None:
             out.update({"policy": head[0], "policy.obs": ConditioningConfig})
-    if cfg.get("train") is not None and cfg.get("optim") is not None:
-        from s2robot.training.optim import OptimConfig
-        from s2robot.training.train import DatasetConfig, EMAConfig, TrainConfig
-
-        out.update({"train": TrainConfig, "optim": OptimConfig, "ema": EMAConfig, "dataset": DatasetConfig})
     return out
 
 
 def schema_keys(cfg: Any) -> set[str]:
-    """Dotted keys the config dataclasses accept (the schema), also where a YAML file leaves them at their default:
-    ``policy.*`` of the policy type's head config and ``policy.obs.*``, ``train.*``, ``optim.*``, ``ema.*``,
-    ``dataset.*``."""
+    """Dotted keys the policy dataclasses accept, also where the policy's YAML file leaves them at their default:
+    ``policy.*`` of the policy type's head config and ``policy.obs.*``."""
     from dataclasses import fields
 
     return {f"{sec}.{f.name}" for sec, cls in _schema_sections(cfg).items() for f in fields(cls)}
 
 
 def schema_defaults(cfg: Any) -> dict[str, Any]:
-    """The schema's defaults as a nested dict (``{"policy": {"horizon": 16, ..., "obs": {...}}, "train": ...}``), to
-    show under what a YAML file sets (``--help``)."""
+    """The policy dataclasses' defaults as a nested dict (``{"policy": {"horizon": 16, ..., "obs": {...}}}``), to
+    show under what the policy's YAML file sets (``--help``)."""
     from dataclasses import MISSING, fields
 
     out: dict[str, Any] = {}
@@ -154,6 +149,9 @@ def verb_help(verb: str, config_name: str, cfg: Any, groups: tuple[str, ...]) ->
     if shown:
         lines.append("config groups (group=option, or group=PATH.yaml for your own file):")
         for g in shown:
+            if g == "dataset":  # a path, not an option (the group's one option only sets path: null)
+                lines.append(f"  {g:<8} dataset=PATH: the demonstration store (sets dataset.path)")
+                continue
             options = sorted(p.stem for p in (configs_dir() / g).glob("*.yaml"))
             lines.append(f"  {g:<8} default: {defaults.get(g)}   options: {', '.join(options)}")
         lines.append("")

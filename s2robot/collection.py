@@ -97,16 +97,16 @@ def store_attrs(task_cfg: dict, env, image_size, cameras, seed: int, action_nois
     low, high = env.action_space.low, env.action_space.high
     return {
         "task": task_cfg["name"],
-        "env_id": task_cfg["env_id"],
+        "env_id": env.spec.id,  # from the task registry (envs/tasks.py), not the config
         "env_kwargs": {**dict(task_cfg.get("env_kwargs") or {}), "image_size": image_size, "cameras": list(cameras)},
-        "fps": float(task_cfg.get("fps", 10)),
+        "fps": float(env.metadata["render_fps"]),  # the env's control rate (e.g. task.env_kwargs.control_hz)
         "cameras": list(cameras),
         "action_space": {"low": low.tolist(), "high": high.tolist(),
                          "layout": list(getattr(base, "action_layout", ["dx", "dy", "dz", "dyaw", "gripper"]))},
         "proprio_layout": list(getattr(base, "proprio_layout", ["ee_x", "ee_y", "ee_z", "gripper_width",
                                                                  *robot.ARM_JOINTS])),
         "sim_state_layout": dict(base.sim_state_layout),
-        "collect": {"seed": int(seed), "source": "scripted_expert", "max_episode_steps": int(task_cfg["max_episode_steps"]),
+        "collect": {"seed": int(seed), "source": "scripted_expert", "max_episode_steps": int(env.spec.max_episode_steps),
                     "action_noise": float(action_noise)},
     }
 
@@ -133,8 +133,9 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
     cameras = tuple(cameras or task_cfg.get("cameras", ("front", "wrist")))
     max_attempts = int(max_attempts or 3 * episodes + 10)
     env_kwargs = dict(task_cfg.get("env_kwargs") or {})
+    # task.max_episode_steps: None (the shipped configs) keeps the registry's limit, a number overrides it
     env = make_env(name, image_size=image_size, cameras=cameras,
-                   max_episode_steps=int(task_cfg["max_episode_steps"]), **env_kwargs)
+                   max_episode_steps=task_cfg.get("max_episode_steps"), **env_kwargs)
     attrs = store_attrs(task_cfg, env, image_size, cameras, seed, action_noise)
     out_path = Path(out)
     try:
@@ -185,13 +186,12 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
 
 
 def run(cfg) -> int:
-    """CLI verb ``s2robot collect`` (``configs/collect.yaml``)."""
+    """CLI verb ``s2robot collect`` (``configs/collect.yaml``, which holds every key: no defaults here)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     summary = collect(c["task"], episodes=int(c["episodes"]), out=c["out"], seed=int(c["seed"]),
-                      only_success=bool(c["only_success"]), image_size=c.get("image_size"),
-                      cameras=c.get("cameras"), max_attempts=c.get("max_attempts"),
-                      overwrite=bool(c.get("overwrite", False)), record_sim_state=bool(c.get("record_sim_state", True)),
-                      action_noise=float(c.get("action_noise", 0.0)))
+                      only_success=bool(c["only_success"]), image_size=c["image_size"], cameras=c["cameras"],
+                      max_attempts=c["max_attempts"], overwrite=bool(c["overwrite"]),
+                      record_sim_state=bool(c["record_sim_state"]), action_noise=float(c["action_noise"]))
     print(f"collect: {summary['episodes']} episodes ({summary['steps']} steps, {summary['new_episodes']} new, "
           f"expert success {summary['success_rate']:.2f}) in {summary['path']}")
     return 0

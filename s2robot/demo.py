@@ -81,8 +81,8 @@ def collect_stage(cfg: DictConfig, store: Path) -> None:
     _say(f"1/4 collect: {want} scripted {c.task.name} demos at {c.task.image_size} px -> {store}")
     kwargs = dict(episodes=want, out=str(store), seed=int(c.seed), only_success=bool(c.only_success),
                   image_size=c.get("image_size"), cameras=list(c.cameras) if c.get("cameras") else None,
-                  max_attempts=c.get("max_attempts"), record_sim_state=bool(c.get("record_sim_state", True)),
-                  action_noise=float(c.get("action_noise", 0.0)))
+                  max_attempts=c.max_attempts, record_sim_state=bool(c.record_sim_state),
+                  action_noise=float(c.action_noise))  # c: configs/collect.yaml + stages.collect, every key
     proc = mp.get_context("spawn").Process(target=_collect_in_child, name="s2robot-collect",
                                            args=(OmegaConf.to_container(c.task, resolve=True), kwargs))
     proc.start()
@@ -152,7 +152,7 @@ def run(cfg: DictConfig) -> int:
     """CLI verb ``s2robot demo out=DIR [...]`` (``configs/demo.yaml``); returns the exit code."""
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
-    device = str(resolve_device(cfg.get("device", "auto")))
+    device = str(resolve_device(cfg.device))
     store, run_dir, eval_dir = out / "demos.zarr", out / "train", out / "eval"
     t0 = time.perf_counter()
     _say(f"task {cfg.task.name}, encoder {cfg.encoder.name}, policy {cfg.policy.name}, device {device}, out {out}")

@@ -14,11 +14,9 @@ TEMPLATE = """\
 # Meta-World v3 task (docs/envs.md, "Meta-World"); needs the Meta-World venv: scripts/setup_env.sh metaworld.
 # Written by scripts/make_metaworld_configs.py. env_kwargs go to s2robot.envs.metaworld_tasks.MetaWorldEnv.
 name: metaworld/{name}
-env_id: s2robot/MetaWorld-{name}
 cameras: [corner, gripperPOV]
 image_size: 224
-max_episode_steps: 500      # Meta-World's max_path_length (a v3 env raises when stepped past it)
-fps: 80                     # control rate: frame_skip 5 x timestep 0.0025 s
+max_episode_steps: null     # null: Meta-World's max_path_length, 500 (a v3 env raises when stepped past it)
 env_kwargs:
   terminate_on_success: true
 """

@@ -50,8 +50,7 @@ def test_group_config_from_a_users_file(tmp_path, monkeypatch):
     cfg = cli.compose("deploy", ["robot=./my_robot.yaml", "robot.rate_hz=3.0"])
     assert cfg.robot.name == "my_robot" and cfg.robot.port == 9191 and cfg.robot.rate_hz == 3.0
     task = tmp_path / "my_task.yaml"
-    task.write_text("name: lift_cube\nenv_id: s2robot/LiftCube-v0\ncameras: [front]\nimage_size: 64\n"
-                    "max_episode_steps: 30\n")
+    task.write_text("name: lift_cube\ncameras: [front]\nimage_size: 64\nmax_episode_steps: 30\n")
     cfg = cli.compose("train", [f"task={task}", "task.image_size=48"])
     assert cfg.task.cameras == ["front"] and cfg.task.max_episode_steps == 30 and cfg.task.image_size == 48
     assert "env_kwargs" not in cfg.task  # nothing of the default task leaks into the user's file

@@ -6,13 +6,14 @@ from dataclasses import MISSING, fields
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from s2robot import cli
 from s2robot.configs import configs_dir
 from s2robot.policies.conditioning import ConditioningConfig
 from s2robot.policies.factory import POLICY_TYPES
 from s2robot.training.optim import OptimConfig
-from s2robot.training.train import DatasetConfig, EMAConfig, TrainConfig, resolved_config
+from s2robot.training.train import DatasetConfig, EMAConfig, TrainConfig, TrainRunConfig, resolved_config
 
 
 def defaults(cls) -> dict:
@@ -40,12 +41,41 @@ def test_dataset_yaml_holds_no_default_of_its_own():
     assert yaml.safe_load((configs_dir() / "dataset" / "default.yaml").read_text()) == {"path": None}
 
 
-@pytest.mark.parametrize("section, cls", [("train", TrainConfig), ("optim", OptimConfig), ("ema", EMAConfig)])
-def test_train_yaml_lists_the_schema_defaults_without_disagreeing(section, cls):
-    """train.yaml lists these sections for `--help` and the demo's stage keys; each value is the dataclass's."""
-    values = yaml.safe_load((configs_dir() / "train.yaml").read_text())[section]
-    d = defaults(cls)
-    assert {k: v for k, v in values.items() if d[k] != v} == {}
+def test_train_schema_is_the_one_source_of_the_composed_defaults():
+    """configs/train.yaml only picks groups: every other key of the composed config is the schema's default."""
+    from dataclasses import asdict
+
+    assert set(yaml.safe_load((configs_dir() / "train.yaml").read_text())) == {"defaults"}
+    cfg = OmegaConf.to_container(cli.compose("train"))
+    schema = asdict(TrainRunConfig())
+    assert {k: v for k, v in cfg.items() if k not in ("task", "policy", "encoder")} == {
+        k: v for k, v in schema.items() if k not in ("task", "policy", "encoder")}
+    assert cfg["train"] == defaults(TrainConfig) and cfg["optim"] == defaults(OptimConfig)
+    assert cfg["ema"] == defaults(EMAConfig)
+
+
+def restated_leaves(values: dict, base: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of ``values`` (nested) that only repeat the value ``base`` already has."""
+    out = []
+    for k, v in values.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            out += restated_leaves(v, base[k], f"{prefix}{k}.")
+        elif k in base and base[k] == v:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+@pytest.mark.parametrize("verb", ["collect", "cache", "train", "eval"])
+def test_demo_stages_set_only_what_differs_from_the_verb_config(verb):
+    stages = yaml.safe_load((configs_dir() / "demo.yaml").read_text())["stages"]
+    base = OmegaConf.to_container(cli.compose(verb), resolve=False)
+    assert restated_leaves(stages.get(verb) or {}, base) == []
+
+
+def test_restated_leaves_finds_a_repeated_default():
+    base = OmegaConf.to_container(cli.compose("train"))
+    assert restated_leaves({"train": {"steps": 7, "batch_size": 64}, "optim": {"lr": 3e-4}}, base) == [
+        "train.batch_size", "optim.lr"]
 
 
 def test_composed_train_config_resolves_to_the_schema_with_every_value():
@@ -84,3 +114,35 @@ def test_help_lists_schema_defaults_the_yaml_leaves_out(capsys):
     assert "num_workers: 4" in dataset and "val_ratio: 0.1" in dataset
     assert "unet_down_dims" not in out  # policy=bc_mlp: only the BC head's keys
     assert "pooling: attention" in out  # policy.obs defaults (bc_mlp.yaml has no obs section)
+
+
+def test_schema_types_and_plus_on_an_existing_key_are_one_line():
+    with pytest.raises(SystemExit, match=r"^s2robot train: train.steps=abc: Value 'abc' of type 'str' could not be "
+                                         r"converted to Integer$"):
+        cli.compose("train", ["train.steps=abc"])
+    with pytest.raises(SystemExit, match=r"^s2robot train: train.steps is already a key; set it without the \+$"):
+        cli.compose("train", ["+train.steps=5"])
+
+
+def test_overrides_apply_over_the_schema():
+    cfg = cli.compose("train", ["train.steps=7", "threads=null", "optim.betas=[0.9,0.99]", "policy=diffusion_unet",
+                                "policy.unet_down_dims=[32,64]", "dataset=/d.zarr", "dataset.num_workers=0"])
+    assert cfg.train.steps == 7 and cfg.threads is None and list(cfg.optim.betas) == [0.9, 0.99]
+    assert list(cfg.policy.unet_down_dims) == [32, 64] and cfg.dataset.path == "/d.zarr"
+    assert cfg.dataset.num_workers == 0 and cfg.train.batch_size == TrainConfig().batch_size
+
+
+@pytest.mark.parametrize("path", sorted((configs_dir() / "task").rglob("*.yaml")), ids=lambda p: p.stem)
+def test_task_yamls_leave_env_id_episode_limit_and_fps_to_the_env(path):
+    """envs/tasks.py (Meta-World: envs/metaworld_tasks.py) is the one source of a task's gymnasium id and episode
+    limit; a task config names the task and may override the limit with a number."""
+    data = yaml.safe_load(path.read_text())
+    assert "env_id" not in data and data["max_episode_steps"] is None
+    assert "fps" not in data  # the env's control rate (metadata["render_fps"]) is what collect records
+
+
+def test_dataset_is_a_path_where_the_config_has_no_dataset_group():
+    """train's dataset section is the schema's DatasetConfig (no dataset group): dataset=<anything> is its path."""
+    assert cli.compose("train", ["dataset=default"]).dataset.path == "default"
+    assert cli.compose("cache", ["dataset=/d.zarr"]).dataset.path == "/d.zarr"
+    assert cli.compose("cache", ["dataset=default"]).dataset.path is None  # cache keeps the group option

@@ -13,8 +13,36 @@ from s2robot.envs import make_env
 from s2robot.envs.adapter import ImageEnvAdapter, rendered_image_obs
 from s2robot.collection import collect, record_episode
 
-LIFT = {"name": "lift_cube", "env_id": "s2robot/LiftCube-v0", "cameras": ["front", "wrist"], "image_size": 32,
-        "max_episode_steps": 80, "fps": 10, "env_kwargs": {}}
+LIFT = {"name": "lift_cube", "cameras": ["front", "wrist"], "image_size": 32, "max_episode_steps": None,
+        "env_kwargs": {}}
+
+
+@pytest.mark.parametrize("limit", [None, 30])
+def test_store_attrs_take_env_id_and_limit_from_the_registry(limit):
+    """The task config names the task; its gymnasium id and episode limit come from envs/tasks.py, and a number in
+    task.max_episode_steps overrides the limit (the env's TimeLimit and the recorded attrs agree)."""
+    from s2robot.collection import store_attrs
+    from s2robot.envs.tasks import get_task
+
+    env = make_env("lift_cube", image_size=32, cameras=("front",), max_episode_steps=limit)
+    try:
+        attrs = store_attrs({**LIFT, "max_episode_steps": limit}, env, 32, ("front",), seed=0)
+    finally:
+        env.close()
+    assert attrs["env_id"] == get_task("lift_cube").env_id == "s2robot/LiftCube-v0"
+    assert attrs["collect"]["max_episode_steps"] == (limit or get_task("lift_cube").max_episode_steps) == (limit or 80)
+    assert attrs["fps"] == 10.0  # the env's control rate
+
+
+def test_store_attrs_record_the_env_control_rate_as_fps():
+    from s2robot.collection import store_attrs
+
+    env = make_env("lift_cube", image_size=32, cameras=("front",), control_hz=20.0)
+    try:
+        attrs = store_attrs({**LIFT, "env_kwargs": {"control_hz": 20.0}}, env, 32, ("front",), seed=0)
+    finally:
+        env.close()
+    assert attrs["fps"] == 20.0
 
 
 def test_collect_round_trip(tmp_path):

@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from s2robot.configtools import plain
 from s2robot.device import resolve_device
 from s2robot.encoders import cnn, clip, efficientnet_lite, vit
 from s2robot.encoders.base import S2Encoder, checkpoint_digest, warn_random
@@ -48,15 +49,16 @@ def _default_checkpoint(name: str) -> str | None:
     return None
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (from hydra configs) -> plain lists/dicts; anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+def _registry_entry(name: str) -> tuple[Builder, bool, bool]:
+    """The registry entry of ``name`` (a ``timm:<model_name>`` is built on the fly); an unknown name is an error."""
+    if name.startswith("timm:"):
+        model_name = name.split(":", 1)[1]
+        if not model_name:
+            raise ValueError("timm encoder name must be 'timm:<model_name>'")
+        return _entry(lambda _n, **kw: vit.build_timm(model_name, **kw))
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}")
 
 
 def build_encoder(
@@ -101,17 +103,8 @@ def build_encoder(
         :class:`S2Encoder` with ``encode``, ``out_dim``, ``num_tokens``, ``grid``, ``num_prefix``, ``input_size``,
         ``config_hash`` and ``config`` (so ``build_encoder(**enc.config)`` rebuilds it).
     """
-    scales, arch = _plain(scales), _plain(arch)
-    if name.startswith("timm:"):
-        model_name = name.split(":", 1)[1]
-        if not model_name:
-            raise ValueError("timm encoder name must be 'timm:<model_name>'")
-        entry = _entry(lambda _n, **kw: vit.build_timm(model_name, **kw))
-    elif name in _REGISTRY:
-        entry = _REGISTRY[name]
-    else:
-        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}")
-    fn, needs_checkpoint, warn_if_random = entry
+    scales, arch = plain(scales), plain(arch)  # hydra configs pass OmegaConf containers
+    fn, needs_checkpoint, warn_if_random = _registry_entry(name)
     random_init = checkpoint == RANDOM_INIT
     if random_init:
         checkpoint = None

@@ -71,7 +71,7 @@ def run(cfg) -> int:
     if not task_cfg or not task_cfg.get("name"):
         raise SystemExit("s2robot eval: no task given and the checkpoint's config.yaml names none; pass task=<name>")
     explicit = OmegaConf.to_container(cfg.get("env_kwargs") or OmegaConf.create({}), resolve=True)
-    device = resolve_device(cfg.get("device", "auto"))
+    device = resolve_device(cfg.device)  # configs/eval.yaml holds every key
     policy = load_policy(ckpt, device=str(device))
     env_kwargs = {**match_policy(env_kwargs_for(task_cfg), policy, explicit), **explicit}
     info = checkpoint_info(ckpt)

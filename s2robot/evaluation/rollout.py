@@ -302,6 +302,51 @@ class _BatchedRollout:
         return any(slot is not None for slot in self.slots)
 
 
+def _policy_for_eval(policy, device: torch.device) -> bool:
+    """Move ``policy`` to ``device``, put it in eval mode and reset its history; returns whether it was training."""
+    was_training = bool(getattr(policy, "training", False))
+    if hasattr(policy, "to"):
+        policy.to(device)
+    if hasattr(policy, "eval"):
+        policy.eval()
+    if hasattr(policy, "reset"):
+        policy.reset()
+    return was_training
+
+
+def _open_pool(backend: str, task: str | None, env_fn: Callable | None, n_envs: int, device: torch.device,
+               env_kwargs: dict | None, step_timeout: float | None):
+    """The env pool of ``backend``: "warp" (worlds of one MuJoCo-Warp model on ``device``) or "cpu" (``env_fn`` in
+    spawned worker processes)."""
+    if backend == "warp":
+        from s2robot.evaluation.warp_pool import WarpEnvPool  # optional extra (mujoco-warp): imported on use
+
+        return WarpEnvPool(task, n_envs, device=device, **dict(env_kwargs or {}))
+    return EnvPool(env_fn, n_envs, step_timeout=step_timeout)
+
+
+def _limit_and_video(pool, max_steps: int | None, out_dir: str | Path | None, n_videos: int, episodes: int,
+                     fps: float | None) -> tuple[int, VideoRecorder]:
+    """The episode time limit (``max_steps``, else the env's ``max_episode_steps``) and the recorder of the first
+    ``n_videos`` episodes (none for envs without images)."""
+    limit = max_steps if max_steps is not None else pool.max_episode_steps
+    if limit is None:
+        raise ValueError("the env has no time limit (max_episode_steps); pass max_steps=")
+    has_images = any(k.endswith("_image") for k in pool.obs_spec)
+    video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos",
+                          range(min(n_videos, episodes)) if has_images else [], fps or pool.fps or 10.0)
+    return int(limit), video
+
+
+def _close(policy, was_training: bool, *parts) -> None:
+    """Close the video recorder, progress bar and env pool (those that were opened); restore training mode."""
+    for part in parts:
+        if part is not None:
+            part.close()
+    if was_training and hasattr(policy, "train"):
+        policy.train()
+
+
 def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 20, seed: int = 0,
              device: str | torch.device = "auto", out_dir: str | Path | None = None, n_videos: int = 2,
              env_kwargs: dict | None = None, backend: str = "cpu", env_fn: Callable | None = None,
@@ -349,30 +394,14 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
     task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
     dev = resolve_device(device)
     n_envs = min(int(n_envs), int(episodes))
-    was_training = bool(getattr(policy, "training", False))
-    if hasattr(policy, "to"):
-        policy.to(dev)
-    if hasattr(policy, "eval"):
-        policy.eval()
-    if hasattr(policy, "reset"):
-        policy.reset()
+    was_training = _policy_for_eval(policy, dev)
 
     t_begin = time.perf_counter()
     timers = _Timers()
     pool = video = bar = None
     try:
-        if backend == "warp":
-            from s2robot.evaluation.warp_pool import WarpEnvPool  # optional extra (mujoco-warp): imported on use
-
-            pool = WarpEnvPool(task, n_envs, device=dev, **dict(env_kwargs or {}))
-        else:
-            pool = EnvPool(env_fn, n_envs, step_timeout=step_timeout)
-        limit = max_steps if max_steps is not None else pool.max_episode_steps
-        if limit is None:
-            raise ValueError("the env has no time limit (max_episode_steps); pass max_steps=")
-        has_images = any(k.endswith("_image") for k in pool.obs_spec)
-        video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos",
-                              range(min(n_videos, episodes)) if has_images else [], fps or pool.fps or 10.0)
+        pool = _open_pool(backend, task, env_fn, n_envs, dev, env_kwargs, step_timeout)
+        limit, video = _limit_and_video(pool, max_steps, out_dir, n_videos, episodes, fps)
         bar = tqdm(total=episodes, desc=f"eval {task_name}", unit="ep", disable=not progress, dynamic_ncols=True)
         loop = _BatchedRollout(policy, pool, dev, episodes, seed, int(limit), video, bar, timers, token_history,
                                (replan_every, temporal_ensemble))
@@ -383,11 +412,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             loop.step()
         t_loop_end = time.perf_counter()
     finally:
-        for part in (video, bar, pool):
-            if part is not None:
-                part.close()
-        if was_training and hasattr(policy, "train"):
-            policy.train()
+        _close(policy, was_training, video, bar, pool)
 
     summary = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
                "device": str(dev), "max_steps": int(limit),

@@ -19,7 +19,7 @@ import itertools
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -52,8 +52,8 @@ from s2robot.training.interrupt import StopRequest, resume_command
 from s2robot.training.logger import RunLogger
 from s2robot.training.optim import OptimConfig, build_lr_scheduler, build_optimizer
 
-__all__ = ["TrainConfig", "EMAConfig", "DatasetConfig", "resolved_config", "train", "run", "select_features",
-           "seed_for_step"]
+__all__ = ["TrainConfig", "EMAConfig", "DatasetConfig", "NormalizerConfig", "TrainRunConfig", "resolved_config",
+           "train", "run", "select_features", "seed_for_step"]
 
 
 @dataclass
@@ -136,32 +136,66 @@ class DatasetConfig:
         return augment_spec(self.augment_views, self.augment_shift, self.augment_seed)
 
 
-#: every top-level key of a training config (configs/train.yaml); anything else is a typo
-TRAIN_CONFIG_KEYS = ("task", "policy", "encoder", "dataset", "normalizer", "train", "optim", "ema", "seed", "device",
-                     "threads", "out_dir", "resume", "pool_grid", "token_dim")
-NORMALIZED_KEYS = ("action", "proprio", "state")  # the ``normalizer:`` section's keys; each minmax by default
+@dataclass
+class NormalizerConfig:
+    """``normalizer:`` section: the per-key mode, minmax (to [-1, 1]) | gaussian | identity."""
+
+    action: str = "minmax"
+    proprio: str = "minmax"
+    state: str = "minmax"  # used when the task observes the privileged state (task.env_kwargs.state_obs)
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in asdict(self).items() if v not in NORMALIZER_MODES}
+        if bad:
+            raise ValueError(f"normalizer: mode(s) {bad} not one of {sorted(NORMALIZER_MODES)}")
+
+
+@dataclass
+class TrainRunConfig:
+    """The schema of ``configs/train.yaml`` (a hydra structured config, registered as ``train_schema`` by the CLI):
+    every key of ``s2robot train`` with its one default. The YAML files only override; ``task``, ``policy`` and
+    ``encoder`` come from their config groups (the policy's keys are checked by ``parse_policy_config``)."""
+
+    task: Any = None  # configs/task/<name>.yaml: cameras, env settings
+    policy: Any = None  # configs/policy/<name>.yaml over the policy type's dataclasses
+    encoder: Any = None  # configs/encoder/<name>.yaml = build_encoder kwargs
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    normalizer: NormalizerConfig = field(default_factory=NormalizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    threads: int | None = 1  # torch CPU threads for training (None: torch's default, one per core; docs/policies.md)
+    out_dir: str | None = None  # None: outputs/train/<task>-<policy>-<encoder>
+    resume: Any = False  # true: continue from the latest checkpoint in out_dir; or a checkpoint directory
+    pool_grid: int | None = None  # pick cached features pooled to this grid (None: unpooled first, else any pooled)
+    token_dim: int | None = None  # pick cached features PCA-reduced to this many channels (None: full)
+
+
+#: the sections of a training config that have their own dataclass (``policy`` is parsed by its type)
+SECTIONS = {"dataset": DatasetConfig, "normalizer": NormalizerConfig, "train": TrainConfig, "optim": OptimConfig,
+            "ema": EMAConfig}
 
 
 def resolved_config(cfg: Any) -> dict[str, Any]:
-    """A training config with every section validated and completed from its dataclass (the schema): unknown keys,
-    in any section, are an error naming them. The result is what the checkpoint records, every value included."""
+    """A training config with every section validated and completed from the schema (:class:`TrainRunConfig`):
+    unknown keys, in any section, are an error naming them. The result is what the checkpoint records, every value
+    included."""
     c = section(cfg, "train config")
-    unknown = sorted(set(c) - set(TRAIN_CONFIG_KEYS))
+    keys = [f.name for f in fields(TrainRunConfig)]
+    unknown = sorted(set(c) - set(keys))
     if unknown:
-        raise ValueError(f"train config: unknown key(s) {unknown}; valid keys are {sorted(TRAIN_CONFIG_KEYS)}")
+        raise ValueError(f"train config: unknown key(s) {unknown}; valid keys are {sorted(keys)}")
     ptype, head, obs = parse_policy_config(c.get("policy") or {})
     name = section(c.get("policy"), "policy").get("name")
     c["policy"] = {"name": name, "type": ptype, **asdict(head), "obs": asdict(obs)}
-    for key, cls in (("train", TrainConfig), ("optim", OptimConfig), ("ema", EMAConfig), ("dataset", DatasetConfig)):
+    for key, cls in SECTIONS.items():
         c[key] = asdict(dataclass_from(cls, c.get(key), key))
-    modes = section(c.get("normalizer"), "normalizer")
-    unknown = sorted(set(modes) - set(NORMALIZED_KEYS))
-    if unknown:
-        raise ValueError(f"normalizer: unknown key(s) {unknown}; valid keys are {list(NORMALIZED_KEYS)}")
-    bad = {k: v for k, v in modes.items() if v not in NORMALIZER_MODES}
-    if bad:
-        raise ValueError(f"normalizer: mode(s) {bad} not one of {sorted(NORMALIZER_MODES)}")
-    c["normalizer"] = {k: modes.get(k, "minmax") for k in NORMALIZED_KEYS}
+    defaults = TrainRunConfig()
+    for key in keys:
+        if key not in c:
+            c[key] = getattr(defaults, key)
     return c
 
 
@@ -256,8 +290,8 @@ def _log(info: DistInfo, msg: str) -> None:
 def train(cfg: Any) -> Path:
     """Train per ``cfg`` (the composed ``configs/train.yaml``); returns the final checkpoint directory."""
     c = resolved_config(cfg)
-    info, device = init_distributed(c.get("device", "auto"))
-    threads = c.get("threads")
+    info, device = init_distributed(c["device"])
+    threads = c["threads"]
     if device.type == "cpu" and threads:
         # Small policy models on a shared 2-core CPU: one thread ran a cached-token BC-MLP step 20x faster than two
         # (13-24 vs 0.6-1 steps/s with other jobs running, docs/policies.md); OpenMP teams stall when oversubscribed.
@@ -445,7 +479,7 @@ def build_run(c: dict[str, Any], info: DistInfo, device: torch.device, cleanup: 
     _, head_cfg, obs_cfg = parse_policy_config(pcfg)  # validate before any heavy work
     if not c["dataset"]["path"]:
         raise ValueError("no dataset: pass dataset=PATH (a zarr store written by `s2robot collect` or imported)")
-    seed = int(c.get("seed", 0))
+    seed = int(c["seed"])
     torch.manual_seed(seed)  # model init: identical on every rank (DDP also broadcasts rank 0's weights)
     np.random.seed(seed)
 
@@ -493,7 +527,7 @@ def _out_dir(c: dict[str, Any], task_name: str, encoder: Any, obs_cfg: Any, meta
 def _resume(c: dict[str, Any], info: DistInfo, out_dir: Path, policy, optimizer, lr_scheduler, ema) -> int:
     """The step to start from: 0, or that of the checkpoint ``resume=`` names (``true``/``auto``: the run's latest,
     whose weights, optimiser, scheduler and EMA are restored in place). Refuses to overwrite an earlier run."""
-    ckpt_dir, resume = out_dir / "checkpoints", c.get("resume", False)
+    ckpt_dir, resume = out_dir / "checkpoints", c["resume"]
     if not resume and info.is_main and any(ckpt_dir.glob("step_*")):
         raise FileExistsError(
             f"{out_dir} already holds checkpoints of an earlier run; pass resume=true to continue it, or choose "
@@ -699,7 +733,8 @@ def _rollouts(run: TrainRun, step: int) -> bool:
         summary = evaluate(run.policy, task=task_cfg["name"], n_envs=tcfg.eval_n_envs, episodes=tcfg.eval_episodes,
                            seed=run.seed + EVAL_SEED_OFFSET, device=run.device,
                            out_dir=run.out_dir / "eval" / f"step_{step:07d}", n_videos=tcfg.eval_videos,
-                           env_kwargs=env_kwargs_for(task_cfg), max_steps=tcfg.eval_max_steps, progress=False,
+                           env_kwargs=env_kwargs_for(task_cfg), progress=False,
+                           max_steps=tcfg.eval_max_steps or task_cfg.get("max_episode_steps"),  # None: the env's
                            policy_info={"checkpoint": None, "step": step, "trained_task": run.task_name})
     run.policy.train()
     run.logger.log("eval", step, {"success_rate": summary["success_rate"],
