@@ -1,6 +1,7 @@
 """Seed-pooled results of the study's ``policies_<task>`` stage: ``python scripts/policy_table.py outputs/study``.
 
-Runs named ``<task>-<obs>-<policy>-seed<k>`` are grouped over k: success pooled over every evaluation episode of
+Runs named ``<task>-<obs>-<policy>-seed<k>`` are grouped over k and over how the evaluation executed the chunks
+(``[ACT m=0]`` / ``[whole chunks]``, from ``summary.json``'s ``execution``; one group per ``eval*/`` folder kind): success pooled over every evaluation episode of
 every seed with a 95 % Wilson interval, the per-seed counts, mean max score, final held-out loss and the
 training wall time (from train.csv's steps/s). A second table gives each run's learning curve (success of the
 periodic rollouts and held-out loss at each evaluated step).
@@ -35,17 +36,20 @@ def _csv(path: Path) -> list[dict]:
 
 def collect(root: Path) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = defaultdict(list)
-    for summary in sorted(root.glob("runs/*-seed*/eval/summary.json")):
+    for summary in sorted(root.glob("runs/*-seed*/eval*/summary.json")):
         run = summary.parent.parent
         m = re.match(r"(.+)-seed(\d+)$", run.name)
         if not m:
             continue
         s = json.loads(summary.read_text())
+        execution = s.get("execution") or {}
+        te = execution.get("temporal_ensemble")
+        how = "whole chunks" if te is None else f"ACT m={te:g}"  # summaries written before execution existed: chunks
         train = _csv(run / "train.csv")
         secs = sum(int(float(r.get("step", 0)) - float(p.get("step", 0))) / max(float(r["steps_per_s"]), 1e-9)
                    for p, r in zip([{"step": 0}] + train[:-1], train)) if train else float("nan")
         val = _csv(run / "val.csv")
-        groups[m.group(1)].append({
+        groups[f"{m.group(1)} [{how}]"].append({
             "seed": int(m.group(2)), "k": int(s["n_success"]), "n": int(s["n_episodes"]),
             "score": float(s.get("mean_max_score") or float("nan")), "val": float(val[-1]["val_loss"]) if val else None,
             "secs": secs, "curve": _csv(run / "eval.csv"), "val_curve": val,

@@ -66,24 +66,28 @@ s2_b16)   # MobileNetV2 one scale vs S2 (1,2) at batch 16: the same samples seen
 policies_*)   # issue 12: state (control-only upper bound) vs images (frozen MobileNetV2 S2 (1,2) PCA-256 tokens),
   # BC-MLP and diffusion U-Net, SEEDS training seeds, 50 eval episodes on seeds 100000+, rollouts every EVAL_EVERY
   # steps for the learning curve (train.csv/val.csv/eval.csv + learning_curve.png in each run).
+  # Each run is evaluated twice: with the policy's own execution (BC: ACT temporal ensembling, m = 0) and with
+  # whole chunks (temporal_ensemble=off, eval-chunks/). P_AUG=K: cache K augmented views and train on them.
   task=${stage#policies_}
   P_DEMOS=${P_DEMOS:-300}; P_STEPS=${P_STEPS:-1500}; SEEDS=${SEEDS:-"0 1 2"}; EVAL_EVERY=${EVAL_EVERY:-500}
+  P_AUG=${P_AUG:-1}; aug=$([ "$P_AUG" -gt 1 ] && echo "-k$P_AUG" || true)
   data=$OUT/$task-$P_DEMOS.zarr
   run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true out=$data
-  run $S2 cache dataset=$data "${MNV2_96[@]}" token_dim=256
+  run $S2 cache dataset=$data "${MNV2_96[@]}" token_dim=256 augment_views=$P_AUG
   P_RUNS=("state-bc_mlp policy=bc_mlp task.cameras=[] task.env_kwargs.state_obs=true"
-          "images-bc_mlp policy=bc_mlp token_dim=256"
-          "images-diffusion_unet policy=diffusion_unet token_dim=256")
+          "images$aug-bc_mlp policy=bc_mlp token_dim=256 dataset.augment_views=$P_AUG"
+          "images$aug-diffusion_unet policy=diffusion_unet token_dim=256 train.steps=${P_DP_STEPS:-3000} optim.warmup_steps=200 dataset.augment_views=$P_AUG")
   [ -n "${P_ONLY:-}" ] && P_RUNS=("${P_RUNS[@]:0:$P_ONLY}")   # P_ONLY=2: state and image BC-MLP rows only
   CURVE=(train.eval_every=$EVAL_EVERY train.eval_episodes=50 train.eval_n_envs=2 train.eval_videos=0
-         train.val_every=$EVAL_EVERY train.tensorboard=false train.progress=false train.steps=$P_STEPS
-         task.image_size=96)
+         train.val_every=$EVAL_EVERY train.tensorboard=false train.progress=false task.image_size=96)
   for seed in $SEEDS; do
     for spec in "${P_RUNS[@]}"; do
       set -- $spec; name=$1; shift
+      [[ " $* " == *" train.steps="* ]] || set -- "$@" train.steps=$P_STEPS
       d=$OUT/runs/$task-$name-seed$seed
       run $S2 train task=$task dataset=$data "${MNV2_96[@]}" "${CURVE[@]}" "$@" seed=$seed out_dir=$d
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval
+      run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off out=$d/eval-chunks
     done
   done
   ;;
