@@ -55,6 +55,7 @@ def test_trained_policy_through_rosbridge_matches_direct_evaluation(trained_chec
     from s2robot.deploy.control_loop import TorchPolicy
     from s2robot.envs import make_env
     from s2robot.evaluation import evaluate
+    from s2robot.policies.action_queue import execution_for
 
     policy = s2robot.load_policy(trained_checkpoint)
     direct = evaluate(policy, task="lift_cube", n_envs=2, episodes=len(SEEDS), seed=SEEDS[0], device="cpu",
@@ -71,8 +72,11 @@ def test_trained_policy_through_rosbridge_matches_direct_evaluation(trained_chec
     robot_cfg["cameras"] = {cam: {"topic": f"/{cam}/image_raw", "type": "sensor_msgs/Image"}
                             for cam in robot_cfg["cameras"]}
     env = make_env("lift_cube", image_size=IMG)
+    # the same execution as the direct evaluation: the policy's own (BC: ACT temporal ensembling, a chunk per tick)
+    execution = {"temporal_ensemble": execution_for(policy)}
+    assert direct["execution"]["temporal_ensemble"] == execution["temporal_ensemble"] == 0.0
     results = run_bridge_episodes(env, robot_cfg, SEEDS, lambda seed, sim: TorchPolicy(policy), rate_hz=RATE,
-                                  sync=True, loop_kwargs={"replan_margin": 0, "max_wait": 0.9})
+                                  sync=True, loop_kwargs={"replan_margin": 0, "max_wait": 0.9, **execution})
     b_succ = [r["success"] for r in results]
     b_score = np.array([r["max_score"] for r in results])
     fmt = lambda xs: "".join("x" if v else "." for v in xs)  # noqa: E731
