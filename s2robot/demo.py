@@ -1,5 +1,5 @@
-"""``s2robot demo out=DIR``: the main job. Collect scripted demos → cache S2 features → train a diffusion policy →
-evaluate it with batched rollouts, then print the success rate and where the video, plot and checkpoint are.
+"""``s2robot demo out=DIR``: the main job. Collect scripted demos → cache S2 features → train a policy (BC-MLP by
+default) → evaluate it with batched rollouts, then print the success rate and where the video, plot and checkpoint are.
 
 Every stage calls the owning part's Python API with a config composed from that verb's own YAML
 (``configs/<verb>.yaml``), with the demo's task / encoder / policy sections and its ``stages.<verb>`` overrides
@@ -97,11 +97,15 @@ def cache_stage(cfg: DictConfig, store: Path, device: str) -> str:
     c = _stage_cfg(cfg, "cache", [f"dataset.path={store}"])
     t0 = time.perf_counter()
     encoder = build_encoder(**OmegaConf.to_container(c.encoder, resolve=True), device=device)
+    views = int(c.augment_views)
     _say(f"2/4 cache: S2 {c.encoder.name} scales {list(encoder.config['scales'])} features "
-         f"({encoder.num_tokens} tokens x {encoder.out_dim}) for every frame (finished frames are skipped)")
+         f"({encoder.num_tokens} tokens x {encoder.out_dim}) for every frame"
+         + (f", {views} views each (the frame + {views - 1} random shifts)" if views > 1 else "")
+         + " (finished frames are skipped)")
     key = cache_features(store, encoder, cameras=list(c.cameras) if c.get("cameras") else None,
                          batch_size=int(c.batch_size), pool_grid=c.get("pool_grid"), device=device,
-                         token_dim=c.get("token_dim"))  # PCA channel reduction: ~10x faster training
+                         token_dim=c.get("token_dim"),  # PCA channel reduction: ~10x faster training
+                         augment_views=views, augment_shift=c.augment_shift, augment_seed=int(c.augment_seed))
     _say(f"    features/{key} ready in {time.perf_counter() - t0:.0f}s")
     return key
 
