@@ -96,6 +96,10 @@ def test_demo_stage_configs_carry_the_demo_choices():
     assert train.train.steps == 7 and train.dataset.path == "/tmp/x.zarr" and train.optim.lr == 3.0e-4
     cache = _stage_cfg(cfg, "cache", ["dataset.path=/tmp/x.zarr"])
     assert cache.token_dim == 256 and cache.encoder.input_size == 96  # one token_dim for both stages
+    # the views the cache writes are the views training asks for (one demo key drives both)
+    assert cache.augment_views == train.dataset.augment_views == cfg.augment_views == 4
+    cfg1 = compose("demo", ["augment_views=1"])
+    assert _stage_cfg(cfg1, "cache").augment_views == _stage_cfg(cfg1, "train").dataset.augment_views == 1
     ev = _stage_cfg(cfg, "eval", ["checkpoint=/tmp/ckpt"])
     assert ev.episodes == cfg.stages.eval.episodes and ev.checkpoint == "/tmp/ckpt"
     collect = _stage_cfg(cfg, "collect")
