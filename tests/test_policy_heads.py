@@ -246,12 +246,13 @@ def test_bad_policy_config_is_a_clear_error(over, match, meta, normalizer):
 
 
 def test_execution_default_is_part_of_the_policy(meta, normalizer):
-    """BC policies execute with ACT temporal ensembling m = 0 unless their config says otherwise; diffusion whole
-    chunks; the value reaches the policy (and so the checkpoint's config and ``execution_for``)."""
+    """BC and diffusion policies execute with ACT temporal ensembling m = 0 unless their config says otherwise; the
+    value reaches the policy (and so the checkpoint's config and ``execution_for``)."""
     from s2robot.policies.action_queue import execution_for
 
     assert make("bc_mlp", meta, normalizer).temporal_ensemble == 0.0
-    assert make("diffusion_unet", meta, normalizer).temporal_ensemble is None
+    assert make("diffusion_unet", meta, normalizer).temporal_ensemble == 0.0
+    assert make("diffusion_unet", meta, normalizer, temporal_ensemble=None).temporal_ensemble is None
     assert make("bc_mlp", meta, normalizer, temporal_ensemble=None).temporal_ensemble is None
     policy = make("diffusion_unet", meta, normalizer, temporal_ensemble=0.25)
     assert execution_for(policy) == 0.25 and execution_for(policy, "off") is None and execution_for(policy, 0) == 0.0
