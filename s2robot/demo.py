@@ -27,7 +27,7 @@ from s2robot.datasets.feature_cache import cache_features
 from s2robot.datasets.store import EpisodeStore
 from s2robot.device import resolve_device
 from s2robot.encoders import build_encoder
-from s2robot.evaluation.cli import print_summary
+from s2robot.evaluation.cli import checkpoint_info, print_summary
 from s2robot.evaluation.env_config import env_kwargs_for, match_policy
 from s2robot.evaluation.rollout import eval_seed, evaluate
 from s2robot.policies.loading import load_policy
@@ -144,7 +144,8 @@ def eval_stage(cfg: DictConfig, checkpoint: Path, eval_dir: Path, device: str) -
     summary = evaluate(policy, task=task["name"], n_envs=int(c.n_envs), episodes=int(c.episodes), seed=eval_seed(c.get("seed")),
                        device=device, out_dir=eval_dir, n_videos=int(c.n_videos),
                        env_kwargs=match_policy(env_kwargs_for(task), policy, {}),
-                       max_steps=c.get("max_steps") or task.get("max_episode_steps"))
+                       max_steps=c.get("max_steps") or task.get("max_episode_steps"),
+                       policy_info=checkpoint_info(checkpoint))
     summary.pop("episodes", None)
     summary["checkpoint"] = str(checkpoint)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")

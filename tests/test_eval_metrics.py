@@ -54,7 +54,7 @@ def test_video_frames_are_enlarged_labelled_and_annotated():
 def test_eval_plot_drops_the_length_histogram_when_it_has_one_bar(tmp_path):
     from PIL import Image
 
-    from s2robot.evaluation.report import plot_episodes, policy_line
+    from s2robot.evaluation.report import execution_text, plot_episodes, policy_line
 
     eps = [{"episode": i, "success": i % 2 == 0, "max_score": 0.5, "length": 80, "error": None} for i in range(4)]
     one = Image.open(plot_episodes(tmp_path / "a.png", eps, title="t")).size
@@ -63,3 +63,6 @@ def test_eval_plot_drops_the_length_histogram_when_it_has_one_bar(tmp_path):
     assert one[0] < two[0]  # one panel instead of two
     line = policy_line({"checkpoint": "/r/run/checkpoints/step_0003000", "step": 3000, "trained_task": "lift_cube"})
     assert line == "checkpoint run/checkpoints/step_0003000 (step 3000), trained on lift_cube"
+    assert execution_text({"temporal_ensemble": 0.0, "replan_every": None}) == "; ACT temporal ensembling m=0"
+    assert execution_text({"temporal_ensemble": None, "replan_every": 4}) == "; whole chunks, first 4 actions of each chunk"
+    assert execution_text(None) == ""

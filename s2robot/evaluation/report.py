@@ -167,6 +167,15 @@ def policy_line(info: dict[str, Any]) -> str:
     return f"{where} (step {info.get('step')}), trained on {info.get('trained_task') or 'an unknown task'}"
 
 
+def execution_text(execution: dict[str, Any] | None) -> str:
+    """``; ACT temporal ensembling m=0`` / ``; whole chunks`` from ``summary["execution"]`` (empty if absent)."""
+    if not execution:
+        return ""
+    te, k = execution.get("temporal_ensemble"), execution.get("replan_every")
+    how = f"ACT temporal ensembling m={te:g}" if te is not None else "whole chunks"
+    return f"; {how}" + (f", first {k} actions of each chunk" if k else "")
+
+
 def write_report(out_dir: str | Path, episodes: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
     """Write ``episodes.json``, ``summary.json`` and ``eval_plot.png`` into ``out_dir``; return their paths."""
     out = Path(out_dir)
@@ -178,7 +187,7 @@ def write_report(out_dir: str | Path, episodes: Sequence[dict[str, Any]], summar
     title = (f"{summary.get('task', '')}: success {summary['n_success']}/{summary['n_episodes']} "
              f"({100 * summary['success_rate']:.0f}%, 95% CI {100 * summary['success_ci95'][0]:.0f}-"
              f"{100 * summary['success_ci95'][1]:.0f}%)")
-    title += "\n" + policy_line(summary.get("policy") or {})
+    title += "\n" + policy_line(summary.get("policy") or {}) + execution_text(summary.get("execution"))
     plot_episodes(paths["plot"], episodes, title=title)
     write_json(paths["episodes"], list(episodes))
     write_json(paths["summary"], {**summary, "files": {**summary.get("files", {}), **paths}})
