@@ -12,9 +12,10 @@ Control loop (one iteration = one control step for every active env):
    queried: re-planning envs that are mid-chunk would change what they execute, and would consume their random
    streams at times that depend on the batch, so an episode's outcome would depend on N.
 2. Every active env executes the next action of its chunk; all step concurrently in their worker processes.
-   How chunks are executed is ``policies.action_queue.ActionQueue``: whole chunks (default), only the first
-   ``replan_every`` actions of each, or ACT temporal ensembling (``temporal_ensemble=m``: every env replans every
-   step and executes the weighted mean of all chunks' predictions for that step).
+   How chunks are executed is ``policies.action_queue.ActionQueue``: the policy's own setting by default
+   (``policy.temporal_ensemble``; the built-in BC and diffusion policies use ACT temporal ensembling: every env
+   replans every step and executes the weighted mean of all chunks' predictions for that step, so there is a
+   forward per step), whole chunks (``temporal_ensemble="off"``) or only the first ``replan_every`` actions.
 3. Envs whose episode ended (success, ``terminated``, or the time limit) are recorded, then reset with the next
    unclaimed episode's seed so the batch stays full until all episodes are claimed.
 
