@@ -41,12 +41,9 @@ class AugmentSpec:
         return f"_aug{self.views}sh{self.shift}sd{self.seed}"
 
     def attrs(self) -> dict[str, int]:
-        """The ``augment`` attrs of the feature set (also what training matches a requested set against)."""
+        """The ``augment`` attrs of the feature set (also what training matches a requested set against, and what
+        ``feature_cache.cache_command`` turns into the cache overrides)."""
         return {"views": int(self.views), "shift": int(self.shift), "seed": int(self.seed)}
-
-    def overrides(self) -> str:
-        """The ``s2robot cache`` overrides that make this set."""
-        return f"augment_views={self.views} augment_shift={self.shift} augment_seed={self.seed}"
 
 
 def augment_spec(views: int | None, shift: int | None = None, seed: int | None = 0) -> AugmentSpec | None:

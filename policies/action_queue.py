@@ -33,9 +33,10 @@ class ActionQueue:
         self.plan: dict[int, np.ndarray] = {}
         self.chunks: deque[tuple[int, np.ndarray]] = deque()
 
-    @property
-    def ensembling(self) -> bool:
-        return self.m is not None
+    def wants_chunk(self, now_tick: int, margin: int = 0) -> bool:
+        """Whether the caller should plan a new chunk now: always when ensembling (a chunk per tick), else when at
+        most ``margin`` planned actions are left."""
+        return self.m is not None or self.remaining(now_tick) <= margin
 
     def clear(self):
         self.plan.clear()

@@ -434,7 +434,7 @@ class ControlLoop:
         else:
             st.history.append(obs)
         self._take_chunks(rep, st, k)
-        need = st.queue.remaining(k) <= cfg.replan_margin if cfg.temporal_ensemble is None else True
+        need = st.queue.wants_chunk(k, cfg.replan_margin)
         submitted = need and st.infer.idle
         if submitted:
             st.infer.submit(st.history, k, obs_time)

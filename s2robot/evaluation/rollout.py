@@ -291,7 +291,7 @@ class _BatchedRollout:
 
     def step(self) -> None:
         active = [k for k, slot in enumerate(self.slots) if slot is not None]
-        need = [k for k in active if self.queues[k].ensembling or self.queues[k].remaining(self.slots[k].length) == 0]
+        need = [k for k in active if self.queues[k].wants_chunk(self.slots[k].length)]
         if need:
             self.plan(need)
             active = [k for k in active if self.slots[k] is not None]

@@ -390,7 +390,7 @@ def _cached_features(c: dict[str, Any], info: DistInfo, store: Any, encoder: Any
         raise ValueError(
             f"{dcfg['path']}: no complete cached features with {augment.views} augmented views (shift "
             f"{augment.shift}, seed {augment.seed}) for this encoder; make them with `"
-            f"{cache_command(dcfg['path'], enc_cfg, c.get('pool_grid'))} {augment.overrides()}"
+            f"{cache_command(dcfg['path'], enc_cfg, c.get('pool_grid'), augment.attrs())}"
             f"{f' token_dim={int(token_dim)}' if token_dim else ''}`, or train without dataset.augment_views")
     if token_dim and not feature_key:
         full, _ = select_features(store, encoder, cameras, c.get("pool_grid"), None)
