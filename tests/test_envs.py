@@ -182,6 +182,35 @@ def test_expert_succeeds_on_a_few_seeds(task):
     assert wins == 3
 
 
+def test_stack_expert_lowers_while_it_aligns():
+    """The stacking expert descends a funnel over cube B: by the time the held cube is within PLACE_XY of B the
+    set-point is already near the placing height (a policy that sees the offset only roughly still lowers),
+    instead of waiting at the carry height for a 5 mm alignment."""
+    from s2robot.envs.tasks import STACK_HALVES
+
+    e = make_env("stack_cubes", cameras=())
+    expert = make_expert("stack_cubes", e, seed=0)
+    base = e.unwrapped
+    heights = []  # set-point height above the placing height when the expert starts its final lowering
+    for seed in range(3):
+        obs, info = e.reset(seed=seed)
+        done, prev = False, None
+        while not done:
+            action = expert.act(obs)
+            if expert.phase == "lower" and prev == "carry":
+                b = base.state_arrays().obj_pos[0, 1]
+                place_z = b[2] + STACK_HALVES[1] + STACK_HALVES[0] + 0.004
+                heights.append(base.target_pos[2] - place_z)
+            prev = expert.phase
+            obs, _, term, trunc, info = e.step(action)
+            done = term or trunc
+        assert info["success"]
+    e.close()
+    assert len(heights) == 3
+    # the carry height is >= 35 mm above the placing height; the funnel has come most of the way down
+    assert max(heights) < 0.02, heights
+
+
 def test_gl_backend_selection_names_missing_libraries(monkeypatch):
     from s2robot.envs import rendering
 
