@@ -13,9 +13,31 @@ where inference may finish late) share one implementation.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from numbers import Real
 
 import numpy as np
+
+
+def check_ensemble_coefficient(value, where: str, override: bool = False) -> float | None:
+    """The one check of an ACT temporal-ensembling coefficient ``m``: ``value`` as a float, or None for whole chunks.
+
+    Accepted: a finite number ``m >= 0`` and None. With ``override=True`` (eval's / deploy's ``temporal_ensemble``,
+    which override a policy's own setting) also ``"off"`` (whole chunks, returned as None); there null means "the
+    policy's own setting", so such a caller handles None before calling this. Anything else (a negative number,
+    NaN, inf, a bool, any other string) is a ``ValueError`` of one line naming ``where`` (the config key) and the
+    value: ``temporal_ensemble=-1.0: expected a finite number m >= 0 (ACT temporal ensembling) or null ...``.
+    """
+    if value is None:
+        return None
+    if override and isinstance(value, str) and value.strip().lower() == "off":
+        return None
+    if isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    expected = ("a finite number m >= 0 (ACT temporal ensembling), 'off' (whole chunks) or null (the policy's own "
+                "setting)" if override else "a finite number m >= 0 (ACT temporal ensembling) or null (whole chunks)")
+    raise ValueError(f"{where}={value!r}: expected {expected}")
 
 
 class ActionQueue:
@@ -25,8 +47,7 @@ class ActionQueue:
     """
 
     def __init__(self, ensemble_m: float | None, max_chunk: int | None):
-        if ensemble_m is not None and ensemble_m < 0:
-            raise ValueError(f"temporal ensembling coefficient m must be >= 0, got {ensemble_m}")
+        ensemble_m = check_ensemble_coefficient(ensemble_m, "temporal_ensemble")
         if max_chunk is not None and max_chunk < 1:
             raise ValueError(f"max_chunk (actions executed per chunk) must be >= 1, got {max_chunk}")
         self.m, self.max_chunk = ensemble_m, max_chunk
@@ -81,13 +102,5 @@ def execution_for(policy, temporal_ensemble: float | str | None = None) -> float
     None for a policy without one); ``"off"`` -> whole chunks; a number m >= 0 -> ACT ensembling with m.
     """
     if temporal_ensemble is None:
-        value = getattr(policy, "temporal_ensemble", None)
-        return None if value is None else float(value)
-    if isinstance(temporal_ensemble, str):
-        if temporal_ensemble.strip().lower() == "off":
-            return None
-        raise ValueError(f"temporal_ensemble={temporal_ensemble!r}: use a number m >= 0 (ACT ensembling), 'off' "
-                         f"(whole chunks) or null (the policy's own setting)")
-    if isinstance(temporal_ensemble, bool) or float(temporal_ensemble) < 0:
-        raise ValueError(f"temporal_ensemble={temporal_ensemble!r}: the ACT coefficient m must be a number >= 0")
-    return float(temporal_ensemble)
+        return check_ensemble_coefficient(getattr(policy, "temporal_ensemble", None), "policy.temporal_ensemble")
+    return check_ensemble_coefficient(temporal_ensemble, "temporal_ensemble", override=True)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from s2robot.policies.action_queue import check_ensemble_coefficient
+
 __all__ = ["ShapeMeta", "BasePolicy", "randn_rows", "rand_rows", "LOWDIM_OBS_KEYS"]
 
 #: low-dim observation keys a policy may read, each one conditioning token: robot proprioception and the optional
@@ -141,7 +143,7 @@ class BasePolicy(nn.Module):
         self.horizon = int(horizon)
         # how evaluation and deployment execute the chunks by default (``policies.action_queue.execution_for``):
         # None = whole chunks, m = ACT temporal ensembling with weights exp(-m i)
-        self.temporal_ensemble = None if temporal_ensemble is None else float(temporal_ensemble)
+        self.temporal_ensemble = check_ensemble_coefficient(temporal_ensemble, "policy.temporal_ensemble")
         self.action_dim = int(shape_meta.action_dim)
 
     # ----- interface -------------------------------------------------------------------------------------------

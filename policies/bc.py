@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from s2robot.policies.action_queue import check_ensemble_coefficient
 from s2robot.policies.base import BasePolicy, ShapeMeta
 from s2robot.policies.bc_heads import GMMHead, MLPHead
 
@@ -57,8 +58,7 @@ class BCConfig:
         for name in ("n_obs_steps", "n_action_steps", "hidden", "gmm_modes", "tf_d_model", "tf_layers", "tf_heads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
-        if self.temporal_ensemble is not None and not float(self.temporal_ensemble) >= 0:
-            raise ValueError(f"policy.temporal_ensemble must be >= 0 or null, got {self.temporal_ensemble}")
+        self.temporal_ensemble = check_ensemble_coefficient(self.temporal_ensemble, "policy.temporal_ensemble")
         if self.n_layers < 0:
             raise ValueError(f"policy.n_layers must be >= 0, got {self.n_layers}")
         if self.tf_d_model % self.tf_heads:

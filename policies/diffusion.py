@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
+from s2robot.policies.action_queue import check_ensemble_coefficient
 from s2robot.policies.base import BasePolicy, ShapeMeta, randn_rows
 from s2robot.policies.transformer_denoiser import TransformerDenoiser
 from s2robot.policies.unet1d import ConditionalUnet1D
@@ -64,8 +65,7 @@ class DiffusionConfig:
         for name in ("horizon", "n_obs_steps", "n_action_steps", "num_train_timesteps", "num_inference_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
-        if self.temporal_ensemble is not None and not float(self.temporal_ensemble) >= 0:
-            raise ValueError(f"policy.temporal_ensemble must be >= 0 or null, got {self.temporal_ensemble}")
+        self.temporal_ensemble = check_ensemble_coefficient(self.temporal_ensemble, "policy.temporal_ensemble")
         if self.num_inference_steps > self.num_train_timesteps:
             raise ValueError(
                 f"policy.num_inference_steps={self.num_inference_steps} exceeds "

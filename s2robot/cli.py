@@ -12,6 +12,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from s2robot.cli_checks import group_options, options_text
+
 # verb -> (module, function, config name or None for positional verbs)
 VERBS: dict[str, tuple[str, str, str | None]] = {
     "collect": ("s2robot.collection", "run", "collect"),
@@ -45,22 +47,6 @@ def store_schema(config_name: str) -> None:
     ConfigStore.instance().store(name=f"{config_name}_schema", node=getattr(importlib.import_module(module), name))
 
 
-def _group_options(group: str) -> set[str]:
-    """A config group's options, subfolders included (``task=metaworld/pick-place-v3``)."""
-    folder = Path(importlib.import_module("s2robot.configs").__file__).parent / group
-    return {p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml")}
-
-
-def _options_text(options: set[str]) -> str:
-    """The options for an error line, a subfolder's many options as one ``folder/<name> (N options)`` entry."""
-    top = sorted(o for o in options if "/" not in o)
-    folders: dict[str, int] = {}
-    for o in options:
-        if "/" in o:
-            folders[o.split("/", 1)[0]] = folders.get(o.split("/", 1)[0], 0) + 1
-    return str(top + [f"{f}/<name> ({n} options)" for f, n in sorted(folders.items())])
-
-
 def _is_config_file(value: str) -> bool:
     """A YAML file name, or an existing path (``metaworld/pick-plac-v3``, a typo of an option, is neither)."""
     return value.endswith((".yaml", ".yml")) or ("/" in value and Path(value).expanduser().exists())
@@ -76,7 +62,7 @@ def split_group_files(overrides: list[str]) -> tuple[list[str], dict[str, Path],
     files: dict[str, Path] = {}
     for ov in overrides:
         key, _, value = ov.partition("=")
-        if key in CONFIG_GROUPS and key != "dataset" and value not in _group_options(key) and _is_config_file(value):
+        if key in CONFIG_GROUPS and key != "dataset" and value not in group_options(key) and _is_config_file(value):
             path = Path(value).expanduser()
             if not path.is_file():
                 raise SystemExit(f"s2robot: {key}={value!r}: no such config file")
@@ -106,13 +92,13 @@ def rewrite_overrides(overrides: list[str], dataset_group: bool = True) -> list[
             raise SystemExit(f"s2robot: override {ov!r} is not key=value")
         key, value = ov.split("=", 1)
         if key in CONFIG_GROUPS:
-            options = _group_options(key)
+            options = group_options(key)
             if value not in options or (key == "dataset" and not dataset_group):
                 if key == "dataset":
                     ov = f"dataset.path={value}"
                 else:
                     raise SystemExit(
-                        f"s2robot: {key}={value!r} is not a known {key} config; choose one of {_options_text(options)} "
+                        f"s2robot: {key}={value!r} is not a known {key} config; choose one of {options_text(options)} "
                         f"or give the path of your own {key} YAML file ({key}=./my_{key}.yaml)"
                     )
         out.append(ov)

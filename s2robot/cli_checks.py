@@ -1,6 +1,8 @@
 """What the command line tells a user: ``--help`` per verb, unknown keys with the nearest valid ones, user errors.
 
-* :func:`verb_help` lists a verb's config groups (default and options) and every key with its default.
+* :func:`verb_help` lists a verb's config groups (default and options) and every key with its default;
+  :func:`group_options` / :func:`options_text` are the one listing of a group's options (subfolders included), for
+  ``--help`` and for the CLI's "not a known task config" line.
 * :func:`unknown_key_error` turns hydra's "Could not override 'train.stepz'" into one line naming the nearest keys;
   :func:`check_added_keys` refuses ``+key=value`` for a key that nothing reads (only free-form mappings such as
   ``env_kwargs`` take new keys).
@@ -137,6 +139,24 @@ def group_defaults(config_name: str) -> dict[str, str | None]:
     return out
 
 
+def group_options(group: str) -> set[str]:
+    """A config group's options, subfolders included (``task=metaworld/pick-place-v3``)."""
+    folder = configs_dir() / group
+    return {p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml")}
+
+
+def options_text(options: set[str]) -> list[str]:
+    """The options as shown to a user: top-level ones by name, a subfolder's many options as one
+    ``folder/<name> (N options)`` entry (50 Meta-World tasks would flood ``--help`` and error lines)."""
+    top = sorted(o for o in options if "/" not in o)
+    folders: dict[str, int] = {}
+    for o in options:
+        if "/" in o:
+            folder = o.split("/", 1)[0]
+            folders[folder] = folders.get(folder, 0) + 1
+    return top + [f"{f}/<name> ({n} options)" for f, n in sorted(folders.items())]
+
+
 def verb_help(verb: str, config_name: str, cfg: Any, groups: tuple[str, ...]) -> str:
     """``s2robot <verb> --help``: usage, config groups with their default and options, every key with its default."""
     from omegaconf import OmegaConf
@@ -152,8 +172,8 @@ def verb_help(verb: str, config_name: str, cfg: Any, groups: tuple[str, ...]) ->
             if g == "dataset":  # a path, not an option (the group's one option only sets path: null)
                 lines.append(f"  {g:<8} dataset=PATH: the demonstration store (sets dataset.path)")
                 continue
-            options = sorted(p.stem for p in (configs_dir() / g).glob("*.yaml"))
-            lines.append(f"  {g:<8} default: {defaults.get(g)}   options: {', '.join(options)}")
+            options = ", ".join(options_text(group_options(g)))
+            lines.append(f"  {g:<8} default: {defaults.get(g)}   options: {options}")
         lines.append("")
     lines.append("keys and their defaults (override with key=value; nested keys with dots, e.g. train.steps=100):")
     shown_cfg = OmegaConf.merge(OmegaConf.create(schema_defaults(cfg)), cfg)  # every key: schema defaults + YAML

@@ -1,7 +1,9 @@
 """Seed-pooled results of the study's ``policies_<task>`` stage: ``python scripts/policy_table.py outputs/study``.
 
 Runs named ``<task>-<obs>-<policy>-seed<k>`` are grouped over k and over how the evaluation executed the chunks
-(``[ACT m=0]`` / ``[whole chunks]``, from ``summary.json``'s ``execution``; one group per ``eval*/`` folder kind): success pooled over every evaluation episode of
+(``[ACT temporal ensembling m=0]`` / ``[whole chunks]`` / ``[whole chunks, first 4 actions of each chunk]``:
+``s2robot.evaluation.report.execution_label`` of ``summary.json``'s ``execution``, the wording of the eval plot's
+title; one group per ``eval*/`` folder kind): success pooled over every evaluation episode of
 every seed with a 95 % Wilson interval, the per-seed counts, mean max score, final held-out loss and the
 training wall time (from train.csv's steps/s). A second table gives each run's learning curve (success of the
 periodic rollouts and held-out loss at each evaluated step).
@@ -11,20 +13,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from s2robot.evaluation.metrics import wilson_interval
+from s2robot.evaluation.report import execution_label
 
 
 def _csv(path: Path) -> list[dict]:
@@ -34,7 +29,20 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def group_name(run: str, how: str) -> str:
+    """``<task>-<obs>-<policy> [<execution_label>]``: the table's name of a run's seeds evaluated one way."""
+    return f"{run} [{how}]"
+
+
+def runs_by_execution(groups: dict[str, list[dict]], run: str) -> dict[str, list[dict]]:
+    """``{execution label: seeds}`` of one run name (``task-obs-policy``) in :func:`collect`'s groups."""
+    prefix = group_name(run, "")[:-1]
+    return {name[len(prefix):-1]: runs for name, runs in groups.items() if name.startswith(prefix)}
+
+
 def collect(root: Path) -> dict[str, list[dict]]:
+    """Runs under ``root/runs/<name>-seed<k>/eval*/summary.json`` grouped as ``{group_name(name, how): [seed]}``,
+    ``how`` = ``execution_label`` of the summary's ``execution``."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for summary in sorted(root.glob("runs/*-seed*/eval*/summary.json")):
         run = summary.parent.parent
@@ -42,14 +50,12 @@ def collect(root: Path) -> dict[str, list[dict]]:
         if not m:
             continue
         s = json.loads(summary.read_text())
-        execution = s.get("execution") or {}
-        te = execution.get("temporal_ensemble")
-        how = "whole chunks" if te is None else f"ACT m={te:g}"  # summaries written before execution existed: chunks
+        how = execution_label(s.get("execution"))
         train = _csv(run / "train.csv")
         secs = sum(int(float(r.get("step", 0)) - float(p.get("step", 0))) / max(float(r["steps_per_s"]), 1e-9)
                    for p, r in zip([{"step": 0}] + train[:-1], train)) if train else float("nan")
         val = _csv(run / "val.csv")
-        groups[f"{m.group(1)} [{how}]"].append({
+        groups[group_name(m.group(1), how)].append({
             "seed": int(m.group(2)), "k": int(s["n_success"]), "n": int(s["n_episodes"]),
             "score": float(s.get("mean_max_score") or float("nan")), "val": float(val[-1]["val_loss"]) if val else None,
             "secs": secs, "curve": _csv(run / "eval.csv"), "val_curve": val,
@@ -67,7 +73,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---|---:|---:|---:|")
     for name, runs in sorted(groups.items()):
         k, n = sum(r["k"] for r in runs), sum(r["n"] for r in runs)
-        lo, hi = wilson(k, n)
+        lo, hi = wilson_interval(k, n)
         per = ", ".join(f"{r['k']}/{r['n']}" for r in sorted(runs, key=lambda r: r["seed"]))
         vals = [r["val"] for r in runs if r["val"] is not None]
         val = f"{sum(vals) / len(vals):.4f}" if vals else ""

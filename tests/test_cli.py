@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from s2robot import cli
+from s2robot.cli_checks import group_options
 
 
 def test_dataset_path_shorthand_and_passthrough():
@@ -38,7 +39,7 @@ def test_group_config_from_a_users_file(tmp_path, monkeypatch):
     that group apply on top of the file, not of the default."""
     from omegaconf import OmegaConf
 
-    shipped = cli._group_options("robot")
+    shipped = group_options("robot")
     src = OmegaConf.load(__import__("importlib").import_module("s2robot.configs").__file__.replace(
         "__init__.py", "robot/rosbridge_lift_cube.yaml"))
     src.name = "my_robot"

@@ -83,3 +83,23 @@ def test_help_piped_into_head_has_no_traceback():
     r = subprocess.run(f"{sys.executable} -m s2robot.cli train --help | head -2", shell=True, capture_output=True,
                        text=True, timeout=300)
     assert r.stdout.startswith("usage: s2robot train") and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("verb", ["train", "eval"])
+def test_help_lists_every_task_option_nested_ones_compactly(verb, capsys):
+    """``--help`` and the "not a known task config" line list a group's options from one function
+    (``cli_checks.group_options``): every top-level task YAML by name, the 50 Meta-World tasks of
+    ``configs/task/metaworld/`` as one ``metaworld/<name> (50 options)`` entry rather than 50 names or none."""
+    from s2robot.configs import configs_dir
+
+    assert cli.main([verb, "--help"]) == 0
+    task_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("task "))
+    options = task_line.split("options:", 1)[1]
+    n_metaworld = len(list((configs_dir() / "task" / "metaworld").glob("*.yaml")))
+    assert n_metaworld == 50 and f"metaworld/<name> ({n_metaworld} options)" in options
+    for top in (configs_dir() / "task").glob("*.yaml"):
+        assert top.stem in [o.strip() for o in options.split(",")], top.stem
+    assert "pick-place-v3" not in options  # compact: no Meta-World task names
+    with pytest.raises(SystemExit) as e:
+        cli.main([verb, "task=no_such_task"])
+    assert task_line.split("options:", 1)[1].strip() in str(e.value).replace("'", "").replace("[", "").replace("]", "")

@@ -141,6 +141,48 @@ def test_task_yamls_leave_env_id_episode_limit_and_fps_to_the_env(path):
     assert "fps" not in data  # the env's control rate (metadata["render_fps"]) is what collect records
 
 
+# (task config, env_kwargs key) -> value, where a task config means to differ from its env class's default. Empty:
+# every shipped task runs at the env defaults. Add a row here (with the reason) to ship a different value.
+ENV_KWARGS_INTENDED_DIFFERENCES: dict[tuple[str, str], object] = {}
+TASK_KEYS_NOT_ENV_KWARGS = ("task", "image_size", "cameras", "render_mode")  # task-config keys / not user-tunable
+
+
+def _env_class_defaults(name: str) -> dict:
+    """Keyword defaults of the env class a task config's env_kwargs go to (the one source of those defaults)."""
+    import inspect
+
+    from s2robot.envs.base import ManipulationEnv
+    from s2robot.envs.metaworld_tasks import MetaWorldEnv  # imports metaworld lazily: fine in any venv
+
+    cls = MetaWorldEnv if name.startswith("metaworld/") else ManipulationEnv
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty and k not in TASK_KEYS_NOT_ENV_KWARGS}
+
+
+@pytest.mark.parametrize("path", sorted((configs_dir() / "task").rglob("*.yaml")), ids=lambda p: p.stem)
+def test_task_env_kwargs_are_the_env_defaults(path):
+    """A task config's env_kwargs list every tunable keyword of its env class (so ``task.env_kwargs.max_delta=0.02``
+    needs no ``+``: hydra refuses a key the YAML lacks) at the class's default: envs/base.py (ManipulationEnv;
+    Meta-World: envs/metaworld_tasks.py MetaWorldEnv) is the one source of the values, and a value that differs
+    must be listed in ENV_KWARGS_INTENDED_DIFFERENCES."""
+    data = yaml.safe_load(path.read_text())
+    env_defaults = _env_class_defaults(data["name"])
+    kwargs = data["env_kwargs"]
+    assert sorted(kwargs) == sorted(env_defaults), f"{path.name}: env_kwargs keys != the env's keywords"
+    for key, value in kwargs.items():
+        expected = ENV_KWARGS_INTENDED_DIFFERENCES.get((data["name"], key), env_defaults[key])
+        assert value == expected and isinstance(value, bool) == isinstance(expected, bool), (
+            f"{path.name}: env_kwargs.{key}={value!r}, the env default is {env_defaults[key]!r}; list an intended "
+            f"difference in ENV_KWARGS_INTENDED_DIFFERENCES")
+
+
+def test_env_kwargs_overrides_need_no_plus():
+    cfg = cli.compose("collect", ["task=push_t", "task.env_kwargs.state_obs=true", "task.env_kwargs.max_delta=0.02"])
+    assert cfg.task.env_kwargs.state_obs is True and cfg.task.env_kwargs.max_delta == 0.02
+    cfg = cli.compose("train", ["task=metaworld/pick-place-v3", "task.env_kwargs.terminate_on_success=false"])
+    assert cfg.task.env_kwargs.terminate_on_success is False
+
+
 def test_dataset_is_a_path_where_the_config_has_no_dataset_group():
     """train's dataset section is the schema's DatasetConfig (no dataset group): dataset=<anything> is its path."""
     assert cli.compose("train", ["dataset=default"]).dataset.path == "default"

@@ -171,7 +171,7 @@ def test_temporal_ensemble_executes_act_weighted_mean():
         made = np.arange(max(0, t - 2), t + 1)  # steps whose chunks cover step t, oldest first
         w = np.exp(-m * np.arange(len(made)))
         assert got == pytest.approx(float((w * (made + 1) / 100).sum() / w.sum()), abs=1e-6)
-    with pytest.raises(ValueError, match="ACT coefficient m must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"temporal_ensemble=-1.0: expected a finite number m >= 0"):
         _run(RampPolicy(), n_envs=1, episodes=1, temporal_ensemble=-1.0)
     with pytest.raises(ValueError, match="'often'.*'off'"):
         _run(RampPolicy(), n_envs=1, episodes=1, temporal_ensemble="often")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from s2robot import cli
+from s2robot.cli_checks import group_options
 
 
 def test_nested_task_option_composes():
@@ -13,7 +14,7 @@ def test_nested_task_option_composes():
     assert cfg.task.name == "metaworld/pick-place-v3" and cfg.task.cameras == ["corner", "gripperPOV"]
     assert cfg.task.max_episode_steps is None and "env_id" not in cfg.task  # from envs/metaworld_tasks.py
     assert cfg.out == "outputs/demos/metaworld/pick-place-v3.zarr"
-    assert "metaworld/door-open-v3" in cli._group_options("task") and "push_t" in cli._group_options("task")
+    assert "metaworld/door-open-v3" in group_options("task") and "push_t" in group_options("task")
 
 
 def test_typo_in_a_nested_option_names_the_options(capsys):

@@ -237,7 +237,7 @@ def test_resnet18_baseline_groupnorm_and_crops(normalizer):
         (dict(prediction_type="x0"), "prediction_type"),
         (dict(n_action_steps=9), "horizon=8 is too short"),
         (dict(lr=1.0), "unknown key"),
-        (dict(temporal_ensemble=-0.5), "temporal_ensemble must be >= 0"),
+        (dict(temporal_ensemble=-0.5), r"policy.temporal_ensemble=-0.5: expected a finite number m >= 0"),
     ],
 )
 def test_bad_policy_config_is_a_clear_error(over, match, meta, normalizer):

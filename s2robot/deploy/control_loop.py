@@ -30,7 +30,7 @@ import numpy as np
 
 from s2robot.deploy.robot_interface import ObservationError, Robot, RobotDisconnected
 from s2robot.deploy.safety import EStop, PolicyFault, SafetyFilter, Watchdog
-from s2robot.policies.action_queue import ActionQueue
+from s2robot.policies.action_queue import ActionQueue, check_ensemble_coefficient
 
 LOG = logging.getLogger(__name__)
 
@@ -119,8 +119,7 @@ class LoopConfig:
             raise ValueError(f"rate_hz must be in (0, 1000], got {self.rate_hz}")
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
-        if self.temporal_ensemble is not None and self.temporal_ensemble < 0:
-            raise ValueError("temporal_ensemble (ACT m) must be >= 0")
+        self.temporal_ensemble = check_ensemble_coefficient(self.temporal_ensemble, "temporal_ensemble")
 
 
 @dataclass

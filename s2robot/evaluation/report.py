@@ -167,13 +167,20 @@ def policy_line(info: dict[str, Any]) -> str:
     return f"{where} (step {info.get('step')}), trained on {info.get('trained_task') or 'an unknown task'}"
 
 
-def execution_text(execution: dict[str, Any] | None) -> str:
-    """``; ACT temporal ensembling m=0`` / ``; whole chunks`` from ``summary["execution"]`` (empty if absent)."""
-    if not execution:
-        return ""
+def execution_label(execution: dict[str, Any] | None) -> str:
+    """How an evaluation executed the chunks, from ``summary["execution"]``: ``ACT temporal ensembling m=0``,
+    ``whole chunks`` or ``whole chunks, first 4 actions of each chunk``. The one wording of it: the eval plot's
+    title (:func:`execution_text`) and ``scripts/policy_table.py``'s groups use it. A summary without
+    ``execution`` (written before it was recorded) executed whole chunks."""
+    execution = execution or {}
     te, k = execution.get("temporal_ensemble"), execution.get("replan_every")
     how = f"ACT temporal ensembling m={te:g}" if te is not None else "whole chunks"
-    return f"; {how}" + (f", first {k} actions of each chunk" if k else "")
+    return how + (f", first {k} actions of each chunk" if k else "")
+
+
+def execution_text(execution: dict[str, Any] | None) -> str:
+    """``; <execution_label>`` for a title line, e.g. ``; ACT temporal ensembling m=0`` (empty if absent)."""
+    return f"; {execution_label(execution)}" if execution else ""
 
 
 def write_report(out_dir: str | Path, episodes: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:

@@ -38,7 +38,7 @@ from s2robot.deploy.recorder import EpisodeRecorder
 from s2robot.deploy.robot_interface import ObservationError, Robot
 from s2robot.deploy.safety import SafetyFilter, Watchdog
 from s2robot.deploy.sim_robot import SimRobot
-from s2robot.policies.action_queue import execution_for
+from s2robot.policies.action_queue import check_ensemble_coefficient, execution_for
 from s2robot.ros.preflight import run_check, wait_for_inputs
 from s2robot.ros.robot_config import RobotConfig
 from s2robot.ros.rosbridge import RosbridgeRobot
@@ -131,9 +131,10 @@ class DeployOptions:
             raise bad("n_action_steps", self.n_action_steps, "an integer >= 1 or null")
         if self.rate_hz is not None and not 0 < self.rate_hz <= 1000:
             raise bad("rate_hz", self.rate_hz, "a number in (0, 1000] or null (robot.rate_hz)")
-        te = self.temporal_ensemble
-        if te is not None and (te != "off" if isinstance(te, str) else te < 0):
-            raise bad("temporal_ensemble", te, "a number >= 0, 'off' or null (the policy's own setting)")
+        try:
+            check_ensemble_coefficient(self.temporal_ensemble, "temporal_ensemble", override=True)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for key in ("reconnect_timeout_s", "input_timeout_s", "check_listen_s"):
             if not getattr(self, key) > 0:
                 raise bad(key, getattr(self, key), "a number > 0")
