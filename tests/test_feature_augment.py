@@ -186,7 +186,8 @@ def test_train_uses_views_and_validation_view0_with_pca(tmp_path, monkeypatch):
     for v in range(2):  # one projection applied to every view
         want = tokens_as_cached(torch.from_numpy(np.asarray(src["front"][:, v])), num_prefix=0, grid=0,
                                 projection=proj)
-        np.testing.assert_array_equal(np.asarray(red["front"][:, v]), want.numpy())
+        np.testing.assert_allclose(np.asarray(red["front"][:, v], np.float32), want.numpy().astype(np.float32),
+                                   rtol=2e-3, atol=1e-4)  # float16 rounding of batched matmuls (test_token_reduction)
 
     calls = []
     orig = SequenceDataset.get_batch

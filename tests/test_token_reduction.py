@@ -62,7 +62,9 @@ def test_reduced_set_is_stored_with_its_projection(reduced_store):
     for cam in CAMERAS:
         x = torch.from_numpy(np.asarray(src[cam][:]))
         want = tokens_as_cached(x, num_prefix=0, grid=0, projection=proj).numpy()
-        np.testing.assert_array_equal(np.asarray(red[cam][:]), want)
+        # float16 of a float32 matmul: the cache projects in batches, so BLAS may sum in another order and a value
+        # can round to the neighbouring float16 (seen: 62 of 10880 elements, 3e-5 apart); a wrong projection is far off
+        np.testing.assert_allclose(np.asarray(red[cam][:], np.float32), want.astype(np.float32), rtol=2e-3, atol=1e-4)
     assert reduce_features(path, full, 8, progress=False) == key  # complete: kept, not recomputed
     from s2robot.datasets.store import DatasetError
 
