@@ -1,8 +1,14 @@
 """``SequenceDataset``: fixed-length training windows over an :class:`EpisodeStore`.
 
 A window starting at step ``s`` of an episode of length ``L`` covers steps ``s .. s+horizon-1``; starts run from
-``-pad_before`` to ``L - horizon + pad_after`` with ``pad_before = n_obs_steps - 1`` and
-``pad_after = n_action_steps - 1``; steps outside the episode repeat its first/last frame (edge padding).
+``-pad_before`` to ``L - horizon + pad_after`` with ``pad_before = n_obs_steps - 1`` and ``pad_after`` (default
+``horizon - n_obs_steps``, the most allowed); steps outside the episode repeat its first/last frame (edge padding).
+With the default every frame of an episode is the current (last) observation of some window, the last ones with
+their final action repeated. Diffusion Policy's rule, ``pad_after = n_action_steps - 1`` (a window's executed actions
+are all real steps), never conditions on an episode's last ``horizon - n_obs_steps - n_action_steps + 1`` frames
+(7 for horizon 16, 2 obs, 8 actions): on stack_cubes, whose demos end one step after the gripper opens, its
+diffusion policy never learnt to release (docs/policies.md, point 6). For a BC chunk (horizon = n_obs_steps - 1 +
+n_action_steps) the two rules are the same.
 Observation keys are read only for the first ``n_obs_steps`` steps of a window; ``action`` for all ``horizon``.
 
 All window indices are computed once with numpy (no Python loop over episodes). Reads are batched: a batch of
@@ -83,6 +89,7 @@ class SequenceDataset(Dataset):
         token_cache_bytes: cached token arrays (``features/<hash>``) whose total size is at most this are loaded
             into RAM once per process (float16 as stored, all K views of an augmented set); 0 streams them from the
             store (an augmented set decodes a frame's K views together, one chunk, and keeps the chosen one).
+        pad_after: edge-padded steps allowed past an episode's end (module docstring); None: ``horizon - n_obs_steps``.
     Items: images uint8 (T_obs, H, W, 3); tokens float32 (T_obs, N, D); other keys float32. ``augment_views``:
     K of the feature set (1 for a plain set); ``token_keys``: the ``<cam>_tokens`` keys, the columns of ``views``.
     """
@@ -101,6 +108,7 @@ class SequenceDataset(Dataset):
         action_key: str = "action",
         lowdim_cache_bytes: int = LOWDIM_CACHE_BYTES,
         token_cache_bytes: int = TOKEN_CACHE_BYTES,
+        pad_after: int | None = None,
     ):
         if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon:
             raise ValueError(
@@ -112,7 +120,10 @@ class SequenceDataset(Dataset):
         store = path if isinstance(path, EpisodeStore) else EpisodeStore.open(path, mode="r")
         self.path = store.path
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
-        self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
+        self.pad_before = n_obs_steps - 1
+        self.pad_after = horizon - n_obs_steps if pad_after is None else int(pad_after)
+        if not 0 <= self.pad_after <= horizon - n_obs_steps:
+            raise ValueError(f"pad_after={pad_after} is not in [0, horizon - n_obs_steps = {horizon - n_obs_steps}]")
         self.split, self.val_ratio, self.seed = split, val_ratio, seed
         self.action_key = action_key
         self.feature_hash = feature_hash

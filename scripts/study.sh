@@ -143,7 +143,7 @@ metaworld)   # issue 16: expert (seeds 0-49) and random rows, then BC-MLP on fro
   # scripts/metaworld_table.py turns the outputs into the README table. Rerunning resumes (stores, runs kept).
   MW_VENV=${MW_VENV:-$(bash scripts/setup_env.sh metaworld | tail -n 1)}
   MW_TASKS=${MW_TASKS:-"pick-place-v3 drawer-open-v3 button-press-topdown-v3 door-open-v3 peg-insert-side-v3"}
-  MW_STEPS=${MW_STEPS:-3000}; MWD=$OUT/metaworld; mkdir -p "$MWD"
+  MW_STEPS=${MW_STEPS:-3000}; MW_DEMOS=${MW_DEMOS:-"25 50"}; MWD=$OUT/metaworld; mkdir -p "$MWD"
   timed() {  # task stage command...: run it, append "task stage seconds" to times.tsv
     local t=$1 st=$2 t0 ms; shift 2; t0=$(date +%s%N)
     run "$@"
@@ -156,7 +156,7 @@ metaworld)   # issue 16: expert (seeds 0-49) and random rows, then BC-MLP on fro
     timed $t collect25 "$MW_VENV/bin/s2robot" collect task=metaworld/$t episodes=25 image_size=96 out=$MWD/$t-25.zarr
     [ -d $MWD/$t-50.zarr ] || cp -r $MWD/$t-25.zarr $MWD/$t-50.zarr   # resume: the first 25 demos are the same
     timed $t collect50 "$MW_VENV/bin/s2robot" collect task=metaworld/$t episodes=50 image_size=96 out=$MWD/$t-50.zarr
-    for n in 25 50; do
+    for n in $MW_DEMOS; do
       d=$MWD/runs/$t-$n
       timed $t cache$n "$MW_VENV/bin/s2robot" cache dataset=$MWD/$t-$n.zarr "${MNV2_96[@]}" token_dim=256
       timed $t train$n "$MW_VENV/bin/s2robot" train task=metaworld/$t dataset=$MWD/$t-$n.zarr "${MNV2_96[@]}" \

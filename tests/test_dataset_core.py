@@ -102,12 +102,38 @@ def test_window_index_vectorised_matches_reference():
         np.testing.assert_array_equal(f, s + np.clip(np.arange(r, r + horizon), 0, L - 1))
 
 
+def test_pad_after_makes_every_frame_a_current_observation(tmp_path):
+    """The default pad_after = horizon - n_obs_steps conditions on every frame, the last ones with the final action
+    repeated; Diffusion Policy's n_action_steps - 1 never conditions on an episode's last frames (where a stacking
+    demo releases the cube)."""
+    _, eps = build_store(tmp_path / "d.zarr")
+    lengths = [len(e["action"]) for e in eps]
+    kw = dict(horizon=6, n_obs_steps=2, n_action_steps=2, obs_keys=["proprio"], split="all")
+    full = SequenceDataset(tmp_path / "d.zarr", **kw)
+    assert full.pad_after == 4
+    dp_rule = SequenceDataset(tmp_path / "d.zarr", pad_after=1, **kw)
+
+    def current_steps(ds):  # (episode, step) of each window's last observation
+        rows = ds.get_batch(list(range(len(ds))))["proprio"][:, -1].numpy()
+        return {(int(r[1]), int(r[0])) for r in rows}  # proprio = (step, episode seed, noise)
+
+    everything = {(e, t) for e, L in enumerate(lengths) for t in range(L)}
+    assert current_steps(full) == everything
+    missing = everything - current_steps(dp_rule)
+    assert missing == {(e, t) for e, L in enumerate(lengths) for t in range(L - 3, L)}  # horizon - n_obs - n_act + 1
+    last = full[len(full) - 1]
+    np.testing.assert_array_equal(last["action"][:, 0].numpy() - 3000, [10, 11, 11, 11, 11, 11])
+    with pytest.raises(ValueError, match="pad_after=5"):
+        SequenceDataset(tmp_path / "d.zarr", pad_after=5, **kw)
+
+
 def test_sequence_dataset_windows_and_padding(tmp_path):
     _, eps = build_store(tmp_path / "d.zarr")
     ds = SequenceDataset(tmp_path / "d.zarr", horizon=6, n_obs_steps=2, n_action_steps=4, split="all")
+    assert ds.pad_after == 4  # horizon - n_obs_steps
     assert ds.obs_keys == ["front_image", "proprio", "wrist_image"]
     # windows per episode: L - horizon + pad_before + pad_after + 1
-    assert len(ds) == sum(max(0, t - 6 + 1 + 3 + 1) for t in (5, 9, 7, 12))
+    assert len(ds) == sum(max(0, t - 6 + 1 + 4 + 1) for t in (5, 9, 7, 12))
     item = ds[0]  # first window of episode 0 starts at -1: edge-padded with frame 0
     assert item["front_image"].shape == (2, 8, 8, 3) and item["front_image"].dtype == torch.uint8
     assert item["proprio"].shape == (2, 3) and item["action"].shape == (6, 2)
@@ -115,8 +141,8 @@ def test_sequence_dataset_windows_and_padding(tmp_path):
     np.testing.assert_array_equal(item["front_image"][1], eps[0]["front_image"][0])
     np.testing.assert_array_equal(item["action"][:, 0], [0, 0, 1, 2, 3, 4])
     last = ds[len(ds) - 1]  # last window of the last episode runs past its end: repeats the final action
-    np.testing.assert_array_equal(last["action"][:, 0].numpy() - 3000, [9, 10, 11, 11, 11, 11])  # starts at L - horizon + pad_after
-    np.testing.assert_array_equal(last["proprio"].numpy(), eps[3]["proprio"][[9, 10]])
+    np.testing.assert_array_equal(last["action"][:, 0].numpy() - 3000, [10, 11, 11, 11, 11, 11])  # starts at L - horizon + pad_after
+    np.testing.assert_array_equal(last["proprio"].numpy(), eps[3]["proprio"][[10, 11]])
     # a batched read equals the per-item reads
     idx = [3, 0, len(ds) - 1, 3, 17]
     batch = ds.get_batch(idx)

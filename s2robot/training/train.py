@@ -119,11 +119,16 @@ class DatasetConfig:
     augment_views: int = 1  # K > 1: train on the cached set with K views per frame (`s2robot cache augment_views=K`)
     augment_shift: int = DEFAULT_SHIFT  # ... cached with this max shift (px of the stored images)
     augment_seed: int = 0  # ... and this seed
+    # edge-padded steps a training window may run past an episode's end (datasets/sampler.py). None: horizon - n_obs_steps,
+    # every frame is the current observation of some window; n_action_steps - 1 is Diffusion Policy's rule (7 for the
+    # diffusion U-Net), which on stack_cubes never showed it the release (docs/policies.md point 6)
+    pad_after: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.val_ratio) < 1.0:
             raise ValueError(f"dataset.val_ratio must be in [0, 1), got {self.val_ratio}")
-        for name in ("num_workers", "lowdim_cache_mb", "token_cache_mb"):
+        for name in ("num_workers", "lowdim_cache_mb", "token_cache_mb") + (("pad_after",) if self.pad_after is not None
+                                                                           else ()):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"dataset.{name} must be >= 0, got {getattr(self, name)}")
         try:
@@ -355,7 +360,8 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
                  val_ratio=float(dcfg["val_ratio"]), seed=int(dcfg["seed"]),
                  lowdim_cache_bytes=int(dcfg["lowdim_cache_mb"]) << 20,
-                 token_cache_bytes=int(dcfg["token_cache_mb"]) << 20)
+                 token_cache_bytes=int(dcfg["token_cache_mb"]) << 20,
+                 pad_after=None if dcfg.get("pad_after") is None else int(dcfg["pad_after"]))
     train_ds = SequenceDataset(store, split="train", **ds_kw)
     val_ds = SequenceDataset(store, split="val", **ds_kw) if tcfg.val_every and ds_kw["val_ratio"] > 0 else None
     if val_ds is not None and len(val_ds) == 0:
