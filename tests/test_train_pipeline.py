@@ -143,6 +143,8 @@ def test_periodic_rollouts_call_the_evaluator(tmp_path, cached_store, monkeypatc
         (dict(task={"name": "synthetic", "cameras": ["left"]}), "no images for camera"),
         (dict(train={"batch_size": 4096}), "fewer than train.batch_size"),
         (dict(policy={"name": "x", "type": "bc", "head": "svm"}), "policy.head"),
+        (dict(dataset={"pad_after": 99}), "dataset.pad_after=99 exceeds policy.horizon - policy.n_obs_steps"),
+        (dict(dataset={"pad_after": -1}), "dataset.pad_after must be >= 0"),
     ],
 )
 def test_bad_training_config_is_a_clear_error(tmp_path, store, over, match):

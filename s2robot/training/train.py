@@ -356,6 +356,9 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
         ["state"] if use_state else [])
     # every chunk present, float keys finite (a listing + the low-dim data)
     preflight(store, [k for k in obs_keys if not (feature_key and k.endswith("_image"))] + ["action"], feature_key)
+    if dcfg.get("pad_after") is not None and int(dcfg["pad_after"]) > int(head_cfg.horizon) - head_cfg.n_obs_steps:
+        raise ValueError(f"dataset.pad_after={dcfg['pad_after']} exceeds policy.horizon - policy.n_obs_steps = "
+                         f"{int(head_cfg.horizon) - head_cfg.n_obs_steps}")
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
                  val_ratio=float(dcfg["val_ratio"]), seed=int(dcfg["seed"]),
