@@ -127,10 +127,11 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.val_ratio) < 1.0:
             raise ValueError(f"dataset.val_ratio must be in [0, 1), got {self.val_ratio}")
-        for name in ("num_workers", "lowdim_cache_mb", "token_cache_mb") + (("pad_after",) if self.pad_after is not None
-                                                                           else ()):
+        for name in ("num_workers", "lowdim_cache_mb", "token_cache_mb"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"dataset.{name} must be >= 0, got {getattr(self, name)}")
+        if self.pad_after is not None and int(self.pad_after) < 0:
+            raise ValueError(f"dataset.pad_after must be >= 0 or null, got {self.pad_after}")
         try:
             self.augment()
         except ValueError as e:
