@@ -357,15 +357,16 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
         ["state"] if use_state else [])
     # every chunk present, float keys finite (a listing + the low-dim data)
     preflight(store, [k for k in obs_keys if not (feature_key and k.endswith("_image"))] + ["action"], feature_key)
-    if dcfg.get("pad_after") is not None and int(dcfg["pad_after"]) > int(head_cfg.horizon) - head_cfg.n_obs_steps:
-        raise ValueError(f"dataset.pad_after={dcfg['pad_after']} exceeds policy.horizon - policy.n_obs_steps = "
-                         f"{int(head_cfg.horizon) - head_cfg.n_obs_steps}")
+    pad_after = None if dcfg.get("pad_after") is None else int(dcfg["pad_after"])
+    max_pad = int(head_cfg.horizon) - head_cfg.n_obs_steps  # SequenceDataset's bound, named in config keys here
+    if pad_after is not None and pad_after > max_pad:
+        raise ValueError(f"dataset.pad_after={pad_after} exceeds policy.horizon - policy.n_obs_steps = {max_pad}")
     ds_kw = dict(horizon=int(head_cfg.horizon), n_obs_steps=head_cfg.n_obs_steps,
                  n_action_steps=head_cfg.n_action_steps, obs_keys=obs_keys, feature_hash=feature_key,
                  val_ratio=float(dcfg["val_ratio"]), seed=int(dcfg["seed"]),
                  lowdim_cache_bytes=int(dcfg["lowdim_cache_mb"]) << 20,
                  token_cache_bytes=int(dcfg["token_cache_mb"]) << 20,
-                 pad_after=None if dcfg.get("pad_after") is None else int(dcfg["pad_after"]))
+                 pad_after=pad_after)
     train_ds = SequenceDataset(store, split="train", **ds_kw)
     val_ds = SequenceDataset(store, split="val", **ds_kw) if tcfg.val_every and ds_kw["val_ratio"] > 0 else None
     if val_ds is not None and len(val_ds) == 0:
