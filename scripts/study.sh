@@ -74,10 +74,18 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   data=$OUT/$task-$P_DEMOS.zarr
   run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true out=$data
   run $S2 cache dataset=$data "${MNV2_96[@]}" token_dim=256 augment_views=$P_AUG
-  P_RUNS=("state-bc_mlp policy=bc_mlp task.cameras=[] task.env_kwargs.state_obs=true"
+  STATE=(task.cameras=[] task.env_kwargs.state_obs=true)
+  DP=(policy=diffusion_unet train.steps=${P_DP_STEPS:-3000})
+  P_RUNS=("state-bc_mlp policy=bc_mlp ${STATE[*]}"
           "images$aug-bc_mlp policy=bc_mlp token_dim=256 dataset.augment_views=$P_AUG"
-          "images$aug-diffusion_unet policy=diffusion_unet token_dim=256 train.steps=${P_DP_STEPS:-3000} optim.warmup_steps=200 dataset.augment_views=$P_AUG")
-  [ -n "${P_ONLY:-}" ] && P_RUNS=("${P_RUNS[@]:0:$P_ONLY}")   # P_ONLY=2: state and image BC-MLP rows only
+          "state-diffusion_unet ${DP[*]} ${STATE[*]}"
+          "images$aug-diffusion_unet ${DP[*]} optim.warmup_steps=200 token_dim=256 dataset.augment_views=$P_AUG")
+  # P_ROWS picks rows by name, e.g. P_ROWS="state-bc_mlp images-bc_mlp" (default: all four)
+  if [ -n "${P_ROWS:-}" ]; then
+    picked=(); for spec in "${P_RUNS[@]}"; do [[ " $P_ROWS " == *" ${spec%% *} "* ]] && picked+=("$spec"); done
+    [ ${#picked[@]} -gt 0 ] || { echo "P_ROWS=$P_ROWS names none of: ${P_RUNS[*]%% *}" >&2; exit 2; }
+    P_RUNS=("${picked[@]}")
+  fi
   CURVE=(train.eval_every=$EVAL_EVERY train.eval_episodes=50 train.eval_n_envs=2 train.eval_videos=0
          train.val_every=$EVAL_EVERY train.tensorboard=false train.progress=false task.image_size=96)
   for seed in $SEEDS; do
