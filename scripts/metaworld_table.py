@@ -12,7 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-DEMOS = (25, 50)
+COLUMNS = (  # (header, run-folder suffix of runs/<task>-<suffix>): study.sh's BC-MLP rows, then MW_POLICY=diffusion_unet
+    ("BC-MLP, 25 demos", "25"),
+    ("BC-MLP, 50 demos", "50"),
+    ("diffusion U-Net, 50 demos", "50-diffusion_unet"),
+)
 
 
 def _rate(ok: int, n: int, ci) -> str:
@@ -35,29 +39,35 @@ def tables(folder: Path) -> str:
         row = json.loads(line)
         base[row["task"].split("/", 1)[1]] = row
     times = _times(folder)
-    results = ["| task | expert, seeds 0-49 | random | BC-MLP, 25 demos | BC-MLP, 50 demos |", "|---|---:|---:|---:|---:|"]
-    timing = ["| task | baselines | collect 25 / +25 | cache 25 / 50 | train 25 / 50 | eval 25 / 50 |",
-              "|---|---:|---:|---:|---:|---:|"]
-    rates = {n: [] for n in DEMOS}
+
+    def summary(task: str, suffix: str) -> dict | None:
+        f = folder / "runs" / f"{task}-{suffix}" / "eval" / "summary.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    columns = [(h, sfx) for h, sfx in COLUMNS if any(summary(t, sfx) for t in base)]
+    results = ["| task | expert, seeds 0-49 | random | " + " | ".join(h for h, _ in columns) + " |",
+               "|---|---:|---:|" + "---:|" * len(columns)]
+    timing = ["| task | baselines | collect 25 / +25 | cache 25 / 50 | " + " | ".join(
+        f"train / eval: {h}" for h, _ in columns) + " |", "|---|---:|---:|---:|" + "---:|" * len(columns)]
+    rates: dict[str, list[float]] = {h: [] for h, _ in columns}
     for task, row in base.items():
         cells = [_rate(row["expert"]["success"], 50, row["expert"]["ci95"]),
                  _rate(row["random"]["success"], row["random"]["episodes"], row["random"]["ci95"])]
-        for n in DEMOS:
-            summary = folder / "runs" / f"{task}-{n}" / "eval" / "summary.json"
-            if summary.is_file():
-                s = json.loads(summary.read_text())
-                cells.append(_rate(s["n_success"], s["n_episodes"], s["success_ci95"]))
-                rates[n].append(s["success_rate"])
-            else:
-                cells.append("not run")
+        for h, sfx in columns:
+            s = summary(task, sfx)
+            cells.append(_rate(s["n_success"], s["n_episodes"], s["success_ci95"]) if s else "not run")
+            if s:
+                rates[h].append(s["success_rate"])
         results.append(f"| {task} | " + " | ".join(cells) + " |")
 
         def t(stage: str) -> str:
             return f"{times[(task, stage)]:.0f}" if (task, stage) in times else "-"
 
         timing.append(f"| {task} | {t('baselines')} | {t('collect25')} / {t('collect50')} | {t('cache25')} / "
-                      f"{t('cache50')} | {t('train25')} / {t('train50')} | {t('eval25')} / {t('eval50')} |")
-    means = ", ".join(f"{n} demos {100 * sum(r) / len(r):.1f} % over {len(r)} tasks" for n, r in rates.items() if r)
+                      f"{t('cache50')} | " + " | ".join(
+                          f"{t('train' + sfx)} / {t('eval' + sfx)}"
+                          for _, sfx in columns) + " |")
+    means = ", ".join(f"{h} {100 * sum(r) / len(r):.1f} % over {len(r)} tasks" for h, r in rates.items() if r)
     return "\n".join(results) + f"\n\nMean policy success: {means or 'none yet'}.\n\nWall time (s):\n\n" + "\n".join(timing)
 
 

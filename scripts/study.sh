@@ -152,6 +152,8 @@ metaworld)   # issue 16: expert (seeds 0-49) and random rows, then BC-MLP on fro
   MW_VENV=${MW_VENV:-$(bash scripts/setup_env.sh metaworld | tail -n 1)}
   MW_TASKS=${MW_TASKS:-"pick-place-v3 drawer-open-v3 button-press-topdown-v3 door-open-v3 peg-insert-side-v3"}
   MW_STEPS=${MW_STEPS:-3000}; MW_DEMOS=${MW_DEMOS:-"25 50"}; MWD=$OUT/metaworld; mkdir -p "$MWD"
+  # MW_POLICY=diffusion_unet MW_STEPS=6000 MW_EXTRA="optim.warmup_steps=200": the diffusion rows (runs <task>-<n>-<policy>)
+  MW_POLICY=${MW_POLICY:-bc_mlp}; sfx=$([ "$MW_POLICY" = bc_mlp ] || echo "-$MW_POLICY")
   timed() {  # task stage command...: run it, append "task stage seconds" to times.tsv
     local t=$1 st=$2 t0 ms; shift 2; t0=$(date +%s%N)
     run "$@"
@@ -165,12 +167,12 @@ metaworld)   # issue 16: expert (seeds 0-49) and random rows, then BC-MLP on fro
     [ -d $MWD/$t-50.zarr ] || cp -r $MWD/$t-25.zarr $MWD/$t-50.zarr   # resume: the first 25 demos are the same
     timed $t collect50 "$MW_VENV/bin/s2robot" collect task=metaworld/$t episodes=50 image_size=96 out=$MWD/$t-50.zarr
     for n in $MW_DEMOS; do
-      d=$MWD/runs/$t-$n
+      d=$MWD/runs/$t-$n$sfx
       timed $t cache$n "$MW_VENV/bin/s2robot" cache dataset=$MWD/$t-$n.zarr "${MNV2_96[@]}" token_dim=256
-      timed $t train$n "$MW_VENV/bin/s2robot" train task=metaworld/$t dataset=$MWD/$t-$n.zarr "${MNV2_96[@]}" \
-        token_dim=256 policy=bc_mlp train.steps=$MW_STEPS train.tensorboard=false train.progress=false \
-        dataset.num_workers=0 out_dir=$d
-      timed $t eval$n "$MW_VENV/bin/s2robot" eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval
+      timed $t train$n$sfx "$MW_VENV/bin/s2robot" train task=metaworld/$t dataset=$MWD/$t-$n.zarr "${MNV2_96[@]}" \
+        token_dim=256 policy=$MW_POLICY train.steps=$MW_STEPS train.tensorboard=false train.progress=false \
+        dataset.num_workers=0 ${MW_EXTRA:-} out_dir=$d
+      timed $t eval$n$sfx "$MW_VENV/bin/s2robot" eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval
     done
   done
   ;;
