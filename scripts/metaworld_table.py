@@ -12,11 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = (  # (header, run-folder suffix of runs/<task>-<suffix>): study.sh's BC-MLP rows, then MW_POLICY=diffusion_unet
-    ("BC-MLP, 25 demos", "25"),
-    ("BC-MLP, 50 demos", "50"),
-    ("diffusion U-Net, 50 demos", "50-diffusion_unet"),
-)
+POLICIES = {"": "BC-MLP", "-diffusion_unet": "diffusion U-Net"}  # study.sh's run-folder suffix (MW_POLICY) -> name
+COLUMNS = [(f"{name}, {n} demos", f"{n}{sfx}") for sfx, name in POLICIES.items() for n in (25, 50)]  # (header, suffix)
 
 
 def _rate(ok: int, n: int, ci) -> str:
@@ -28,7 +25,9 @@ def _times(folder: Path) -> dict[tuple[str, str], float]:
     path = folder / "times.tsv"
     for line in path.read_text().splitlines() if path.is_file() else []:
         task, stage, seconds = line.split("\t")
-        times[(task, stage)] = float(seconds)  # a rerun (resume) replaces the figure
+        # study.sh appends a line only when a stage completes, so the first line is the stage's cost; a later one is a
+        # rerun (resume, or MW_POLICY's rows) that found the stage's output done
+        times.setdefault((task, stage), float(seconds))
     return times
 
 
@@ -40,11 +39,12 @@ def tables(folder: Path) -> str:
         base[row["task"].split("/", 1)[1]] = row
     times = _times(folder)
 
-    def summary(task: str, suffix: str) -> dict | None:
-        f = folder / "runs" / f"{task}-{suffix}" / "eval" / "summary.json"
-        return json.loads(f.read_text()) if f.is_file() else None
-
-    columns = [(h, sfx) for h, sfx in COLUMNS if any(summary(t, sfx) for t in base)]
+    summaries = {}
+    for task in base:
+        for _, sfx in COLUMNS:
+            f = folder / "runs" / f"{task}-{sfx}" / "eval" / "summary.json"
+            summaries[(task, sfx)] = json.loads(f.read_text()) if f.is_file() else None
+    columns = [(h, sfx) for h, sfx in COLUMNS if any(summaries[(t, sfx)] for t in base)]
     results = ["| task | expert, seeds 0-49 | random | " + " | ".join(h for h, _ in columns) + " |",
                "|---|---:|---:|" + "---:|" * len(columns)]
     timing = ["| task | baselines | collect 25 / +25 | cache 25 / 50 | " + " | ".join(
@@ -54,7 +54,7 @@ def tables(folder: Path) -> str:
         cells = [_rate(row["expert"]["success"], 50, row["expert"]["ci95"]),
                  _rate(row["random"]["success"], row["random"]["episodes"], row["random"]["ci95"])]
         for h, sfx in columns:
-            s = summary(task, sfx)
+            s = summaries[(task, sfx)]
             cells.append(_rate(s["n_success"], s["n_episodes"], s["success_ci95"]) if s else "not run")
             if s:
                 rates[h].append(s["success_rate"])
