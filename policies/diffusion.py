@@ -145,3 +145,18 @@ class DiffusionPolicy(BasePolicy):
             x = sched.step(eps, t, x).prev_sample  # eta = 0: deterministic given the initial noise
         start = self.n_obs_steps - 1
         return self.unnormalize_action(x[:, start : start + self.n_action_steps])
+
+
+def set_inference_steps(policy: nn.Module, steps: int | None, key: str = "num_inference_steps") -> None:
+    """Override a loaded policy's DDIM step count (``s2robot eval|deploy num_inference_steps=N``); None keeps the
+    checkpoint's. Fewer steps cut the chunk latency about linearly; whether success holds is measured per task
+    (docs/policies.md). Raises ValueError, naming ``key``, for a policy that does not denoise or a bad count."""
+    if steps is None:
+        return
+    if not isinstance(policy, DiffusionPolicy):
+        raise ValueError(f"{key}={steps}: only diffusion policies take denoising steps; this checkpoint holds a "
+                         f"{type(policy).__name__}")
+    limit = int(policy.noise_scheduler.config.num_train_timesteps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+        raise ValueError(f"{key}={steps!r}: expected an integer in [1, {limit}] (the policy's num_train_timesteps)")
+    policy.num_inference_steps = steps

@@ -76,6 +76,34 @@ def test_eval_on_another_task_warns_and_records_the_training_task(checkpoint, tm
     assert summary["policy"]["step"] == 1
 
 
+def test_eval_overrides_the_ddim_step_count_and_records_it(checkpoint, tmp_path):
+    """``num_inference_steps=N`` runs N denoising steps per chunk (the checkpoint's config says 2) and the report
+    names the count; a count the policy cannot take is one line naming the key."""
+    from s2robot.evaluation.cli import run
+    from s2robot.policies.unet1d import ConditionalUnet1D
+
+    calls = []
+    forward = ConditionalUnet1D.forward
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return forward(self, *a, **k)
+
+    cfg = compose("eval", [f"checkpoint={checkpoint}", "episodes=1", "n_envs=1", "max_steps=1", "n_videos=0",
+                           f"out={tmp_path / 'e'}", "device=cpu", "num_inference_steps=5", "backend=cpu"])
+    ConditionalUnet1D.forward = counting  # the policy runs in this process; env workers only step MuJoCo
+    try:
+        assert run(cfg) == 0
+    finally:
+        ConditionalUnet1D.forward = forward
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["policy"]["num_inference_steps"] == 5 and summary["policy_forwards"] == 1 and len(calls) == 5
+    for bad in ("0", "101", "abc"):
+        with pytest.raises(SystemExit, match=rf"^s2robot eval: num_inference_steps='?{bad}'?: expected an integer "
+                                             r"in \[1, 100\]"):
+            run(compose("eval", [f"checkpoint={checkpoint}", f"num_inference_steps={bad}", "device=cpu"]))
+
+
 def test_eval_verb_errors_are_named(tmp_path):
     from s2robot.evaluation.cli import run
 

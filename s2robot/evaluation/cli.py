@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from s2robot.device import resolve_device
 from s2robot.evaluation.env_config import env_kwargs_for, match_policy
 from s2robot.evaluation.rollout import eval_seed, evaluate
+from s2robot.policies.diffusion import set_inference_steps
 from s2robot.policies.loading import STATE_FILE, load_policy, read_config, resolve_checkpoint
 
 
@@ -73,8 +74,14 @@ def run(cfg) -> int:
     explicit = OmegaConf.to_container(cfg.get("env_kwargs") or OmegaConf.create({}), resolve=True)
     device = resolve_device(cfg.device)  # configs/eval.yaml holds every key
     policy = load_policy(ckpt, device=str(device))
+    try:
+        set_inference_steps(policy, cfg.get("num_inference_steps"))
+    except ValueError as e:
+        raise SystemExit(f"s2robot eval: {e}") from None
     env_kwargs = {**match_policy(env_kwargs_for(task_cfg), policy, explicit), **explicit}
     info = checkpoint_info(ckpt)
+    if hasattr(policy, "num_inference_steps"):
+        info["num_inference_steps"] = policy.num_inference_steps
     warning = task_mismatch(info, task_cfg["name"])
     if warning:
         print(warning, file=sys.stderr)

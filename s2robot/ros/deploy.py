@@ -113,6 +113,7 @@ class DeployOptions:
     rate_hz: float | None = None
     n_action_steps: int | None = None
     temporal_ensemble: float | str | None = None  # null: the policy's own; m >= 0: ACT; "off": whole chunks
+    num_inference_steps: int | None = None  # diffusion policies: DDIM steps per chunk (null: the checkpoint's)
     reconnect_timeout_s: float = 10.0
     input_timeout_s: float = 10.0
     sim_realtime: bool = False
@@ -127,8 +128,9 @@ class DeployOptions:
         for key in ("episodes", "max_steps"):
             if getattr(self, key) < 1:
                 raise bad(key, getattr(self, key), "an integer >= 1")
-        if self.n_action_steps is not None and self.n_action_steps < 1:
-            raise bad("n_action_steps", self.n_action_steps, "an integer >= 1 or null")
+        for key in ("n_action_steps", "num_inference_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise bad(key, getattr(self, key), "an integer >= 1 or null")
         if self.rate_hz is not None and not 0 < self.rate_hz <= 1000:
             raise bad("rate_hz", self.rate_hz, "a number in (0, 1000] or null (robot.rate_hz)")
         try:
@@ -277,6 +279,7 @@ def _start(robot: Robot, robot_cfg: RobotConfig, opts: DeployOptions) -> tuple[s
 def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
     # Imported on use: deployment and the ROS transports stay importable (and testable) without torch.
     from s2robot.device import resolve_device
+    from s2robot.policies.diffusion import set_inference_steps
     from s2robot.policies.loading import load_policy
 
     try:
@@ -285,6 +288,7 @@ def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
     except (FileNotFoundError, RuntimeError, ValueError) as e:  # a missing / unreadable checkpoint, no CUDA, ...
         raise SystemExit(f"s2robot deploy: checkpoint={opts.checkpoint} device={opts.device}: {e}") from None
     try:
+        set_inference_steps(policy, opts.num_inference_steps)
         check_policy_matches(policy, robot_cfg)
     except ValueError as e:
         raise SystemExit(f"s2robot deploy: {e}") from None
