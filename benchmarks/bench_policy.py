@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--cached-only", action="store_true",
                     help="only the cached-token training table: previous path vs in-RAM PCA-256 tokens")
     ap.add_argument("--train-batch", type=int, default=64, help="batch of the cached-token training table")
+    ap.add_argument("--ddim-steps", default="10,100",
+                    help="comma-separated DDIM step counts of the latency table (eval/deploy num_inference_steps=N)")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -75,7 +77,7 @@ def main() -> None:
     if not args.latency_only:
         cached_training_table(args, encoder, norm, cfg_dir, S, P, A, cams)
         training_table(args, encoder, meta, norm, cfg_dir, S, P, A, cams)
-    latency_table(encoder, meta, norm, cfg_dir, S, P, cams)
+    latency_table(encoder, meta, norm, cfg_dir, S, P, cams, [int(k) for k in args.ddim_steps.split(",")])
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
@@ -225,8 +227,9 @@ def reference_predict(policy, obs):
             m.gemm = True
 
 
-def latency_table(encoder, meta, norm, cfg_dir, S, P, cams) -> None:
-    """One action chunk at batch 1: reference path vs the current one, interleaved, median of the repeats."""
+def latency_table(encoder, meta, norm, cfg_dir, S, P, cams, ddim_steps=(10, 100)) -> None:
+    """One action chunk at batch 1: reference path vs the current one, interleaved, median of the repeats; the
+    diffusion U-Net at each DDIM step count of ``ddim_steps``."""
     import torch
     from omegaconf import OmegaConf
 
@@ -239,7 +242,7 @@ def latency_table(encoder, meta, norm, cfg_dir, S, P, cams) -> None:
     obs_img["proprio"] = obs_tok["proprio"]
     print(f"\n## inference: one action chunk, batch 1 (encoder engine now: {encoder.engine_in_use})\n"
           "| policy | input | reference ms | now ms | speed-up |\n|---|---|---|---|---|")
-    for name, steps in (("diffusion_unet", 10), ("diffusion_unet", 100), ("bc_mlp", None)):
+    for name, steps in [("diffusion_unet", k) for k in ddim_steps] + [("bc_mlp", None)]:
         pc = OmegaConf.to_container(OmegaConf.load(cfg_dir / "policy" / f"{name}.yaml"))
         if steps:
             pc["num_inference_steps"] = steps
