@@ -56,7 +56,7 @@ def test_eval_verb_on_a_real_checkpoint_and_task(checkpoint, tmp_path, capsys):
     frame = next(iter(iio.imiter(s1["files"]["videos"][0])))
     assert frame.shape == (32 * 8 + 18, 2 * 256, 3)  # 32 px views enlarged 8x, side by side, over a text strip
     assert s1["policy"] == {"checkpoint": str(checkpoint), "step": 1, "trained_task": "lift_cube",
-                            "trained_on": None}  # what was evaluated is in every report
+                            "trained_on": None, "num_inference_steps": 2}  # what was evaluated is in every report
     for a, b in zip(eps1, eps2):  # N does not change any episode's outcome
         assert (a["episode"], a["seed"], a["length"], a["success"], a["end"]) == \
                (b["episode"], b["seed"], b["length"], b["success"], b["end"])
