@@ -76,7 +76,7 @@ def test_eval_on_another_task_warns_and_records_the_training_task(checkpoint, tm
     assert summary["policy"]["step"] == 1
 
 
-def test_eval_overrides_the_ddim_step_count_and_records_it(checkpoint, tmp_path):
+def test_eval_overrides_the_ddim_step_count_and_records_it(checkpoint, tmp_path, monkeypatch):
     """``num_inference_steps=N`` runs N denoising steps per chunk (the checkpoint's config says 2) and the report
     names the count; a count the policy cannot take is one line naming the key."""
     from s2robot.evaluation.cli import run
@@ -91,11 +91,9 @@ def test_eval_overrides_the_ddim_step_count_and_records_it(checkpoint, tmp_path)
 
     cfg = compose("eval", [f"checkpoint={checkpoint}", "episodes=1", "n_envs=1", "max_steps=1", "n_videos=0",
                            f"out={tmp_path / 'e'}", "device=cpu", "num_inference_steps=5", "backend=cpu"])
-    ConditionalUnet1D.forward = counting  # the policy runs in this process; env workers only step MuJoCo
-    try:
-        assert run(cfg) == 0
-    finally:
-        ConditionalUnet1D.forward = forward
+    monkeypatch.setattr(ConditionalUnet1D, "forward", counting)  # the policy runs here; env workers step MuJoCo
+    assert run(cfg) == 0
+    monkeypatch.undo()
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["policy"]["num_inference_steps"] == 5 and summary["policy_forwards"] == 1 and len(calls) == 5
     for bad in ("0", "101", "abc"):
