@@ -3,6 +3,7 @@ chunk (diffusion U-Net with DDIM 10 / 100 steps, BC-MLP), measured side by side 
 
     python benchmarks/bench_policy.py [--encoder mobilenet_v2] [--image-size 96] [--batch 16] [--threads 1]
     python benchmarks/bench_policy.py --input-size 96 --latency-only   # the demo's encoder size, latency only
+    python benchmarks/bench_policy.py --input-size 96 --latency-only --compile   # + torch.compile'd denoiser
 
 Training steps use the real pipeline pieces: ``SequenceDataset.get_batch`` from a synthetic zarr store (cached
 ``features/<hash>`` vs ``<cam>_image``), ``compute_loss``, backward, AdamW step. Policies use the shipped
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=64, help="batch of the cached-token training table")
     ap.add_argument("--ddim-steps", default="10,100",
                     help="comma-separated DDIM step counts of the latency table (eval/deploy num_inference_steps=N)")
+    ap.add_argument("--compile", action="store_true",
+                    help="latency table: also the diffusion policies with compile_denoiser (and the compile time)")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -77,7 +80,8 @@ def main() -> None:
     if not args.latency_only:
         cached_training_table(args, encoder, norm, cfg_dir, S, P, A, cams)
         training_table(args, encoder, meta, norm, cfg_dir, S, P, A, cams)
-    latency_table(encoder, meta, norm, cfg_dir, S, P, cams, [int(k) for k in args.ddim_steps.split(",")])
+    latency_table(encoder, meta, norm, cfg_dir, S, P, cams, [int(k) for k in args.ddim_steps.split(",")],
+                  args.compile)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
@@ -227,42 +231,66 @@ def reference_predict(policy, obs):
             m.gemm = True
 
 
-def latency_table(encoder, meta, norm, cfg_dir, S, P, cams, ddim_steps=(10, 100)) -> None:
+def latency_table(encoder, meta, norm, cfg_dir, S, P, cams, ddim_steps=(10, 100), compiled=False) -> None:
     """One action chunk at batch 1: reference path vs the current one, interleaved, median of the repeats; the
-    diffusion U-Net at each DDIM step count of ``ddim_steps``."""
+    diffusion U-Net at each DDIM step count of ``ddim_steps``. ``compiled``: also the current path with the
+    denoiser through ``torch.compile`` (``compile_denoiser=true``), timed in the same interleaved loop, and the
+    wall time of its first (compiling) chunk."""
     import torch
     from omegaconf import OmegaConf
 
     from s2robot.policies import build_policy
+    from s2robot.policies.diffusion import set_compiled_denoiser
 
     g = torch.Generator().manual_seed(0)
     obs_tok = {f"{c}_tokens": torch.randn(1, 2, encoder.num_tokens, encoder.out_dim, generator=g) for c in cams}
     obs_tok["proprio"] = torch.randn(1, 2, P, generator=g)
     obs_img = {f"{c}_image": torch.randint(0, 256, (1, 2, S, S, 3), dtype=torch.uint8, generator=g) for c in cams}
     obs_img["proprio"] = obs_tok["proprio"]
-    print(f"\n## inference: one action chunk, batch 1 (encoder engine now: {encoder.engine_in_use})\n"
-          "| policy | input | reference ms | now ms | speed-up |\n|---|---|---|---|---|")
+    head = "| policy | input | reference ms | now ms | speed-up |"
+    if compiled:
+        head += " compiled ms | compiled vs now | first compiled chunk s |"
+    print(f"\n## inference: one action chunk, batch 1 (encoder engine now: {encoder.engine_in_use})\n{head}\n"
+          + "|---" * (head.count("|") - 1) + "|")
     for name, steps in [("diffusion_unet", k) for k in ddim_steps] + [("bc_mlp", None)]:
         pc = OmegaConf.to_container(OmegaConf.load(cfg_dir / "policy" / f"{name}.yaml"))
         if steps:
             pc["num_inference_steps"] = steps
         policy = build_policy(pc, meta, norm, encoder).eval()
         label = f"{name}" + (f" DDIM {steps}" if steps else "")
+        fast = first = None
+        if compiled and steps:
+            set_compiled_denoiser(policy, True)
+            fast, policy.compiled_denoiser = policy.compiled_denoiser, None  # switched on only while timed
+
+        def chunk(obs, compiled_fn=None):
+            policy.compiled_denoiser = compiled_fn
+            t = time.perf_counter()
+            policy.predict_action(obs)
+            policy.compiled_denoiser = None
+            return time.perf_counter() - t
+
         with torch.inference_mode():
             for inp, obs in (("cached tokens", obs_tok), ("raw images", obs_img)):
                 reps = 7 if (steps or 0) < 100 else 3
-                ref, now = [], []
+                ref, now, comp = [], [], []
                 policy.predict_action(obs), reference_predict(policy, obs)  # warm-up (engines build here)
+                if fast is not None:
+                    t = chunk(obs, fast)
+                    first = t if first is None else first
                 for _ in range(reps):
                     t = time.perf_counter()
                     reference_predict(policy, obs)
                     ref.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    policy.predict_action(obs)
-                    now.append(time.perf_counter() - t)
+                    now.append(chunk(obs))
+                    if fast is not None:
+                        comp.append(chunk(obs, fast))
                 r, n = 1000 * statistics.median(ref), 1000 * statistics.median(now)
-                print(f"| {label} | {inp} | {r:.1f} | {n:.1f} | {r / n:.2f}x |")
-
+                row = f"| {label} | {inp} | {r:.1f} | {n:.1f} | {r / n:.2f}x |"
+                if compiled:
+                    c = 1000 * statistics.median(comp) if comp else None
+                    row += f" {c:.1f} | {n / c:.2f}x | {first:.1f} |" if c else " - | - | - |"
+                print(row)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,11 +5,13 @@ the normalised action window (B, horizon, A); the denoiser (1-D conditional U-Ne
 predicts the noise given the diffusion step and the observation tokens; loss is MSE.
 Inference: ``DDIMScheduler`` built from the same config runs ``num_inference_steps`` deterministic (eta = 0)
 steps from Gaussian noise drawn row-wise (per-row generators when given); the executed chunk is
-``[n_obs_steps - 1, n_obs_steps - 1 + n_action_steps)`` of the denoised horizon.
+``[n_obs_steps - 1, n_obs_steps - 1 + n_action_steps)`` of the denoised horizon. Opt-in for long-lived
+inference (deployment, long evaluations): :func:`set_compiled_denoiser` runs the denoiser through ``torch.compile``.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +25,7 @@ from s2robot.policies.base import BasePolicy, ShapeMeta, randn_rows
 from s2robot.policies.transformer_denoiser import TransformerDenoiser
 from s2robot.policies.unet1d import ConditionalUnet1D
 
-__all__ = ["DiffusionConfig", "DiffusionPolicy"]
+__all__ = ["DiffusionConfig", "DiffusionPolicy", "set_inference_steps", "set_compiled_denoiser"]
 
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -104,6 +106,14 @@ class DiffusionPolicy(BasePolicy):
         )
         self.inference_scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
         self.num_inference_steps = cfg.num_inference_steps
+        # torch.compile'd ``denoiser.forward`` (set_compiled_denoiser) or None: a plain attribute, never a sub-module,
+        # so the state dict is the same either way; dropped on pickling and deepcopy
+        self.compiled_denoiser = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["compiled_denoiser"] = None
+        return state
 
     def _cond(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.encode_obs(obs).flatten(1, 2)  # (B, T_obs * M, d)
@@ -134,14 +144,15 @@ class DiffusionPolicy(BasePolicy):
         if sched.num_inference_steps != self.num_inference_steps:
             sched.set_timesteps(self.num_inference_steps)  # CPU timesteps: the scheduler indexes CPU tables with them
         x = randn_rows((B, self.horizon, self.action_dim), generators, cond.device, cond.dtype)
+        denoise = self.compiled_denoiser or self.denoiser
         film = None
         if isinstance(self.denoiser, ConditionalUnet1D):  # every step's FiLM terms in one pass per chunk
             film = self.denoiser.film_tables(sched.timesteps.to(cond.device), cond)
         for i, t in enumerate(sched.timesteps):
             if film is None:
-                eps = self.denoiser(x, t.to(cond.device).expand(B), cond)
+                eps = denoise(x, t.to(cond.device).expand(B), cond)
             else:
-                eps = self.denoiser(x, None, film=[table[i] for table in film])
+                eps = denoise(x, None, film=[table[i] for table in film])
             x = sched.step(eps, t, x).prev_sample  # eta = 0: deterministic given the initial noise
         start = self.n_obs_steps - 1
         return self.unnormalize_action(x[:, start : start + self.n_action_steps])
@@ -160,3 +171,42 @@ def set_inference_steps(policy: nn.Module, steps: int | None, key: str = "num_in
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
         raise ValueError(f"{key}={steps!r}: expected an integer in [1, {limit}] (the policy's num_train_timesteps)")
     policy.num_inference_steps = steps
+
+
+def set_compiled_denoiser(policy: nn.Module, enabled: bool, key: str = "compile_denoiser",
+                          warm_up_batch: int | None = None) -> float:
+    """Run a loaded diffusion policy's denoiser through ``torch.compile`` (inductor) at inference
+    (``s2robot eval|deploy compile_denoiser=true``), or back in eager mode (``enabled=False``).
+
+    The U-Net's denoising step at batch 1 is mostly per-operator overhead on a CPU (conv, GroupNorm, FiLM and Mish
+    on 4-16 time steps); compiled, those fuse into a few kernels. The first call compiles (tens of seconds on a
+    CPU; again once when the batch size first changes), so it pays in deployment and long evaluations, not in short
+    ones (benchmarks/bench_policy.py ``--compile`` measures both). ``warm_up_batch=B`` compiles now, on zeros of
+    the shapes a batch-B chunk uses, so that the first real chunk does not stall (deployment). The weights and the
+    state dict are unchanged and actions equal eager ones within float32 rounding. Returns the warm-up's seconds
+    (0 without one). Raises ValueError, naming ``key``, for a policy that does not denoise or a non-bool value."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"{key}={enabled!r}: expected true or false")
+    if not enabled:
+        if isinstance(policy, DiffusionPolicy):
+            policy.compiled_denoiser = None
+        return 0.0
+    if not isinstance(policy, DiffusionPolicy):
+        raise ValueError(f"{key}=true: only diffusion policies have a denoiser to compile; this checkpoint holds a "
+                         f"{type(policy).__name__}")
+    policy.compiled_denoiser = torch.compile(policy.denoiser.forward)
+    if not warm_up_batch:
+        return 0.0
+    t0 = time.perf_counter()
+    param = next(policy.denoiser.parameters())
+    conditioner = policy.obs_conditioner
+    with torch.inference_mode():
+        cond = torch.zeros(warm_up_batch, policy.n_obs_steps * conditioner.tokens_per_step, conditioner.out_dim,
+                           device=param.device, dtype=param.dtype)
+        x = torch.zeros(warm_up_batch, policy.horizon, policy.action_dim, device=param.device, dtype=param.dtype)
+        steps = torch.zeros(1, dtype=torch.long, device=param.device)
+        if isinstance(policy.denoiser, ConditionalUnet1D):  # the FiLM rows exactly as predict_action slices them
+            policy.compiled_denoiser(x, None, film=[table[0] for table in policy.denoiser.film_tables(steps, cond)])
+        else:
+            policy.compiled_denoiser(x, steps.expand(warm_up_batch), cond)
+    return time.perf_counter() - t0

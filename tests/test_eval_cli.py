@@ -100,6 +100,8 @@ def test_eval_overrides_the_ddim_step_count_and_records_it(checkpoint, tmp_path,
         with pytest.raises(SystemExit, match=rf"^s2robot eval: num_inference_steps='?{bad}'?: expected an integer "
                                              r"in \[1, 100\]"):
             run(compose("eval", [f"checkpoint={checkpoint}", f"num_inference_steps={bad}", "device=cpu"]))
+    with pytest.raises(SystemExit, match=r"^s2robot eval: compile_denoiser='abc': expected true or false$"):
+        run(compose("eval", [f"checkpoint={checkpoint}", "compile_denoiser=abc", "device=cpu"]))
 
 
 def test_eval_verb_errors_are_named(tmp_path):

@@ -281,6 +281,37 @@ def test_ddim_step_count_is_configurable_at_inference(meta, normalizer):
     torch.testing.assert_close(policy.predict_action(obs, gens()), a5)
 
 
+def test_compiled_denoiser_matches_eager_and_leaves_the_weights_alone(meta, normalizer):
+    """``set_compiled_denoiser`` (eval/deploy ``compile_denoiser=true``) gives the eager actions within float32
+    rounding, changes no state-dict key, is dropped by deepcopy and can be switched off; its warm-up compiles the
+    graph the chunks then use (no compile in the first real chunk); a BC policy is refused."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from s2robot.policies.diffusion import set_compiled_denoiser
+
+    policy = make("diffusion_unet", meta, normalizer).eval()
+    obs = {k: v for k, v in token_batch(meta, policy.horizon, 2).items() if k != "action"}
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
+    keys = list(policy.state_dict())
+    with torch.inference_mode():
+        eager = policy.predict_action(obs, gens())
+        assert set_compiled_denoiser(policy, True, warm_up_batch=B) > 0
+        assert policy.compiled_denoiser is not None and list(policy.state_dict()) == keys
+        graphs = counters["stats"]["unique_graphs"]
+        torch.testing.assert_close(policy.predict_action(obs, gens()), eager, atol=1e-5, rtol=1e-5)
+        assert counters["stats"]["unique_graphs"] == graphs  # the warm-up compiled what the chunk ran
+    assert copy.deepcopy(policy).compiled_denoiser is None
+    set_compiled_denoiser(policy, False)
+    assert policy.compiled_denoiser is None
+    with pytest.raises(ValueError, match=r"^compile_denoiser=true: only diffusion policies have a denoiser to compile; "
+                                         r"this checkpoint holds a BCPolicy$"):
+        set_compiled_denoiser(make("bc_mlp", meta, normalizer), True)
+    with pytest.raises(ValueError, match=r"^compile_denoiser='yes': expected true or false$"):
+        set_compiled_denoiser(policy, "yes")
+
+
 def test_partly_trainable_encoder_is_fine_tuned(meta, normalizer):
     from s2robot.encoders import build_encoder
 

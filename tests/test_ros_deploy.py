@@ -165,7 +165,8 @@ def test_bad_values_fail_before_connecting_with_one_line(tiny_ckpt, tmp_path):
              ("episodes=abc", r"episodes='abc': expected an integer$"),
              ("dry_run=yes", r"dry_run='yes': expected true or false$"),
              ("rate_hz=fast", r"rate_hz='fast': expected a number or null$"),
-             ("num_inference_steps=0", r"num_inference_steps=0: expected an integer >= 1 or null$")]
+             ("num_inference_steps=0", r"num_inference_steps=0: expected an integer >= 1 or null$"),
+             ("compile_denoiser=fast", r"compile_denoiser='fast': expected true or false$")]
     for ov, msg in cases:
         with pytest.raises(SystemExit, match=r"^s2robot deploy: " + msg) as e:
             _deploy(tiny_ckpt, tmp_path, "robot=rosbridge_lift_cube", "robot.port=1", ov)
@@ -173,6 +174,9 @@ def test_bad_values_fail_before_connecting_with_one_line(tiny_ckpt, tmp_path):
     with pytest.raises(SystemExit, match=r"^s2robot deploy: num_inference_steps=3: only diffusion policies take "
                                          r"denoising steps; this checkpoint holds a BCPolicy$"):
         _deploy(tiny_ckpt, tmp_path, "robot=sim_lift_cube", "num_inference_steps=3")
+    with pytest.raises(SystemExit, match=r"^s2robot deploy: compile_denoiser=true: only diffusion policies have a "
+                                         r"denoiser to compile; this checkpoint holds a BCPolicy$"):
+        _deploy(tiny_ckpt, tmp_path, "robot=sim_lift_cube", "compile_denoiser=true")
     with pytest.raises(SystemExit, match=r"^s2robot deploy: checkpoint=\S*missing device=cpu: checkpoint not found"):
         _deploy(tmp_path / "missing", tmp_path, "robot=sim_lift_cube")
     assert not (tmp_path / "deploy_summary.json").exists()

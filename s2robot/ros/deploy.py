@@ -114,6 +114,7 @@ class DeployOptions:
     n_action_steps: int | None = None
     temporal_ensemble: float | str | None = None  # null: the policy's own; m >= 0: ACT; "off": whole chunks
     num_inference_steps: int | None = None  # diffusion policies: DDIM steps per chunk (null: the checkpoint's)
+    compile_denoiser: bool = False  # diffusion policies: torch.compile the denoiser (the first chunk compiles)
     reconnect_timeout_s: float = 10.0
     input_timeout_s: float = 10.0
     sim_realtime: bool = False
@@ -279,7 +280,7 @@ def _start(robot: Robot, robot_cfg: RobotConfig, opts: DeployOptions) -> tuple[s
 def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
     # Imported on use: deployment and the ROS transports stay importable (and testable) without torch.
     from s2robot.device import resolve_device
-    from s2robot.policies.diffusion import set_inference_steps
+    from s2robot.policies.diffusion import set_compiled_denoiser, set_inference_steps
     from s2robot.policies.loading import load_policy
 
     try:
@@ -290,8 +291,11 @@ def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
     try:
         set_inference_steps(policy, opts.num_inference_steps)
         check_policy_matches(policy, robot_cfg)
+        compile_s = set_compiled_denoiser(policy, opts.compile_denoiser, warm_up_batch=1)
     except ValueError as e:
         raise SystemExit(f"s2robot deploy: {e}") from None
+    if opts.compile_denoiser:
+        LOG.info("compile_denoiser: the denoiser compiled in %.1f s, before connecting", compile_s)
     return policy, device
 
 
