@@ -10,6 +10,9 @@ over one frame's ``encode`` with the reference ``torch`` engine: 2 FLOPs per mul
 matrix products only), and ms per frame: the median over ``--runs`` timed ``encode`` calls of ``--batch`` uint8
 frames already at the input size (after 2 warm-up calls), with the encoder's default engine, ``--threads`` torch
 threads. The header names the CPU, threads and 1-minute load average: timings on a shared machine move with it.
+``--resnet-baseline`` adds the trainable ResNet-18 baseline's row (``policy.obs.backbone=resnet18`` with the
+conditioning defaults: robomimic ResNet18Conv + spatial softmax, centre crop at evaluation; scales "-"), timed in
+eval mode with plain PyTorch (it is trained, so it has no engine).
 """
 
 from __future__ import annotations
@@ -84,6 +87,36 @@ def measure(name: str, scales: tuple, input_size: int, batch: int, runs: int) ->
     }
 
 
+def measure_resnet_baseline(input_size: int, batch: int, runs: int) -> dict:
+    """The trainable ResNet-18 baseline's row, in the columns of :func:`measure` (one feature vector per frame)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from s2robot.policies.conditioning import ConditioningConfig
+    from s2robot.policies.resnet_baseline import ResNetImageEncoder
+
+    cfg = ConditioningConfig(backbone="resnet18")
+    enc = ResNetImageEncoder((input_size, input_size, 3), cfg.d_model, cfg.crop_ratio, cfg.resnet_num_kp,
+                             cfg.resnet_gn_group_size).eval()
+    frames = torch.randint(0, 256, (batch, input_size, input_size, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode():
+        with counter:
+            enc(frames[:1])
+        for _ in range(2):
+            enc(frames)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            enc(frames)
+            times.append(time.perf_counter() - start)
+    return {
+        "encoder": "resnet18", "scales": "-", "input": input_size, "tokens": f"1x{cfg.d_model}",
+        "floats/frame": cfg.d_model, "GFLOPs/frame": f"{counter.get_total_flops() / 1e9:.3f}",
+        "ms/frame": f"{1e3 * statistics.median(times) / batch:.2f}", "engine": "torch (trainable)",
+    }
+
+
 def _print(rows: list[dict], fmt: str) -> None:
     cols = list(rows[0])
     if fmt == "csv":  # the csv module quotes the scales column ("1,2")
@@ -101,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--encoders", nargs="+", default=["mobilenet_v2", "efficientnet_lite0",
+    parser.add_argument("--encoders", nargs="*", default=["mobilenet_v2", "efficientnet_lite0",
                                                           "efficientnet_lite1", "efficientnet_lite2"],
                         help="encoder names (s2robot.encoders.list_encoders())")
     parser.add_argument("--scales", nargs="+", type=_scales, default=[(1,), (1, 2)],
@@ -111,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=_positive, default=5, help="timed calls; the median is reported (default 5)")
     parser.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    parser.add_argument("--resnet-baseline", action="store_true",
+                        help="also the trainable ResNet-18 baseline's row (policy.obs.backbone=resnet18)")
     args = parser.parse_args(argv)
+    if not args.encoders and not args.resnet_baseline:
+        parser.error("nothing to measure: name --encoders or pass --resnet-baseline")
 
     torch.set_num_threads(args.threads)
     print(f"# {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s), "
@@ -122,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             for scales in args.scales:
                 for size in args.input_sizes:
                     rows.append(measure(name, scales, size, args.batch, args.runs))
+        if args.resnet_baseline:
+            rows.extend(measure_resnet_baseline(size, args.batch, args.runs) for size in args.input_sizes)
     except (ValueError, FileNotFoundError) as e:
         print(f"encoder_cost: error: {e}", file=sys.stderr)
         return 2

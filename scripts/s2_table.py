@@ -66,11 +66,11 @@ def main() -> int:
                 ci[row] = (k / n, lo, hi)
             per = ", ".join(f"{r['k']}/{r['n']}" for r in sorted(runs, key=lambda r: r["seed"]))
             vals = [r["val"] for r in runs if r["val"] is not None]
+            loss = f"{sum(vals) / len(vals):.4f}" if vals else ""
             c = cost.get((enc_name.split(",")[0], scales), {})
             print(f"| {enc} | {scales} | **{k}/{n} = {100 * k / n:.0f}%** | {100 * lo:.0f}-{100 * hi:.0f}% | {per} "
-                  f"| {sum(vals) / len(vals):.4f} | {probe.get(row, '')} | {c.get('tokens', '')} "
-                  f"| {c.get('GFLOPs/frame', '')} | {c.get('ms/frame', '')} |" if vals else
-                  f"| {enc} | {scales} | **{k}/{n}** | {100 * lo:.0f}-{100 * hi:.0f}% | {per} | | | | | |")
+                  f"| {loss} | {probe.get(row, '')} | {c.get('tokens', '')} | {c.get('GFLOPs/frame', '')} "
+                  f"| {c.get('ms/frame', '')} |")
     print()
     for name in ("mnv2", "lite0", "lite1", "lite2"):
         a, b = ci.get(f"{name}_s12"), ci.get(f"{name}_s1")

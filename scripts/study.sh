@@ -110,7 +110,7 @@ s2_detail)   # issue 15: the S2 question on push_marked (2-3 px marker halves de
   D_DEMOS=${D_DEMOS:-300}; D_STEPS=${D_STEPS:-3000}; SEEDS=${SEEDS:-"0 1 2"}
   data=$OUT/push_marked-$D_DEMOS.zarr
   [ -f $OUT/push_marked-cost.csv ] || "${S2%/s2robot}/python" scripts/encoder_cost.py --format csv \
-    > $OUT/push_marked-cost.csv
+    --resnet-baseline > $OUT/push_marked-cost.csv
   run $S2 collect task=push_marked episodes=$D_DEMOS task.env_kwargs.state_obs=true out=$data
   D_ROWS=${D_ROWS:-"state mnv2_s1 mnv2_s12 lite0_s1 lite0_s12 lite1_s1 lite1_s12 lite2_s1 lite2_s12 mnv2random_s12
     resnet18_trainable"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -80,9 +81,23 @@ def test_s2_table_finds_its_rows(tmp_path, monkeypatch, capsys, evals):
     s2_table.main()
     out = capsys.readouterr().out
     if len(evals) == 1:
-        assert "| mobilenet_v2 | 1,2 | **7/20" in out and "| mobilenet_v2 | 1 | **7/20" in out
+        assert "| mobilenet_v2 | 1,2 | **7/20 = 35%** |" in out and "| mobilenet_v2 | 1 | **7/20 = 35%** |" in out
         assert "- mnv2: S2 (1,2) 35% vs one scale 35%: intervals overlap" in out
     else:
         assert "| mobilenet_v2 [whole chunks] | 1,2 | **7/20" in out
         assert "| mobilenet_v2 [ACT temporal ensembling m=0] | 1 | **7/20" in out
         assert "- mnv2:" not in out  # two kinds: no reading
+
+
+def test_s2_table_shows_the_resnet_baselines_cost(tmp_path, monkeypatch, capsys):
+    """``encoder_cost.py --resnet-baseline`` writes the trainable ResNet-18 row's tokens, GFLOPs and ms, and
+    s2_table puts them beside the ``resnet18_trainable`` runs."""
+    cost, s2_table = _script("encoder_cost"), _script("s2_table")
+    assert cost.main(["--encoders", "--resnet-baseline", "--format", "csv", "--runs", "1", "--batch", "1"]) == 0
+    (tmp_path / "push_marked-cost.csv").write_text(capsys.readouterr().out)
+    _study(tmp_path, "push_marked-resnet18_trainable", ("eval",))
+    monkeypatch.setattr(sys, "argv", ["s2_table.py", str(tmp_path)])
+    s2_table.main()
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet18"))
+    assert re.fullmatch(r"\| resnet18, trainable \(batch 16\) \| - \| \*\*7/20 = 35%\*\* \| .* \| 1x64 \| 0\.6\d\d \| "
+                        r"\d+\.\d\d \|", row), row
