@@ -138,7 +138,12 @@ class DiffusionPolicy(BasePolicy):
     def predict_action(
         self, obs: Mapping[str, torch.Tensor], generators: Sequence[torch.Generator] | None = None
     ) -> torch.Tensor:
-        cond = self._cond(obs)
+        return self.denoise_chunk(self._cond(obs), generators)
+
+    @torch.no_grad()
+    def denoise_chunk(self, cond: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """The executed action chunk (B, n_action_steps, A), unnormalised, from conditioning tokens
+        ``cond`` (B, n_obs_steps * M, d): DDIM from Gaussian noise, as :meth:`predict_action` runs it."""
         B = cond.shape[0]
         sched = self.inference_scheduler
         if sched.num_inference_steps != self.num_inference_steps:
@@ -200,13 +205,7 @@ def set_compiled_denoiser(policy: nn.Module, enabled: bool, key: str = "compile_
     t0 = time.perf_counter()
     param = next(policy.denoiser.parameters())
     conditioner = policy.obs_conditioner
-    with torch.inference_mode():
-        cond = torch.zeros(warm_up_batch, policy.n_obs_steps * conditioner.tokens_per_step, conditioner.out_dim,
-                           device=param.device, dtype=param.dtype)
-        x = torch.zeros(warm_up_batch, policy.horizon, policy.action_dim, device=param.device, dtype=param.dtype)
-        steps = torch.zeros(1, dtype=torch.long, device=param.device)
-        if isinstance(policy.denoiser, ConditionalUnet1D):  # the FiLM rows exactly as predict_action slices them
-            policy.compiled_denoiser(x, None, film=[table[0] for table in policy.denoiser.film_tables(steps, cond)])
-        else:
-            policy.compiled_denoiser(x, steps.expand(warm_up_batch), cond)
+    with torch.inference_mode():  # one chunk on zero tokens: the denoiser calls predict_action makes, compiled
+        policy.denoise_chunk(torch.zeros(warm_up_batch, policy.n_obs_steps * conditioner.tokens_per_step,
+                                         conditioner.out_dim, device=param.device, dtype=param.dtype))
     return time.perf_counter() - t0

@@ -59,6 +59,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _ms_per_frame(encode, frames: torch.Tensor, runs: int) -> str:
+    """Median ms per frame over ``runs`` timed ``encode(frames)`` calls, after 2 warm-up calls (they build an
+    engine's compiled form and fill allocator caches)."""
+    for _ in range(2):
+        encode(frames)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        encode(frames)
+        times.append(time.perf_counter() - start)
+    return f"{1e3 * statistics.median(times) / len(frames):.2f}"
+
+
 def measure(name: str, scales: tuple, input_size: int, batch: int, runs: int) -> dict:
     """One row: tokens, GFLOPs per frame, median encode ms per frame (default engine) for one configuration."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -72,18 +85,11 @@ def measure(name: str, scales: tuple, input_size: int, batch: int, runs: int) ->
     counter = FlopCounterMode(display=False)
     with counter:
         reference.encode(frames[:1])
-    for _ in range(2):  # warm-up: builds the engine's compiled form, fills allocator caches
-        enc.encode(frames)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        enc.encode(frames)
-        times.append(time.perf_counter() - start)
     return {
         "encoder": name, "scales": ",".join(str(s) for s in scales), "input": input_size,
         "tokens": f"{enc.num_tokens}x{enc.out_dim}", "floats/frame": enc.num_tokens * enc.out_dim,
         "GFLOPs/frame": f"{counter.get_total_flops() / 1e9:.3f}",
-        "ms/frame": f"{1e3 * statistics.median(times) / batch:.2f}", "engine": enc.engine_in_use,
+        "ms/frame": _ms_per_frame(enc.encode, frames, runs), "engine": enc.engine_in_use,
     }
 
 
@@ -103,17 +109,11 @@ def measure_resnet_baseline(input_size: int, batch: int, runs: int) -> dict:
     with torch.inference_mode():
         with counter:
             enc(frames[:1])
-        for _ in range(2):
-            enc(frames)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            enc(frames)
-            times.append(time.perf_counter() - start)
+        ms = _ms_per_frame(enc, frames, runs)
     return {
         "encoder": "resnet18", "scales": "-", "input": input_size, "tokens": f"1x{cfg.d_model}",
         "floats/frame": cfg.d_model, "GFLOPs/frame": f"{counter.get_total_flops() / 1e9:.3f}",
-        "ms/frame": f"{1e3 * statistics.median(times) / batch:.2f}", "engine": "torch (trainable)",
+        "ms/frame": ms, "engine": "torch (trainable)",
     }
 
 

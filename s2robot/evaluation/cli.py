@@ -76,7 +76,7 @@ def run(cfg) -> int:
     policy = load_policy(ckpt, device=str(device))
     try:
         set_inference_steps(policy, cfg.get("num_inference_steps"))
-        set_compiled_denoiser(policy, cfg.get("compile_denoiser", False))
+        set_compiled_denoiser(policy, cfg.compile_denoiser)
     except ValueError as e:
         raise SystemExit(f"s2robot eval: {e}") from None
     env_kwargs = {**match_policy(env_kwargs_for(task_cfg), policy, explicit), **explicit}
