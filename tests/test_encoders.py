@@ -128,6 +128,7 @@ def test_config_hash_tracks_every_input(tmp_path, enc):
         dict(trainable="norm"),
         dict(use_prefix=False),
         dict(seed=3),
+        dict(grid_scale=-1),
     ]
     hashes = {build_encoder("vit_tiny_test", **v).config_hash for v in variants}
     assert base not in hashes and len(hashes) == len(variants)
@@ -143,6 +144,26 @@ def test_config_hash_tracks_every_input(tmp_path, enc):
     hb = build_encoder("vit_tiny_test", checkpoint=str(tmp_path / "b.pth")).config_hash
     hc = build_encoder("vit_tiny_test", checkpoint=str(tmp_path / "c.pth")).config_hash
     assert ha == hb and ha != hc and ha != base
+
+
+def test_grid_scale_keeps_the_largest_scales_grid(enc):
+    x = _uint8(h=32, w=32)
+    fine = build_encoder("vit_tiny_test", grid_scale=-1)
+    assert (fine.grid, fine.num_tokens, fine.out_dim) == (8, 1 + 64, enc.out_dim)
+    assert build_encoder(**fine.config).config_hash == fine.config_hash
+    assert build_encoder("vit_tiny_test", grid_scale=1).config_hash == fine.config_hash  # -1 is index 1 of (1, 2)
+    with torch.no_grad():
+        ref = s2_forward(enc.adapter.model.forward_features, enc.preprocess(x), scales=(1, 2), num_prefix=1,
+                         output_index=1)
+    tokens = fine.encode(x)
+    assert torch.equal(tokens, ref)
+    # the scale-2 half is scale 2's own 8x8 map; pooled back to 4x4 the tokens are the base-grid encoder's
+    grid_maps = tokens[:, 1:].transpose(1, 2).reshape(2, -1, 8, 8)
+    pooled = torch.nn.functional.avg_pool2d(grid_maps, 2).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(pooled, enc.encode(x)[:, 1:], rtol=0, atol=1e-5)
+    for bad in (2, -3, 0.5, True, "fine"):
+        with pytest.raises(ValueError, match="grid_scale must be an index into scales"):
+            build_encoder("vit_tiny_test", grid_scale=bad)
 
 
 def test_use_prefix_false_drops_cls(enc):

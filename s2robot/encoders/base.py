@@ -153,7 +153,9 @@ class S2Encoder(nn.Module):
     """Frozen (or partly trainable) backbone + its resize/normalisation + the S2 multiscale forward.
 
     ``encode(images)``: uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1] -> float32 (B, N, D) with
-    D = C * len(scales) and N = num_prefix + grid**2 (prefix first).
+    D = C * len(scales) and N = num_prefix + grid**2 (prefix first). ``grid`` is the token grid of the scale
+    ``grid_scale`` indexes (0: the base scale, as in the S2 paper; -1: the largest scale, a finer grid with the
+    coarser scales' maps repeated onto it); every scale's stitched map is area-resized to it.
 
     ``engine`` (:mod:`s2robot.encoders.engine`) picks how a frozen backbone is computed ("auto", "torch",
     "fused", "openvino"); it changes speed, not tokens (beyond float32 rounding), so it is in neither ``config``
@@ -177,6 +179,7 @@ class S2Encoder(nn.Module):
         max_batch: int | None = None,
         device: str | torch.device = "cpu",
         engine: str = "auto",
+        grid_scale: int = 0,
     ) -> None:
         super().__init__()
         self.engine = check_engine(engine)
@@ -205,7 +208,12 @@ class S2Encoder(nn.Module):
                 )
         self.num_prefix_model = int(adapter.num_prefix_tokens)
         self.num_prefix = self.num_prefix_model if self.use_prefix else 0
-        self.grid = plan.splits[0][0] * _tile_grid(adapter, plan.tile_sizes[0], self.input_size)
+        n_scales = len(plan.sizes)
+        if isinstance(grid_scale, bool) or not isinstance(grid_scale, int) or not -n_scales <= grid_scale < n_scales:
+            raise ValueError(f"grid_scale must be an index into scales {list(self.scales)} (0: the base grid, "
+                             f"-1: the largest scale's), got {grid_scale!r}")
+        self.grid_scale = grid_scale % n_scales  # -1 and the last index name the same grid (and hash)
+        self.grid = plan.splits[grid_scale][0] * _tile_grid(adapter, plan.tile_sizes[grid_scale], self.input_size)
         self.out_dim = int(adapter.embed_dim) * len(self.scales)
         self.num_tokens = self.num_prefix + self.grid * self.grid
         apply_trainable(adapter, trainable)
@@ -223,6 +231,8 @@ class S2Encoder(nn.Module):
             "std": [float(v) for v in std],
             **(hash_extra or {}),
         }
+        if self.grid_scale:  # only then: the hashes (names of cached features) of base-grid encoders stay as they were
+            payload["grid_scale"] = self.grid_scale
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         self.config_hash = hashlib.sha256(blob).hexdigest()[:16]
         self.to(device)
@@ -259,7 +269,8 @@ class S2Encoder(nn.Module):
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return (f"input_size={self.input_size}, scales={list(self.scales)}, grid={self.grid}, "
+        return (f"input_size={self.input_size}, scales={list(self.scales)}, grid={self.grid} "
+                f"(scale index {self.grid_scale}), "
                 f"num_prefix={self.num_prefix}, out_dim={self.out_dim}, trainable={self.trainable!r}, "
                 f"config_hash={self.config_hash}")
 
@@ -303,6 +314,7 @@ class S2Encoder(nn.Module):
         with grad:
             tokens = s2_forward(model, x, scales=self.scales, max_split_size=self.max_split_size,
                                 num_prefix=self.num_prefix_model, output="tokens", max_batch=self.max_batch,
+                                output_index=self.grid_scale,
                                 batch_scales=engine != "torch")
         if self.num_prefix_model and not self.use_prefix:
             tokens = tokens[:, self.num_prefix_model:]

@@ -75,6 +75,7 @@ def build_encoder(
     arch: dict[str, Any] | None = None,
     max_batch: int | None = None,
     engine: str = "auto",
+    grid_scale: int = 0,
 ) -> S2Encoder:
     """Build a frozen (eval, ``requires_grad=False``) S2 encoder.
 
@@ -98,6 +99,10 @@ def build_encoder(
             the reference), "fused" (conv+BN folded, channels_last) or "openvino"; see
             :mod:`s2robot.encoders.engine`. Tokens match the reference within float32 rounding, so the engine is in
             neither ``config`` nor ``config_hash`` (cached features stay valid when only the engine changes).
+        grid_scale: index into ``scales`` of the scale whose token grid every scale is pooled to: 0 (default) the
+            base grid, as in the S2 paper; -1 the largest scale's finer grid (scales (1, 2): 2x the side, 4x the
+            tokens), the coarser maps repeated onto it. Part of ``config_hash`` when not 0 (the hashes of base-grid
+            encoders are those from before the option).
 
     Returns:
         :class:`S2Encoder` with ``encode``, ``out_dim``, ``num_tokens``, ``grid``, ``num_prefix``, ``input_size``,
@@ -128,9 +133,11 @@ def build_encoder(
         "seed": seed,
         "arch": dict(arch) if arch else None,
         "max_batch": max_batch,
+        "grid_scale": grid_scale,
     }
     digest = checkpoint_digest(ckpt)
     hash_extra = {"arch": config["arch"], "seed": seed if digest is None else None}
     return S2Encoder(adapter, config=config, input_size=size, mean=mean, std=std, scales=scales,
                      max_split_size=max_split_size, trainable=trainable, use_prefix=use_prefix, digest=digest,
-                     hash_extra=hash_extra, max_batch=max_batch, device=resolve_device(device), engine=engine)
+                     hash_extra=hash_extra, max_batch=max_batch, device=resolve_device(device), engine=engine,
+                     grid_scale=grid_scale)
