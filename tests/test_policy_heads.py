@@ -143,11 +143,17 @@ def test_generators_make_rows_independent_of_batch(name, meta, normalizer):
         policy.predict_action(obs, gens([1]))
 
 
-@pytest.mark.parametrize("pool_grid", [None, 2])
-def test_cached_tokens_and_online_encoding_agree(tmp_path, encoder, normalizer, pool_grid):
-    """The same frames through the feature cache or through the policy's frozen encoder give the same outputs."""
+@pytest.mark.parametrize("pool_grid,grid_scale", [(None, 0), (2, 0), (None, -1)])
+def test_cached_tokens_and_online_encoding_agree(tmp_path, encoder, normalizer, pool_grid, grid_scale):
+    """The same frames through the feature cache or through the policy's frozen encoder give the same outputs
+    (also with the largest S2 scale's finer token grid, ``grid_scale=-1``)."""
     from s2robot.datasets.feature_cache import cache_features
     from s2robot.datasets.sampler import SequenceDataset
+    from s2robot.encoders import build_encoder
+
+    if grid_scale:
+        encoder = build_encoder(**{**encoder.config, "grid_scale": grid_scale})
+        assert encoder.grid == 8
 
     path = make_store(tmp_path / "d.zarr", episodes=2, length=10)
     key = cache_features(path, encoder, batch_size=7, pool_grid=pool_grid, device="cpu", progress=False)
