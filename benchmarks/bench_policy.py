@@ -183,9 +183,8 @@ def cached_training_table(args, encoder, norm, cfg_dir, S, P, A, cams, episodes:
                 if meta.token_reduce:
                     policy.obs_conditioner.set_token_projection(proj)
                 opt = build_optimizer(policy.trainable_named_parameters(), OptimConfig())
-                horizon = int(pcfg.get("horizon", pcfg["n_obs_steps"] - 1 + pcfg["n_action_steps"]))
-                ds = SequenceDataset(path, horizon=horizon, n_obs_steps=pcfg["n_obs_steps"],
-                                     n_action_steps=pcfg["n_action_steps"], obs_keys=keys, feature_hash=fh,
+                ds = SequenceDataset(path, horizon=policy.horizon, n_obs_steps=policy.n_obs_steps,
+                                     n_action_steps=policy.n_action_steps, obs_keys=keys, feature_hash=fh,
                                      split="all", token_cache_bytes=ram)
                 order = np.random.default_rng(0).permutation(len(ds))
                 b = args.train_batch
