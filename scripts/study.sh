@@ -71,15 +71,18 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   task=${stage#policies_}
   P_DEMOS=${P_DEMOS:-300}; P_STEPS=${P_STEPS:-1500}; SEEDS=${SEEDS:-"0 1 2"}; EVAL_EVERY=${EVAL_EVERY:-500}
   P_AUG=${P_AUG:-1}; aug=$([ "$P_AUG" -gt 1 ] && echo "-k$P_AUG" || true)
+  # P_GRID=-1: keep scale 2's 6x6 token grid (encoder.grid_scale=-1) instead of pooling to the base 3x3; rows "-g6"
+  P_GRID=${P_GRID:-0}; grid=$([ "$P_GRID" != 0 ] && echo "-g6" || true)
+  ENC=("${MNV2_96[@]}" encoder.grid_scale=$P_GRID)
   data=$OUT/$task-$P_DEMOS.zarr
   run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true out=$data
-  run $S2 cache dataset=$data "${MNV2_96[@]}" token_dim=256 augment_views=$P_AUG
+  run $S2 cache dataset=$data "${ENC[@]}" token_dim=256 augment_views=$P_AUG
   STATE=(task.cameras=[] task.env_kwargs.state_obs=true)
   DP=(policy=diffusion_unet train.steps=${P_DP_STEPS:-3000})
   P_RUNS=("state-bc_mlp policy=bc_mlp ${STATE[*]}"
-          "images$aug-bc_mlp policy=bc_mlp token_dim=256 dataset.augment_views=$P_AUG"
+          "images$aug$grid-bc_mlp policy=bc_mlp token_dim=256 dataset.augment_views=$P_AUG"
           "state-diffusion_unet ${DP[*]} ${STATE[*]}"
-          "images$aug-diffusion_unet ${DP[*]} optim.warmup_steps=200 token_dim=256 dataset.augment_views=$P_AUG")
+          "images$aug$grid-diffusion_unet ${DP[*]} optim.warmup_steps=200 token_dim=256 dataset.augment_views=$P_AUG")
   # P_ROWS picks rows by name, e.g. P_ROWS="state-bc_mlp images-bc_mlp" (default: all four)
   if [ -n "${P_ROWS:-}" ]; then
     picked=(); for spec in "${P_RUNS[@]}"; do [[ " $P_ROWS " == *" ${spec%% *} "* ]] && picked+=("$spec"); done
@@ -93,7 +96,7 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
       set -- $spec; name=$1; shift
       [[ " $* " == *" train.steps="* ]] || set -- "$@" train.steps=$P_STEPS
       d=$OUT/runs/$task-$name-seed$seed
-      run $S2 train task=$task dataset=$data "${MNV2_96[@]}" "${CURVE[@]}" "$@" seed=$seed out_dir=$d
+      run $S2 train task=$task dataset=$data "${ENC[@]}" "${CURVE[@]}" "$@" seed=$seed out_dir=$d
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off out=$d/eval-chunks
     done
