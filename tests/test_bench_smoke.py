@@ -4,26 +4,16 @@ running when policy configs or the dataset API change (it once read keys the sli
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import ROOT, load_script
 
 
 def test_bench_policy_cached_training_table_runs(capsys):
     from s2robot.encoders import build_encoder
     from s2robot.policies.normalizer import Normalizer
 
-    bench = _load("bench_policy")
+    bench = load_script(ROOT / "benchmarks" / "bench_policy.py")
     encoder = build_encoder("mobilenet_v2", input_size=64)  # 2x2 grid: enough tokens for the PCA-256 fit
     rng = np.random.default_rng(0)
     P, A = 9, 7

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import ROOT, load_script
 
 
 def _long_functions_module():
-    spec = importlib.util.spec_from_file_location("long_functions", ROOT / "scripts" / "long_functions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "long_functions.py")
 
 
 def test_no_function_over_80_lines_in_product_code():

@@ -123,11 +123,9 @@ def test_collect_cache_train_eval_chain(tmp_path, capsys):
 
 
 def test_every_task_has_its_config():
-    import importlib.util
+    from script_loader import load_script
 
-    spec = importlib.util.spec_from_file_location("make_cfgs", ROOT / "scripts" / "make_metaworld_configs.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = load_script(ROOT / "scripts" / "make_metaworld_configs.py")
     folder = ROOT / "configs" / "task" / "metaworld"
     assert len(task_names()) == 50
     assert sorted(p.stem for p in folder.glob("*.yaml")) == task_names()

@@ -5,7 +5,6 @@ differently (ACT, whole chunks, the first k actions of each chunk) are never poo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from s2robot.evaluation.report import execution_text
+from script_loader import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -29,10 +29,7 @@ EXECUTIONS = {  # eval folder -> summary["execution"] (None: a summary written b
 def _script(name: str):
     sys.path.insert(0, str(SCRIPTS))  # s2_table imports policy_table as a sibling, as when run as a script
     try:
-        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return load_script(SCRIPTS / f"{name}.py")
     finally:
         sys.path.remove(str(SCRIPTS))
 
