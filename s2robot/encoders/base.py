@@ -213,7 +213,8 @@ class S2Encoder(nn.Module):
             raise ValueError(f"grid_scale must be an index into scales {list(self.scales)} (0: the base grid, "
                              f"-1: the largest scale's), got {grid_scale!r}")
         self.grid_scale = grid_scale % n_scales  # -1 and the last index name the same grid (and hash)
-        self.grid = plan.splits[grid_scale][0] * _tile_grid(adapter, plan.tile_sizes[grid_scale], self.input_size)
+        g = self.grid_scale
+        self.grid = plan.splits[g][0] * _tile_grid(adapter, plan.tile_sizes[g], self.input_size)
         self.out_dim = int(adapter.embed_dim) * len(self.scales)
         self.num_tokens = self.num_prefix + self.grid * self.grid
         apply_trainable(adapter, trainable)
