@@ -1,9 +1,10 @@
 """How well do cached frozen tokens locate the object? A perception-only probe for diagnosing vision policies.
 
-    python scripts/probe_tokens.py STORE [--feature-key HASH] [--cameras front wrist] [--steps 1500]
+    python scripts/probe_tokens.py STORE [--feature-key HASH] [--cameras front wrist] [--steps 1500] [--object K] [--within M]
 
 Trains the policies' own token pooler (``TokenPooler``, attention pooling) + a small MLP on the cached tokens of
-one frame to predict the object's position relative to the end effector (``state[:3] - proprio[:3]``, metres;
+one frame to predict object ``K``'s position relative to the end effector (``state[5K:5K+3] - proprio[:3]``: the
+task state holds [x, y, z, cos yaw, sin yaw] per object; K = 0 by default, cube B of stack_cubes is 1; metres;
 the store needs the privileged ``state``: collect with ``task.env_kwargs.state_obs=true``), on the training
 episodes, and prints the held-out RMSE per axis in millimetres. A scripted grasp needs ~5 mm; a probe that cannot
 get near that says the tokens (not the policy head, control or data) limit an image policy.
@@ -37,6 +38,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--object", type=int, default=0, help="which object's position to predict (0: the first)")
+    ap.add_argument("--within", type=float, default=None,
+                    help="only frames where the object is within this xy distance (m) of the end effector")
     ap.add_argument("--detail", action="store_true", help="classify the goal object's x-rank instead (see above)")
     ap.add_argument("--folds", type=int, default=1,
                     help="--detail: k-fold cross-validation over episodes (every episode held out once)")
@@ -61,13 +65,23 @@ def main(argv=None) -> int:
     if args.detail:
         target = torch.from_numpy(goal_rank(state))
     else:
-        target = torch.from_numpy((state[:, :3] - np.asarray(store.array("proprio")[:n, :3])).astype(np.float32))
+        lo = 5 * args.object
+        if not 0 <= lo <= state.shape[1] - 5:
+            raise SystemExit(f"--object {args.object}: the state ({state.shape[1]} values) holds "
+                             f"{state.shape[1] // 5} objects of 5 values")
+        pos = state[:, lo:lo + 3]
+        target = torch.from_numpy((pos - np.asarray(store.array("proprio")[:n, :3])).astype(np.float32))
     train_eps, val_eps = split_episodes(store.n_episodes, 0.2, args.seed)
     ends = store.episode_ends
     starts = ends - store.episode_lengths
     last = (lambda e: ends[e]) if args.first_frames is None else (lambda e: min(ends[e], starts[e] + args.first_frames))
     rows = lambda eps: torch.from_numpy(np.concatenate([np.arange(starts[e], last(e)) for e in eps]))  # noqa: E731
     tr, va = rows(train_eps), rows(val_eps)
+    if args.within is not None and not args.detail:
+        near = torch.from_numpy(np.flatnonzero(target[:, :2].norm(dim=1).numpy() < args.within))
+        tr, va = tr[torch.isin(tr, near)], va[torch.isin(va, near)]
+        if len(tr) == 0 or len(va) == 0:
+            raise SystemExit(f"--within {args.within}: no training or held-out frame has the object that close")
     if args.detail:
         if args.folds <= 1:
             probe_detail(args, args.store, key, cams, tokens, target, tr, va)
@@ -106,10 +120,11 @@ def main(argv=None) -> int:
         err = predict(va) * sd + mu - target[va]
         base = target[va] - mu  # predicting the training mean
     rmse = (err ** 2).mean(0).sqrt() * 1000
+    where = "" if args.within is None else f" (object within {args.within * 1000:.0f} mm xy)"
     base_rmse = (base ** 2).mean(0).sqrt() * 1000
-    print(f"probe {args.store} features/{key} cameras {cams} tokens {N}x{D}: held-out RMSE x/y/z "
+    print(f"probe {args.store} features/{key} cameras {cams} tokens {N}x{D} object {args.object}: held-out RMSE x/y/z "
           f"{rmse[0]:.1f}/{rmse[1]:.1f}/{rmse[2]:.1f} mm (mean predictor {base_rmse[0]:.1f}/{base_rmse[1]:.1f}/"
-          f"{base_rmse[2]:.1f} mm), {len(tr)} train / {len(va)} val frames, {time.perf_counter() - t0:.0f} s")
+          f"{base_rmse[2]:.1f} mm), {len(tr)} train / {len(va)} val frames{where}, {time.perf_counter() - t0:.0f} s")
     return 0
 
 
