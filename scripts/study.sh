@@ -74,15 +74,18 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   # P_GRID=-1: keep scale 2's 6x6 token grid (encoder.grid_scale=-1) instead of pooling to the base 3x3; rows "-g6"
   P_GRID=${P_GRID:-0}; grid=$([ "$P_GRID" != 0 ] && echo "-g6" || true)
   ENC=("${MNV2_96[@]}" encoder.grid_scale=$P_GRID)
-  data=$OUT/$task-$P_DEMOS.zarr
-  run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true out=$data
+  # P_CAMS=front,wrist_back: collect with these cameras and train the image rows on them; store and rows "-front+wrist_back"
+  P_CAMS=${P_CAMS:-}; cams=$([ -n "$P_CAMS" ] && echo "-${P_CAMS//,/+}" || true)
+  CAMS=($([ -n "$P_CAMS" ] && echo "task.cameras=[$P_CAMS]" || true))
+  data=$OUT/$task-$P_DEMOS$cams.zarr
+  run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true "${CAMS[@]}" out=$data
   run $S2 cache dataset=$data "${ENC[@]}" token_dim=256 augment_views=$P_AUG
   STATE=(task.cameras=[] task.env_kwargs.state_obs=true)
   DP=(policy=diffusion_unet train.steps=${P_DP_STEPS:-3000})
   P_RUNS=("state-bc_mlp policy=bc_mlp ${STATE[*]}"
-          "images$aug$grid-bc_mlp policy=bc_mlp token_dim=256 dataset.augment_views=$P_AUG"
+          "images$cams$aug$grid-bc_mlp policy=bc_mlp token_dim=256 dataset.augment_views=$P_AUG ${CAMS[*]}"
           "state-diffusion_unet ${DP[*]} ${STATE[*]}"
-          "images$aug$grid-diffusion_unet ${DP[*]} optim.warmup_steps=200 token_dim=256 dataset.augment_views=$P_AUG")
+          "images$cams$aug$grid-diffusion_unet ${DP[*]} optim.warmup_steps=200 token_dim=256 dataset.augment_views=$P_AUG ${CAMS[*]}")
   # P_ROWS picks rows by name, e.g. P_ROWS="state-bc_mlp images-bc_mlp" (default: all four)
   if [ -n "${P_ROWS:-}" ]; then
     picked=(); for spec in "${P_RUNS[@]}"; do [[ " $P_ROWS " == *" ${spec%% *} "* ]] && picked+=("$spec"); done
