@@ -320,7 +320,8 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
     cameras = list(store.cameras if task_cfg.get("cameras") is None else task_cfg["cameras"])
     missing = [cam for cam in cameras if f"{cam}_image" not in store.spec]
     if missing:
-        raise ValueError(f"{dcfg['path']}: no images for camera(s) {missing}; the store has keys {store.keys}")
+        raise ValueError(f"{dcfg['path']}: no images for camera(s) {missing}; the store has keys {store.keys}; "
+                         f"train on the cameras it has with task.cameras=[{','.join(store.cameras)}]")
     use_state = bool((task_cfg.get("env_kwargs") or {}).get("state_obs", False))
     if use_state and "state" not in store.spec:
         raise ValueError(f"{dcfg['path']}: task.env_kwargs.state_obs=true but the store has no 'state' key; collect "
