@@ -1,0 +1,67 @@
+"""scripts/probe_tokens.py on a tiny store whose tokens encode where the second object is: ``--object 1`` must
+learn it (and ``--object 0``, noise to the tokens, must not), ``--within`` keeps only near frames, and an object
+index past the state is one error line."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from script_loader import ROOT, load_script
+
+from s2robot.datasets.store import EpisodeStore
+
+EPISODES, T, N, D = 24, 25, 4, 8
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("probe") / "s.zarr"
+    rng = np.random.default_rng(0)
+    s = EpisodeStore.create(path, attrs={"task": "toy", "fps": 10, "cameras": ["front"]})
+    rel1 = []
+    for _ in range(EPISODES):
+        state = rng.uniform(-0.1, 0.1, (T, 10)).astype(np.float32)  # two objects x [x, y, z, cos, sin]
+        proprio = rng.uniform(-0.1, 0.1, (T, 4)).astype(np.float32)
+        rel1.append(state[:, 5:8] - proprio[:, :3])
+        s.append_episode({"front_image": np.zeros((T, 4, 4, 3), np.uint8), "proprio": proprio, "state": state,
+                          "action": np.zeros((T, 2), np.float32), "reward": np.zeros(T, np.float32),
+                          "success": np.zeros(T, bool)})
+    rel1 = np.concatenate(rel1)
+    tokens = rng.normal(0, 0.05, (len(rel1), N, D)).astype(np.float32)
+    tokens[:, :, :3] += rel1[:, None] * 10  # the tokens know object 1 relative to the end effector, not object 0
+    s.group.require_group("features/k").create_array("front", data=tokens.astype(np.float16))
+    s.close()
+    return path
+
+
+def _rmse(out: str) -> tuple[np.ndarray, np.ndarray]:
+    m = re.search(r"RMSE x/y/z ([\d.]+)/([\d.]+)/([\d.]+) mm \(mean predictor ([\d.]+)/([\d.]+)/([\d.]+) mm\)", out)
+    assert m, out
+    v = np.array([float(x) for x in m.groups()])
+    return v[:3], v[3:]
+
+
+def test_probe_learns_the_object_the_tokens_encode(store, capsys):
+    probe = load_script(ROOT / "scripts" / "probe_tokens.py")
+    args = [str(store), "--feature-key", "k", "--steps", "1000"]
+    assert probe.main(args + ["--object", "1"]) == 0
+    err1, base1 = _rmse(capsys.readouterr().out)
+    assert np.all(err1 < 0.5 * base1), (err1, base1)
+    assert probe.main(args + ["--object", "0"]) == 0
+    err0, base0 = _rmse(capsys.readouterr().out)
+    assert np.all(err0 > 0.8 * base0), (err0, base0)
+
+
+def test_within_keeps_near_frames_and_bad_object_is_one_line(store, capsys):
+    probe = load_script(ROOT / "scripts" / "probe_tokens.py")
+    args = [str(store), "--feature-key", "k", "--steps", "50", "--object", "1"]
+    assert probe.main(args + ["--within", "0.1"]) == 0
+    out = capsys.readouterr().out
+    n_train, n_val = map(int, re.search(r"(\d+) train / (\d+) val frames \(object within 100 mm xy\)", out).groups())
+    assert 0 < n_train + n_val < EPISODES * T
+    with pytest.raises(SystemExit, match="--within 0.0001: no training or held-out frame"):
+        probe.main(args + ["--within", "0.0001"])
+    with pytest.raises(SystemExit, match="--object 2: the state .10 values. holds 2 objects"):
+        probe.main([str(store), "--feature-key", "k", "--object", "2"])
