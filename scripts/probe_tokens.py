@@ -29,6 +29,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_detail import goal_rank, train_classifier  # noqa: E402  (the detail probe, one copy)
 
+STATE_PER_OBJECT = 5  # envs.tasks.Task.state_vector: [x, y, z, cos yaw, sin yaw] per object, then goal features
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -65,10 +67,10 @@ def main(argv=None) -> int:
     if args.detail:
         target = torch.from_numpy(goal_rank(state))
     else:
-        lo = 5 * args.object
-        if not 0 <= lo <= state.shape[1] - 5:
+        lo = STATE_PER_OBJECT * args.object
+        if not 0 <= lo <= state.shape[1] - STATE_PER_OBJECT:
             raise SystemExit(f"--object {args.object}: the state ({state.shape[1]} values) holds "
-                             f"{state.shape[1] // 5} objects of 5 values")
+                             f"{state.shape[1] // STATE_PER_OBJECT} objects of {STATE_PER_OBJECT} values")
         pos = state[:, lo:lo + 3]
         target = torch.from_numpy((pos - np.asarray(store.array("proprio")[:n, :3])).astype(np.float32))
     train_eps, val_eps = split_episodes(store.n_episodes, 0.2, args.seed)
@@ -78,8 +80,8 @@ def main(argv=None) -> int:
     rows = lambda eps: torch.from_numpy(np.concatenate([np.arange(starts[e], last(e)) for e in eps]))  # noqa: E731
     tr, va = rows(train_eps), rows(val_eps)
     if args.within is not None and not args.detail:
-        near = torch.from_numpy(np.flatnonzero(target[:, :2].norm(dim=1).numpy() < args.within))
-        tr, va = tr[torch.isin(tr, near)], va[torch.isin(va, near)]
+        near = target[:, :2].norm(dim=1) < args.within  # (n,) bool over all frames
+        tr, va = tr[near[tr]], va[near[va]]
         if len(tr) == 0 or len(va) == 0:
             raise SystemExit(f"--within {args.within}: no training or held-out frame has the object that close")
     if args.detail:
