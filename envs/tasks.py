@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+STATE_PER_OBJECT = 5  # Task.state_vector: [x, y, z, cos yaw, sin yaw] per object, then the goal features
+
 
 @dataclass
 class StateArrays:
@@ -131,8 +133,8 @@ class Task:
 
     @property
     def state_dim(self) -> int:
-        """Size of :meth:`state_vector`: 5 per object (x, y, z, cos yaw, sin yaw) + the goal features."""
-        return 5 * len(self.objects) + self.goal_features(np.zeros((1, self.n_params))).shape[1]
+        """Size of :meth:`state_vector`: ``STATE_PER_OBJECT`` per object + the goal features."""
+        return STATE_PER_OBJECT * len(self.objects) + self.goal_features(np.zeros((1, self.n_params))).shape[1]
 
     def state_vector(self, s: StateArrays) -> np.ndarray:
         """Privileged state (B, state_dim) float32: per object [x, y, z, cos yaw, sin yaw], then goal features.
@@ -141,6 +143,7 @@ class Task:
         """
         yaw = quat_yaw(s.obj_quat)  # (B, K)
         per_obj = np.concatenate([s.obj_pos, np.cos(yaw)[..., None], np.sin(yaw)[..., None]], axis=-1)
+        assert per_obj.shape[-1] == STATE_PER_OBJECT
         flat = per_obj.reshape(per_obj.shape[0], -1)
         return np.concatenate([flat, self.goal_features(s.params)], axis=1).astype(np.float32)
 

@@ -19,17 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from s2robot.envs.tasks import STATE_PER_OBJECT
+
 
 def goal_rank(state: np.ndarray) -> np.ndarray:
     """(T, 5K + K) privileged states with a goal one-hot over the K objects at the end -> (T,) int64: the goal
     object's rank by x (0 = leftmost in the front image)."""
     d = state.shape[1]
-    k = d // 6
-    if d != 6 * k or k < 2:
+    k = d // (STATE_PER_OBJECT + 1)
+    if d != (STATE_PER_OBJECT + 1) * k or k < 2:
         raise SystemExit(f"the detail probe needs a state of 5 numbers per object + a goal one-hot over the objects, "
                          f"got {d} numbers (tasks: push_marked, match_marker)")
-    xs = state[:, 0:5 * k:5]  # (T, K)
-    goal = state[:, 5 * k:].argmax(1)
+    xs = state[:, 0:STATE_PER_OBJECT * k:STATE_PER_OBJECT]  # (T, K)
+    goal = state[:, STATE_PER_OBJECT * k:].argmax(1)
     return (xs < xs[np.arange(len(xs)), goal][:, None]).sum(1).astype(np.int64)
 
 

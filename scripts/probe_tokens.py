@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_detail import goal_rank, train_classifier  # noqa: E402  (the detail probe, one copy)
 
-STATE_PER_OBJECT = 5  # envs.tasks.Task.state_vector: [x, y, z, cos yaw, sin yaw] per object, then goal features
+from s2robot.envs.tasks import STATE_PER_OBJECT  # noqa: E402
 
 
 def main(argv=None) -> int:
