@@ -119,10 +119,24 @@ def _resume_point(store, seed: int) -> int:
     return last - seed + 1
 
 
+def checked_action_noise(value) -> float:
+    """``action_noise`` as a float >= 0, or one ValueError naming it (before anything is created or opened)."""
+    try:
+        noise = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"action_noise must be a number >= 0, got {value!r}") from None
+    if not noise >= 0:  # also NaN
+        raise ValueError(f"action_noise must be a number >= 0, got {value!r}")
+    return noise
+
+
 def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0, only_success: bool = True,
             image_size: int | None = None, cameras=None, max_attempts: int | None = None, overwrite: bool = False,
-            record_sim_state: bool = True, progress: bool = True, action_noise: float = 0.0) -> dict[str, Any]:
+            record_sim_state: bool = True, progress: bool = True, action_noise: float | None = None) -> dict[str, Any]:
     """Record ``episodes`` expert demos of ``task_cfg`` (a ``configs/task/*.yaml`` dict) into the store at ``out``.
+
+    ``image_size``, ``cameras`` and ``action_noise`` default (None) to the task config's ``image_size``, ``cameras``
+    and ``demo_action_noise`` (absent: 0, plain demos).
 
     Returns a summary dict (path, episodes, steps, attempts, success_rate).
     """
@@ -132,6 +146,8 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
     image_size = int(image_size or task_cfg.get("image_size", 224))
     cameras = tuple(cameras or task_cfg.get("cameras", ("front", "wrist")))
     max_attempts = int(max_attempts or 3 * episodes + 10)
+    action_noise = checked_action_noise(task_cfg.get("demo_action_noise") or 0.0 if action_noise is None
+                                        else action_noise)
     env_kwargs = dict(task_cfg.get("env_kwargs") or {})
     # task.max_episode_steps: None (the shipped configs) keeps the registry's limit, a number overrides it
     env = make_env(name, image_size=image_size, cameras=cameras,
@@ -191,7 +207,7 @@ def run(cfg) -> int:
     summary = collect(c["task"], episodes=int(c["episodes"]), out=c["out"], seed=int(c["seed"]),
                       only_success=bool(c["only_success"]), image_size=c["image_size"], cameras=c["cameras"],
                       max_attempts=c["max_attempts"], overwrite=bool(c["overwrite"]),
-                      record_sim_state=bool(c["record_sim_state"]), action_noise=float(c["action_noise"]))
+                      record_sim_state=bool(c["record_sim_state"]), action_noise=c["action_noise"])
     print(f"collect: {summary['episodes']} episodes ({summary['steps']} steps, {summary['new_episodes']} new, "
           f"expert success {summary['success_rate']:.2f}) in {summary['path']}")
     return 0

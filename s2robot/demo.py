@@ -82,7 +82,7 @@ def collect_stage(cfg: DictConfig, store: Path) -> None:
     kwargs = dict(episodes=want, out=str(store), seed=int(c.seed), only_success=bool(c.only_success),
                   image_size=c.get("image_size"), cameras=list(c.cameras) if c.get("cameras") else None,
                   max_attempts=c.max_attempts, record_sim_state=bool(c.record_sim_state),
-                  action_noise=float(c.action_noise))  # c: configs/collect.yaml + stages.collect, every key
+                  action_noise=c.action_noise)  # c: configs/collect.yaml + stages.collect, every key
     proc = mp.get_context("spawn").Process(target=_collect_in_child, name="s2robot-collect",
                                            args=(OmegaConf.to_container(c.task, resolve=True), kwargs))
     proc.start()

@@ -77,8 +77,14 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   # P_CAMS=front,wrist_back: collect with these cameras and train the image rows on them; store and rows "-front+wrist_back"
   P_CAMS=${P_CAMS:-}; cams=$([ -n "$P_CAMS" ] && echo "-${P_CAMS//,/+}" || true)
   CAMS=($([ -n "$P_CAMS" ] && echo "task.cameras=[$P_CAMS]" || true))
+  # P_NOISE=x: collect with action_noise=x (default: the task's demo_action_noise; stack_cubes 0.3 = DART demos,
+  # P_NOISE=0 for the plain demos of the earlier rows); store and rows "-noise<x>"
+  P_NOISE=${P_NOISE:-}; noise=$([ -n "$P_NOISE" ] && echo "-noise$P_NOISE" || true)
+  NOISE=($([ -n "$P_NOISE" ] && echo "action_noise=$P_NOISE" || true))
+  cams=$cams$noise
   data=$OUT/$task-$P_DEMOS$cams.zarr
-  run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true "${CAMS[@]}" out=$data
+  run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true "${CAMS[@]}" \
+    "${NOISE[@]}" out=$data
   run $S2 cache dataset=$data "${ENC[@]}" token_dim=256 augment_views=$P_AUG
   STATE=(task.cameras=[] task.env_kwargs.state_obs=true)
   DP=(policy=diffusion_unet train.steps=${P_DP_STEPS:-3000})

@@ -16,6 +16,30 @@ def test_verbs_default_to_the_same_task_and_encoder():
     assert set(encoders.values()) == {"mobilenet_v2"}, encoders
 
 
+def test_collect_action_noise_defaults_to_the_task_configs_demo_action_noise(tmp_path):
+    """One source per default: a task config may set demo_action_noise (stack_cubes: DART demos); collect (the verb
+    and the demo's stage) takes it unless action_noise is given; a task without the key collects plain demos."""
+    from s2robot.collection import collect
+    from s2robot.datasets.store import EpisodeStore
+
+    assert cli.compose("collect", ["task=stack_cubes"]).action_noise is None  # null: the task's
+    task = dict(cli.compose("collect", ["task=stack_cubes"]).task)
+    task["env_kwargs"] = dict(task["env_kwargs"])
+    assert task["demo_action_noise"] == 0.3
+    noise = {}
+    for name, kwargs in [("task", {}), ("given", {"action_noise": 0.0})]:
+        collect(task, episodes=1, out=tmp_path / f"{name}.zarr", image_size=32, cameras=["front"],
+                progress=False, record_sim_state=False, **kwargs)
+        store = EpisodeStore.open(tmp_path / f"{name}.zarr")
+        noise[name] = store.attrs["collect"]["action_noise"]
+        store.close()
+    assert noise == {"task": 0.3, "given": 0.0}
+    task.pop("demo_action_noise")
+    collect(task, episodes=1, out=tmp_path / "plain.zarr", image_size=32, cameras=["front"], progress=False,
+            record_sim_state=False)
+    assert EpisodeStore.open(tmp_path / "plain.zarr").attrs["collect"]["action_noise"] == 0.0
+
+
 @pytest.mark.parametrize("extra", [[], ["encoder.scales=[1]", "pool_grid=2"]])
 def test_cache_prints_a_train_command_that_picks_its_features(tmp_path, capsys, extra):
     from s2robot.datasets.feature_cache import feature_hash_for

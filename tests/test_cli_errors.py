@@ -59,6 +59,7 @@ def test_user_errors_of_every_verb_are_one_line_without_traceback(tmp_path):
         (["cache", f"dataset={tmp_path / 'plain'}", "encoder=mvp_vit_s16", "encoder.checkpoint=/nope.pth"],
          "s2robot cache: ", "/nope.pth"),
         (["collect", "episodes=-1", f"out={tmp_path / 'c.zarr'}"], "s2robot collect: ", "episodes"),
+        (["collect", "action_noise=nan", f"out={tmp_path / 'c.zarr'}"], "s2robot collect: ", "action_noise"),
         (["eval", f"checkpoint={tmp_path / 'none'}"], "s2robot eval: ", "not found"),
     ]
     for args, prefix, words in cases:
@@ -67,6 +68,7 @@ def test_user_errors_of_every_verb_are_one_line_without_traceback(tmp_path):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith(prefix) and words in lines[0], (args, r.stderr)
         assert "Traceback" not in r.stderr
+    assert not (tmp_path / "c.zarr").exists()  # a bad value is refused before a store is created
     r = _run("dataset", "info", str(tmp_path / "plain"), env={"S2ROBOT_DEBUG": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr  # the debug switch shows it
 
