@@ -47,7 +47,7 @@ def summary(path: StoreLike) -> str:
             )
         else:
             lines.append("episodes: 0   steps: 0")
-        for k in ("task", "fps", "cameras", "action_space", "format_version"):
+        for k in ("task", "fps", "cameras", "action_space", "collect", "format_version"):  # collect: source, seed, noise
             if k in attrs:
                 lines.append(f"{k}: {attrs[k]}")
         lines.append("")

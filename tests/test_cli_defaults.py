@@ -16,7 +16,7 @@ def test_verbs_default_to_the_same_task_and_encoder():
     assert set(encoders.values()) == {"mobilenet_v2"}, encoders
 
 
-def test_collect_action_noise_defaults_to_the_task_configs_demo_action_noise(tmp_path):
+def test_collect_action_noise_defaults_to_the_task_configs_demo_action_noise(tmp_path, capsys):
     """One source per default: a task config may set demo_action_noise (stack_cubes: DART demos); collect (the verb
     and the demo's stage) takes it unless action_noise is given; a task without the key collects plain demos."""
     from s2robot.collection import collect
@@ -34,6 +34,9 @@ def test_collect_action_noise_defaults_to_the_task_configs_demo_action_noise(tmp
         noise[name] = store.attrs["collect"]["action_noise"]
         store.close()
     assert noise == {"task": 0.3, "given": 0.0}
+    capsys.readouterr()
+    assert cli.main(["dataset", "info", str(tmp_path / "task.zarr")]) == 0  # a user sees which demos a store holds
+    assert "'action_noise': 0.3" in capsys.readouterr().out
     task.pop("demo_action_noise")
     collect(task, episodes=1, out=tmp_path / "plain.zarr", image_size=32, cameras=["front"], progress=False,
             record_sim_state=False)
