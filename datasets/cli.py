@@ -47,7 +47,8 @@ def summary(path: StoreLike) -> str:
             )
         else:
             lines.append("episodes: 0   steps: 0")
-        for k in ("task", "fps", "cameras", "action_space", "collect", "format_version"):  # collect: source, seed, noise
+        # collect: how `s2robot collect` made the store (expert, seed, action_noise)
+        for k in ("task", "fps", "cameras", "action_space", "collect", "format_version"):
             if k in attrs:
                 lines.append(f"{k}: {attrs[k]}")
         lines.append("")

@@ -146,7 +146,7 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
     image_size = int(image_size or task_cfg.get("image_size", 224))
     cameras = tuple(cameras or task_cfg.get("cameras", ("front", "wrist")))
     max_attempts = int(max_attempts or 3 * episodes + 10)
-    action_noise = checked_action_noise(task_cfg.get("demo_action_noise") or 0.0 if action_noise is None
+    action_noise = checked_action_noise((task_cfg.get("demo_action_noise") or 0.0) if action_noise is None
                                         else action_noise)
     env_kwargs = dict(task_cfg.get("env_kwargs") or {})
     # task.max_episode_steps: None (the shipped configs) keeps the registry's limit, a number overrides it

@@ -28,8 +28,8 @@ def goal_rank(state: np.ndarray) -> np.ndarray:
     d = state.shape[1]
     k = d // (STATE_PER_OBJECT + 1)
     if d != (STATE_PER_OBJECT + 1) * k or k < 2:
-        raise SystemExit(f"the detail probe needs a state of 5 numbers per object + a goal one-hot over the objects, "
-                         f"got {d} numbers (tasks: push_marked, match_marker)")
+        raise SystemExit(f"the detail probe needs a state of {STATE_PER_OBJECT} numbers per object + a goal "
+                         f"one-hot over the objects, got {d} numbers (tasks: push_marked, match_marker)")
     xs = state[:, 0:STATE_PER_OBJECT * k:STATE_PER_OBJECT]  # (T, K)
     goal = state[:, STATE_PER_OBJECT * k:].argmax(1)
     return (xs < xs[np.arange(len(xs)), goal][:, None]).sum(1).astype(np.int64)
