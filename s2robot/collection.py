@@ -32,11 +32,21 @@ from s2robot.envs import make_env, robot
 from s2robot.envs.experts import make_expert
 
 
+def checked_action_noise(value) -> float:
+    """``action_noise`` as a float >= 0, or one ValueError naming it (before anything is created or opened)."""
+    try:
+        noise = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"action_noise must be a number >= 0, got {value!r}") from None
+    if not noise >= 0:  # also NaN
+        raise ValueError(f"action_noise must be a number >= 0, got {value!r}")
+    return noise
+
+
 def motion_noise(env, action_noise: float, seed: int) -> Callable[[np.ndarray], np.ndarray] | None:
     """``perturb(action) -> executed action`` adding N(0, (action_noise * limit)²) to dx, dy, dz (limit
-    ``max_delta``) and dyaw (``max_dyaw``) of this package's arm; None when ``action_noise`` is 0."""
-    if action_noise < 0:
-        raise ValueError(f"action_noise must be >= 0, got {action_noise}")
+    ``max_delta``) and dyaw (``max_dyaw``) of this package's arm; None when ``action_noise`` is 0.
+    ``action_noise`` is a value :func:`checked_action_noise` passed (``collect`` checks it once, up front)."""
     if action_noise == 0:
         return None
     base = env.unwrapped
@@ -117,17 +127,6 @@ def _resume_point(store, seed: int) -> int:
         return 0
     last = int(store.array("episode_seed")[store.n_steps - 1])
     return last - seed + 1
-
-
-def checked_action_noise(value) -> float:
-    """``action_noise`` as a float >= 0, or one ValueError naming it (before anything is created or opened)."""
-    try:
-        noise = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"action_noise must be a number >= 0, got {value!r}") from None
-    if not noise >= 0:  # also NaN
-        raise ValueError(f"action_noise must be a number >= 0, got {value!r}")
-    return noise
 
 
 def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0, only_success: bool = True,
