@@ -32,6 +32,11 @@ from s2robot.envs import make_env, robot
 from s2robot.envs.experts import make_expert
 
 
+class ExpertShortfallError(ValueError):
+    """The expert succeeded too rarely to store ``episodes`` within ``max_attempts``: a setting (attempt budget,
+    ``action_noise``), not a bug. The episodes stored so far stay in the store; the same command resumes."""
+
+
 def checked_action_noise(value) -> float:
     """``action_noise`` as a float >= 0, or one ValueError naming it (before anything is created or opened)."""
     try:
@@ -177,8 +182,12 @@ def collect(task_cfg: dict, episodes: int, out: str | os.PathLike, seed: int = 0
                    disable=not progress)
         while store.n_episodes < episodes:
             if tried >= max_attempts:
-                raise RuntimeError(f"collect {name}: only {store.n_episodes}/{episodes} episodes after {tried} "
-                                   f"attempts (expert success {ok}/{tried}); raise max_attempts")
+                bar.close()  # its line ends before the error's
+                noise = f" with action_noise={action_noise:g}" if action_noise else ""
+                raise ExpertShortfallError(
+                    f"only {store.n_episodes}/{episodes} {name} episodes stored after {tried} attempts (expert "
+                    f"success {ok}/{tried}{noise}); they are kept in {out_path}: rerun with a larger max_attempts"
+                    + (" or a smaller action_noise" if action_noise else "") + " to continue")
             ep_seed = seed + attempt
             expert = make_expert(name, env, seed=ep_seed)
             episode, success = record_episode(env, expert.act, ep_seed, record_sim_state=record_sim_state,

@@ -105,3 +105,24 @@ def test_help_lists_every_task_option_nested_ones_compactly(verb, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([verb, "task=no_such_task"])
     assert task_line.split("options:", 1)[1].strip() in str(e.value).replace("'", "").replace("[", "").replace("]", "")
+
+
+def test_collect_short_of_successes_is_one_line_and_keeps_the_stored_episodes(tmp_path):
+    """An expert that runs out of attempts (a setting: max_attempts, action_noise) is a user error, not a bug:
+    one line naming the counts and the way on, exit 1, and the episodes already stored stay for the resume."""
+    from s2robot.datasets.store import EpisodeStore
+
+    out = tmp_path / "c.zarr"
+    r = _run("collect", "task=lift_cube", "episodes=2", "max_attempts=1", "task.cameras=[]",
+             "task.env_kwargs.state_obs=true", f"out={out}")
+    assert r.returncode == 1, r.stderr
+    errors = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if "s2robot collect:" in ln]
+    assert len(errors) == 1 and "after 1 attempts" in errors[0] and "max_attempts" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    with EpisodeStore.open(out) as store:  # the one attempt succeeded (the expert's ~100 %) and was kept
+        assert store.n_episodes == 1
+    r = _run("collect", "task=lift_cube", "episodes=2", "task.cameras=[]", "task.env_kwargs.state_obs=true",
+             f"out={out}")
+    assert r.returncode == 0, r.stderr
+    with EpisodeStore.open(out) as store:
+        assert store.n_episodes == 2
