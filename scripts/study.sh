@@ -81,17 +81,24 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   # P_NOISE=0 for the plain demos of the earlier rows); store and rows "-noise<x>"
   P_NOISE=${P_NOISE:-}; noise=$([ -n "$P_NOISE" ] && echo "-noise$P_NOISE" || true)
   NOISE=($([ -n "$P_NOISE" ] && echo "action_noise=$P_NOISE" || true))
-  tag=$cams$noise  # what the store and the image rows are named by
-  data=$OUT/$task-$P_DEMOS$tag.zarr
-  run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true "${CAMS[@]}" \
-    "${NOISE[@]}" out=$data
-  run $S2 cache dataset=$data "${ENC[@]}" token_dim=256 augment_views=$P_AUG
+  tag=$cams$noise  # what the store and the image rows are named by (the state rows by $noise only)
   STATE=(task.cameras=[] task.env_kwargs.state_obs=true)
   DP=(policy=diffusion_unet train.steps=${P_DP_STEPS:-3000})
-  P_RUNS=("state-bc_mlp policy=bc_mlp ${STATE[*]}"
+  P_RUNS=("state$noise-bc_mlp policy=bc_mlp ${STATE[*]}"
           "images$tag$aug$grid-bc_mlp policy=bc_mlp token_dim=256 dataset.augment_views=$P_AUG ${CAMS[*]}"
-          "state-diffusion_unet ${DP[*]} ${STATE[*]}"
+          "state$noise-diffusion_unet ${DP[*]} ${STATE[*]}"
           "images$tag$aug$grid-diffusion_unet ${DP[*]} optim.warmup_steps=200 token_dim=256 dataset.augment_views=$P_AUG ${CAMS[*]}")
+  # P_OBS=state: the state rows only, from a store collected without cameras (no rendering, no cache; minutes)
+  if [ "${P_OBS:-}" = state ]; then
+    data=$OUT/$task-$P_DEMOS-state$noise.zarr
+    run $S2 collect task=$task episodes=$P_DEMOS "${STATE[@]}" "${NOISE[@]}" out=$data
+    P_RUNS=("${P_RUNS[0]}" "${P_RUNS[2]}")
+  else
+    data=$OUT/$task-$P_DEMOS$tag.zarr
+    run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true "${CAMS[@]}" \
+      "${NOISE[@]}" out=$data
+    run $S2 cache dataset=$data "${ENC[@]}" token_dim=256 augment_views=$P_AUG
+  fi
   # P_ROWS picks rows by name, e.g. P_ROWS="state-bc_mlp images-bc_mlp" (default: all four)
   if [ -n "${P_ROWS:-}" ]; then
     picked=(); for spec in "${P_RUNS[@]}"; do [[ " $P_ROWS " == *" ${spec%% *} "* ]] && picked+=("$spec"); done
