@@ -111,7 +111,7 @@ def test_help_lists_schema_defaults_the_yaml_leaves_out(capsys):
     assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     dataset = out[out.index("  dataset:"):]
-    assert "num_workers: 4" in dataset and "val_ratio: 0.1" in dataset
+    assert "num_workers: null" in dataset and "val_ratio: 0.1" in dataset
     assert "unet_down_dims" not in out  # policy=bc_mlp: only the BC head's keys
     assert "pooling: attention" in out  # policy.obs defaults (bc_mlp.yaml has no obs section)
 
@@ -188,3 +188,26 @@ def test_dataset_is_a_path_where_the_config_has_no_dataset_group():
     assert cli.compose("train", ["dataset=default"]).dataset.path == "default"
     assert cli.compose("cache", ["dataset=/d.zarr"]).dataset.path == "/d.zarr"
     assert cli.compose("cache", ["dataset=default"]).dataset.path is None  # cache keeps the group option
+
+
+@pytest.mark.parametrize("cpus, setting, expected", [({0, 1}, None, 2), (set(range(16)), None, 4), ({0, 1}, 3, 3)])
+def test_loader_workers_default_to_the_usable_cpus_capped_at_4(monkeypatch, cpus, setting, expected):
+    """dataset.num_workers=null starts min(4, CPUs this process may use) workers (a 2-core machine: 2, not the 4 that
+    made torch warn on every run); an explicit value is used as given."""
+    import os
+
+    import torch
+
+    import s2robot.training.train as tr
+    from s2robot.training.ddp import DistInfo
+
+    class Windows:  # what the loader reads of a training dataset
+        augment_views, token_keys = 1, ()
+
+        def __len__(self):
+            return 64
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cpus, raising=False)
+    c = {"dataset": {"num_workers": setting}}
+    _, loader, _ = tr._make_loader(c, DistInfo(), torch.device("cpu"), Windows(), tr.TrainConfig(batch_size=8), seed=0)
+    assert loader.num_workers == expected

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -113,7 +114,9 @@ class DatasetConfig:
     val_ratio: float = 0.1  # fraction of episodes held out for validation (split by episode)
     seed: int = 0  # split seed
     use_cached_features: bool = True  # read features/<encoder hash> when present instead of running the encoder
-    num_workers: int = 4  # DataLoader worker processes (each opens the store lazily)
+    # DataLoader worker processes (each opens the store lazily); None: min(4, the CPUs this process may use), so a
+    # 2-core machine does not start more workers than cores (on 2 cores 0 and 4 workers trained equally fast)
+    num_workers: int | None = None
     lowdim_cache_mb: int = 256  # low-dim arrays below this total size are held in RAM per process
     token_cache_mb: int = 4096  # cached tokens up to this total size are loaded into RAM once (0: stream them)
     augment_views: int = 1  # K > 1: train on the cached set with K views per frame (`s2robot cache augment_views=K`)
@@ -128,7 +131,7 @@ class DatasetConfig:
         if not 0.0 <= float(self.val_ratio) < 1.0:
             raise ValueError(f"dataset.val_ratio must be in [0, 1), got {self.val_ratio}")
         for name in ("num_workers", "lowdim_cache_mb", "token_cache_mb"):
-            if int(getattr(self, name)) < 0:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 0:
                 raise ValueError(f"dataset.{name} must be >= 0, got {getattr(self, name)}")
         if self.pad_after is not None and int(self.pad_after) < 0:
             raise ValueError(f"dataset.pad_after must be >= 0 or null, got {self.pad_after}")
@@ -577,6 +580,11 @@ def _saved_config(c: dict[str, Any], info: DistInfo, encoder: Any, meta: ShapeMe
     return saved
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _make_loader(c: dict[str, Any], info: DistInfo, device: torch.device, train_ds: Any, tcfg: TrainConfig,
                  seed: int) -> tuple[ResumableSampler, DataLoader, int]:
     """(sampler, loader of whole batches, batches per epoch) for this rank."""
@@ -587,7 +595,8 @@ def _make_loader(c: dict[str, Any], info: DistInfo, device: torch.device, train_
     if per_epoch < 1:
         raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
                          f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
-    workers = int(c["dataset"]["num_workers"])
+    workers = c["dataset"]["num_workers"]
+    workers = min(4, _usable_cpus()) if workers is None else int(workers)
     loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
                         batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda")
