@@ -91,6 +91,7 @@ def run(cfg) -> int:
                        seed=eval_seed(cfg.get("seed")), device=device, out_dir=out, n_videos=int(cfg.n_videos),
                        env_kwargs=env_kwargs, backend=str(cfg.get("backend", "cpu")),
                        max_steps=cfg.get("max_steps") or task_cfg.get("max_episode_steps"), policy_info=info,
-                       replan_every=cfg.get("replan_every"), temporal_ensemble=cfg.get("temporal_ensemble"))
+                       replan_every=cfg.get("replan_every"), temporal_ensemble=cfg.get("temporal_ensemble"),
+                       video_cameras=task_cfg.get("cameras") or None)
     print_summary(summary)
     return exit_code(summary)

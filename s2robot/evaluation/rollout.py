@@ -34,7 +34,7 @@ import dataclasses
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
 from s2robot.evaluation.metrics import summarize_episodes
+from s2robot.evaluation.replay_video import EpisodeLog, low_dim, replay_videos, video_env_fn
 from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text, write_report
 from s2robot.evaluation.env_pool import EnvPoolProtocol, StepResult
 from s2robot.evaluation.vector_env import EnvPool, TaskEnvFactory
@@ -161,7 +162,10 @@ class _BatchedRollout:
         n, n_obs = pool.n_envs, int(getattr(policy, "n_obs_steps", 1))
         keys = _policy_obs_keys(policy, pool.obs_spec)
         self.image_keys = [k for k in pool.obs_spec if k.endswith("_image")]
-        if not self.image_keys:  # an env rendering no camera (a state-only policy): nothing to film
+        # an env rendering no camera (a state-only policy): keep the video episodes' actions to replay them, filmed
+        self.replay: dict[int, EpisodeLog] = {}
+        if not self.image_keys:
+            self.replay = {i: EpisodeLog() for i in sorted(video.wanted)}
             video.wanted = set()
         _warn_image_mismatch(policy, {k: pool.obs_spec[k][0] for k in self.image_keys})
         # per env: the last n_obs observations of every key the policy reads, (n_envs, n_obs, *shape)
@@ -259,6 +263,8 @@ class _BatchedRollout:
         """Step every env in ``active`` with its planned action for this step; record episodes that end."""
         for k in active:
             self.last_action[k] = self.queues[k].action(self.slots[k].length)
+            if self.slots[k].index in self.replay:
+                self.replay[self.slots[k].index].actions.append(np.array(self.last_action[k]))
         actions = np.stack([self.last_action[k] for k in active])
         t0 = time.perf_counter()
         results = self.pool.step(active, actions)
@@ -280,6 +286,8 @@ class _BatchedRollout:
                 buf[stepped, -1] = self.pool.obs[key][stepped]
         for k in stepped:
             ep = self.slots[k]
+            if ep.index in self.replay:
+                self.replay[ep.index].final_obs = low_dim(self.pool.obs, k)
             if self.video.wants(ep.index):
                 self.video.add(ep.index, self._frame(k))
             if ep.success:
@@ -329,13 +337,12 @@ def _open_pool(backend: str, task: str | None, env_fn: Callable | None, n_envs: 
 def _limit_and_video(pool, max_steps: int | None, out_dir: str | Path | None, n_videos: int, episodes: int,
                      fps: float | None) -> tuple[int, VideoRecorder]:
     """The episode time limit (``max_steps``, else the env's ``max_episode_steps``) and the recorder of the first
-    ``n_videos`` episodes (none for envs without images)."""
+    ``n_videos`` episodes (an env without images has them replayed afterwards, see :func:`_replay_videos`)."""
     limit = max_steps if max_steps is not None else pool.max_episode_steps
     if limit is None:
         raise ValueError("the env has no time limit (max_episode_steps); pass max_steps=")
-    has_images = any(k.endswith("_image") for k in pool.obs_spec)
-    video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos",
-                          range(min(n_videos, episodes)) if has_images else [], fps or pool.fps or 10.0)
+    video = VideoRecorder(None if out_dir is None else Path(out_dir) / "videos", range(min(n_videos, episodes)),
+                          fps or pool.fps or 10.0)
     return int(limit), video
 
 
@@ -354,7 +361,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
              max_steps: int | None = None, progress: bool = True, step_timeout: float | None = 300.0,
              fps: float | None = None, policy_info: dict[str, Any] | None = None,
              token_history: bool = True, replan_every: int | None = None,
-             temporal_ensemble: float | str | None = None) -> dict[str, Any]:
+             temporal_ensemble: float | str | None = None,
+             video_cameras: Sequence[str] | None = None) -> dict[str, Any]:
     """Run ``episodes`` seeded episodes of ``policy`` on ``n_envs`` parallel envs; return the summary dict.
 
     Args:
@@ -384,6 +392,10 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             ``"off"``: whole chunks; m >= 0: ACT temporal ensembling. Every env replans every step and
             executes ``sum_i w_i a_i / sum_i w_i`` over the chunks covering the step, ``w_i = exp(-m i)``, i = 0 the
             oldest (with ``replan_every=k`` only each chunk's first k actions take part).
+        video_cameras: for a policy whose env renders no camera (privileged state only), the cameras that its
+            video episodes are filmed with: they are replayed afterwards from their seeds and executed actions in
+            one env rendering these (:mod:`s2robot.evaluation.replay_video`; default ``("front",)``; built-in
+            tasks only). ``summary["replay_mismatch"]`` lists episodes whose replay differed (none expected).
 
     Returns: the summary (success rate, 95% Wilson interval, mean max score, lengths, env-steps/s, timings,
         ``all_errored``: True when every episode was aborted by an error, paths of written files) plus
@@ -414,17 +426,38 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         t_loop_end = time.perf_counter()
     finally:
         _close(policy, was_training, video, bar, pool)
+    mismatch = _replay_videos(loop, env_fn, video, video_cameras, step_timeout) if out_dir is not None else None
 
     summary = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
                "device": str(dev), "max_steps": int(limit),
                "execution": {"replan_every": replan_every, "temporal_ensemble": temporal_ensemble},
                **summarize_episodes(loop.records)}
     summary["all_errored"] = summary["n_errors"] == len(loop.records)
+    if mismatch is not None:
+        summary["replay_mismatch"] = mismatch
     summary.update(_run_stats(loop, timers, pool, video, (t_begin, t_started, t_loop_end)))
     if out_dir is not None:
         summary["files"].update(write_report(out_dir, loop.records, summary))
     summary["episodes"] = loop.records
     return summary
+
+
+def _replay_videos(loop: "_BatchedRollout", env_fn: Callable, video: VideoRecorder,
+                   cameras: Sequence[str] | None, step_timeout: float | None) -> list[int] | None:
+    """Film the video episodes of a policy whose env rendered no camera by replaying them (None: nothing to
+    replay); returns the episodes whose replay differed from the evaluation, with a warning."""
+    episodes = {i: log for i, log in loop.replay.items()
+                if loop.records[i] is not None and loop.records[i]["error"] is None}
+    filmed = video_env_fn(env_fn, cameras)
+    if not episodes or filmed is None:
+        return None
+    video.wanted = set(episodes)
+    mismatch = replay_videos(filmed, episodes, loop.records, video, step_timeout)
+    if mismatch:
+        warnings.warn(f"the replayed videos of episodes {mismatch} differ from the evaluated episodes (the env is "
+                      "not deterministic for a seed and actions); those videos do not show what was evaluated",
+                      stacklevel=3)
+    return mismatch
 
 
 def _check_args(episodes: int, n_envs: int, backend: str, task: str | None, env_fn: Callable | None,
