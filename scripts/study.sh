@@ -115,6 +115,11 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
       run $S2 train task=$task dataset=$data "${ENC[@]}" "${CURVE[@]}" "$@" seed=$seed out_dir=$d
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off out=$d/eval-chunks
+      # P_REPLAN1=1 (default on push_t): the diffusion rows also replan every step without averaging (eval-replan1/)
+      if [ "${P_REPLAN1:-$([ $task = push_t ] && echo 1 || echo 0)}" = 1 ] && [[ $name == *diffusion_unet ]]; then
+        run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off replan_every=1 \
+          out=$d/eval-replan1
+      fi
     done
   done
   ;;
