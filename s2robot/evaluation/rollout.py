@@ -392,10 +392,8 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
             ``"off"``: whole chunks; m >= 0: ACT temporal ensembling. Every env replans every step and
             executes ``sum_i w_i a_i / sum_i w_i`` over the chunks covering the step, ``w_i = exp(-m i)``, i = 0 the
             oldest (with ``replan_every=k`` only each chunk's first k actions take part).
-        video_cameras: for a policy whose env renders no camera (privileged state only), the cameras that its
-            video episodes are filmed with: they are replayed afterwards from their seeds and executed actions in
-            one env rendering these (:mod:`s2robot.evaluation.replay_video`; default ``("front",)``; built-in
-            tasks only). ``summary["replay_mismatch"]`` lists episodes whose replay differed (none expected).
+        video_cameras: a policy whose env renders no camera (state only) gets its video episodes replayed in an
+            env rendering these (default ``("front",)``; built-in tasks; :mod:`s2robot.evaluation.replay_video`).
 
     Returns: the summary (success rate, 95% Wilson interval, mean max score, lengths, env-steps/s, timings,
         ``all_errored``: True when every episode was aborted by an error, paths of written files) plus
@@ -426,15 +424,12 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         t_loop_end = time.perf_counter()
     finally:
         _close(policy, was_training, video, bar, pool)
-    mismatch = _replay_videos(loop, env_fn, video, video_cameras, step_timeout) if out_dir is not None else None
-
+    replayed = _replay_videos(loop, env_fn, video, video_cameras, step_timeout)  # {} or {"replay_mismatch": [...]}
     summary = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
                "device": str(dev), "max_steps": int(limit),
                "execution": {"replan_every": replan_every, "temporal_ensemble": temporal_ensemble},
-               **summarize_episodes(loop.records)}
+               **summarize_episodes(loop.records), **replayed}
     summary["all_errored"] = summary["n_errors"] == len(loop.records)
-    if mismatch is not None:
-        summary["replay_mismatch"] = mismatch
     summary.update(_run_stats(loop, timers, pool, video, (t_begin, t_started, t_loop_end)))
     if out_dir is not None:
         summary["files"].update(write_report(out_dir, loop.records, summary))
@@ -443,21 +438,21 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
 
 
 def _replay_videos(loop: "_BatchedRollout", env_fn: Callable, video: VideoRecorder,
-                   cameras: Sequence[str] | None, step_timeout: float | None) -> list[int] | None:
-    """Film the video episodes of a policy whose env rendered no camera by replaying them (None: nothing to
-    replay); returns the episodes whose replay differed from the evaluation, with a warning."""
+                   cameras: Sequence[str] | None, step_timeout: float | None) -> dict[str, list[int]]:
+    """Film the video episodes of a policy whose env rendered no camera by replaying them; returns
+    ``{"replay_mismatch": [episodes whose replay differed, with a warning]}``, or {} when nothing was replayed."""
     episodes = {i: log for i, log in loop.replay.items()
                 if loop.records[i] is not None and loop.records[i]["error"] is None}
     filmed = video_env_fn(env_fn, cameras)
-    if not episodes or filmed is None:
-        return None
+    if not episodes or filmed is None or video.folder is None:
+        return {}
     video.wanted = set(episodes)
     mismatch = replay_videos(filmed, episodes, loop.records, video, step_timeout)
     if mismatch:
         warnings.warn(f"the replayed videos of episodes {mismatch} differ from the evaluated episodes (the env is "
                       "not deterministic for a seed and actions); those videos do not show what was evaluated",
                       stacklevel=3)
-    return mismatch
+    return {"replay_mismatch": mismatch}
 
 
 def _check_args(episodes: int, n_envs: int, backend: str, task: str | None, env_fn: Callable | None,
