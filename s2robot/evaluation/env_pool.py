@@ -8,11 +8,11 @@ worlds in this process). This module imports neither torch nor mujoco (env worke
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-__all__ = ["StepResult", "EnvPoolProtocol"]
+__all__ = ["StepResult", "EpisodeTally", "EnvPoolProtocol"]
 
 
 @dataclasses.dataclass
@@ -28,6 +28,30 @@ class StepResult:
     env_time: float = 0.0  # seconds spent inside env.reset/env.step (in the worker, for the process pool)
     timing: dict[str, float] | None = None  # optional finer split from info["timing"] (physics, render, ...)
     error: str | None = None
+
+
+@dataclasses.dataclass
+class EpisodeTally:
+    """What one episode's :class:`StepResult` s add up to: the evaluator's per-episode record (and what a replay of
+    the episode must reproduce, :mod:`s2robot.evaluation.replay_video`)."""
+
+    index: int
+    seed: int
+    length: int = 0
+    ret: float = 0.0
+    success: bool = False
+    max_score: float | None = None
+
+    def observe(self, res: StepResult) -> None:
+        self.ret += res.reward
+        self.success = self.success or res.success
+        if res.score is not None:
+            self.max_score = res.score if self.max_score is None else max(self.max_score, res.score)
+
+    def record(self, end: str, error: str | None = None) -> dict[str, Any]:
+        return {"episode": self.index, "seed": self.seed, "success": bool(self.success and error is None),
+                "max_score": self.max_score, "return": self.ret, "length": self.length, "end": end,
+                "error": error}
 
 
 class EnvPoolProtocol(Protocol):

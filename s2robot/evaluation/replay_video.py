@@ -4,9 +4,10 @@ The evaluator's envs render nothing for such a policy (rendering every step of e
 evaluation). Instead it keeps the actions that the first ``n_videos`` episodes executed; afterwards one spawned
 worker env with cameras resets with each of those episodes' seeds and steps the same actions, and its frames,
 annotated like any evaluation video, go to ``videos/episode_<i>.mp4``. MuJoCo steps the same model the same way for
-the same seed and actions, so the replay is the evaluated episode; each replay's length, success, max score and
-final low-dim observation (proprio, state) are compared with the evaluation's, and an episode whose replay differs
-is reported, not passed off as it.
+the same seed and actions, so the replay is the evaluated episode; each replay's tally (length, success, max score,
+return: :class:`~s2robot.evaluation.env_pool.EpisodeTally`, as the evaluation counts it) and final low-dim
+observation (proprio, state) are compared with the evaluation's, and an episode whose replay differs is reported,
+not passed off as it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from s2robot.evaluation.env_pool import EpisodeTally
 from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text
 from s2robot.evaluation.vector_env import EnvPool, TaskEnvFactory
 
@@ -33,23 +35,15 @@ class EpisodeLog:
     final_obs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass
-class ReplayedEpisode:
-    """What the replay of one episode reached (compared with the evaluation's record and log)."""
+#: what a replay's record must equal in the evaluated episode's record
+REPLAYED_FIELDS = ("length", "success", "max_score", "return")
 
-    length: int = 0
-    success: bool = False
-    max_score: float | None = None
-    final_obs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
-    def matches(self, record: dict[str, Any], log: EpisodeLog) -> bool:
-        same_score = (self.max_score is None and record.get("max_score") is None) or (
-            self.max_score is not None and record.get("max_score") is not None
-            and abs(self.max_score - float(record["max_score"])) <= 1e-9)
-        same_obs = log.final_obs.keys() == self.final_obs.keys() and all(
-            np.array_equal(log.final_obs[k], self.final_obs[k]) for k in log.final_obs)
-        return (self.length == record["length"] and self.success == bool(record["success"]) and same_score
-                and same_obs)
+def _same(replay: EpisodeTally, final_obs: dict[str, np.ndarray], record: dict[str, Any], log: EpisodeLog) -> bool:
+    """Whether the replay reproduced the evaluated episode: its record's :data:`REPLAYED_FIELDS` and last obs."""
+    replayed = replay.record(record["end"])
+    return all(replayed[k] == record[k] for k in REPLAYED_FIELDS) and log.final_obs.keys() == final_obs.keys() \
+        and all(np.array_equal(log.final_obs[k], final_obs[k]) for k in log.final_obs)
 
 
 def low_dim(obs: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
@@ -74,8 +68,8 @@ def replay_videos(env_fn: Callable, episodes: dict[int, EpisodeLog], records: Se
     try:
         image_keys = [k for k in pool.obs_spec if k.endswith("_image")]
         for index, log in sorted(episodes.items()):
-            ep = ReplayedEpisode()
-            res = pool.reset([0], [int(records[index]["seed"])])[0]
+            ep = EpisodeTally(index, int(records[index]["seed"]))
+            res = pool.reset([0], [ep.seed])[0]
             ok = res.ok
             for action in [None, *log.actions]:
                 if action is not None:
@@ -84,14 +78,11 @@ def replay_videos(env_fn: Callable, episodes: dict[int, EpisodeLog], records: Se
                     if not ok:
                         break
                     ep.length += 1
-                ep.success = ep.success or res.success
-                if res.score is not None:
-                    ep.max_score = res.score if ep.max_score is None else max(ep.max_score, res.score)
-                ep.final_obs = low_dim(pool.obs, 0)
+                ep.observe(res)
                 views = {key[: -len("_image")]: pool.obs[key][0] for key in image_keys}
                 video.add(index, annotate_frame(views, frame_text(ep.length, action, ep.max_score, ep.success)))
             video.finish(index)
-            if not (ok and ep.matches(records[index], log)):
+            if not (ok and _same(ep, low_dim(pool.obs, 0), records[index], log)):
                 mismatched.append(index)
     finally:
         pool.close()

@@ -45,7 +45,7 @@ from s2robot.encoders.history import FrameTokenCache, frozen_token_encoder
 from s2robot.evaluation.metrics import summarize_episodes
 from s2robot.evaluation.replay_video import EpisodeLog, low_dim, replay_videos, video_env_fn
 from s2robot.evaluation.report import VideoRecorder, annotate_frame, frame_text, write_report
-from s2robot.evaluation.env_pool import EnvPoolProtocol, StepResult
+from s2robot.evaluation.env_pool import EnvPoolProtocol, EpisodeTally, StepResult
 from s2robot.evaluation.vector_env import EnvPool, TaskEnvFactory
 from s2robot.policies.action_queue import ActionQueue, execution_for
 
@@ -67,28 +67,11 @@ def episode_generator(seed: int, episode: int) -> torch.Generator:
 
 
 @dataclasses.dataclass
-class _Episode:
-    """Bookkeeping of the episode a worker slot is running."""
+class _Episode(EpisodeTally):
+    """Bookkeeping of the episode a worker slot is running: its tally, sampling generator and start time."""
 
-    index: int
-    seed: int
-    generator: torch.Generator
-    length: int = 0
-    ret: float = 0.0
-    success: bool = False
-    max_score: float | None = None
+    generator: torch.Generator | None = None
     t_start: float = 0.0
-
-    def observe(self, res: StepResult) -> None:
-        self.ret += res.reward
-        self.success = self.success or res.success
-        if res.score is not None:
-            self.max_score = res.score if self.max_score is None else max(self.max_score, res.score)
-
-    def record(self, end: str, error: str | None = None) -> dict[str, Any]:
-        return {"episode": self.index, "seed": self.seed, "success": bool(self.success and error is None),
-                "max_score": self.max_score, "return": self.ret, "length": self.length, "end": end,
-                "error": error}
 
 
 class _Timers:
@@ -188,6 +171,8 @@ class _BatchedRollout:
     # -- episode life cycle ----------------------------------------------------------------------------------------
     def finish(self, k: int, end: str, error: str | None = None) -> None:
         ep = self.slots[k]
+        if ep.index in self.replay:  # the observation the episode ended on, which its replay must reach
+            self.replay[ep.index].final_obs = low_dim(self.pool.obs, k)
         rec = ep.record(end, error)
         rec["wall_s"] = round(time.perf_counter() - ep.t_start, 4)
         self.records[ep.index] = rec
@@ -219,7 +204,8 @@ class _BatchedRollout:
             claimed = free[: self.episodes - self.next_episode]
             for k in claimed:
                 i = self.next_episode
-                self.slots[k] = _Episode(i, self.seed + i, episode_generator(self.seed, i), t_start=time.perf_counter())
+                self.slots[k] = _Episode(i, self.seed + i, generator=episode_generator(self.seed, i),
+                                         t_start=time.perf_counter())
                 self.next_episode += 1
             t0 = time.perf_counter()
             results = self.pool.reset(claimed, [self.slots[k].seed for k in claimed])
@@ -286,8 +272,6 @@ class _BatchedRollout:
                 buf[stepped, -1] = self.pool.obs[key][stepped]
         for k in stepped:
             ep = self.slots[k]
-            if ep.index in self.replay:
-                self.replay[ep.index].final_obs = low_dim(self.pool.obs, k)
             if self.video.wants(ep.index):
                 self.video.add(ep.index, self._frame(k))
             if ep.success:
