@@ -178,6 +178,25 @@ def set_inference_steps(policy: nn.Module, steps: int | None, key: str = "num_in
     policy.num_inference_steps = steps
 
 
+def set_action_steps(policy: nn.Module, steps: int | None, key: str = "n_action_steps") -> None:
+    """Override how many actions of each denoised horizon a loaded diffusion policy returns per chunk
+    (``s2robot eval|deploy n_action_steps=K``); None keeps the checkpoint's. Only inference reads it: the denoiser
+    learned the whole horizon, so any K in [1, horizon - n_obs_steps + 1] is valid, e.g. K = 8 with ACT ensembling
+    for a push_t checkpoint trained to replan every step (configs/task_policy/push_t_diffusion_unet.yaml).
+    Raises ValueError, naming ``key``, for a policy that does not denoise a horizon or a bad count."""
+    if steps is None:
+        return
+    if not isinstance(policy, DiffusionPolicy):
+        raise ValueError(f"{key}={steps}: only a diffusion policy's chunk length can change after training (it "
+                         f"denoises the whole horizon); this checkpoint holds a {type(policy).__name__}, whose head "
+                         f"predicts its trained {policy.n_action_steps} actions: use replan_every=k to execute fewer")
+    limit = policy.horizon - policy.n_obs_steps + 1
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+        raise ValueError(f"{key}={steps!r}: expected an integer in [1, {limit}] (horizon {policy.horizon} - "
+                         f"n_obs_steps {policy.n_obs_steps} + 1)")
+    policy.n_action_steps = steps
+
+
 def set_compiled_denoiser(policy: nn.Module, enabled: bool, key: str = "compile_denoiser",
                           warm_up_batch: int | None = None) -> float:
     """Run a loaded diffusion policy's denoiser through ``torch.compile`` (inductor) at inference

@@ -174,6 +174,9 @@ def verb_help(verb: str, config_name: str, cfg: Any, groups: tuple[str, ...]) ->
                 continue
             options = ", ".join(options_text(group_options(g)))
             lines.append(f"  {g:<8} default: {defaults.get(g)}   options: {options}")
+        if "optional task_policy" in defaults:  # configs/task_policy/<task>_<policy>.yaml, applied by name
+            pairs = ", ".join(sorted(group_options("task_policy")))
+            lines.append(f"  task x policy files (configs/task_policy, applied before key=value overrides): {pairs}")
         lines.append("")
     lines.append("keys and their defaults (override with key=value; nested keys with dots, e.g. train.steps=100):")
     shown_cfg = OmegaConf.merge(OmegaConf.create(schema_defaults(cfg)), cfg)  # every key: schema defaults + YAML

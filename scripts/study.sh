@@ -66,8 +66,9 @@ s2_b16)   # MobileNetV2 one scale vs S2 (1,2) at batch 16: the same samples seen
 policies_*)   # issue 12: state (control-only upper bound) vs images (frozen MobileNetV2 S2 (1,2) PCA-256 tokens),
   # BC-MLP and diffusion U-Net, SEEDS training seeds, 50 eval episodes on seeds 100000+, rollouts every EVAL_EVERY
   # steps for the learning curve (train.csv/val.csv/eval.csv + learning_curve.png in each run).
-  # Each run is evaluated twice: with the policy's own execution (BC: ACT temporal ensembling, m = 0) and with
-  # whole chunks (temporal_ensemble=off, eval-chunks/). P_AUG=K: cache K augmented views and train on them.
+  # Each run is evaluated twice: with the policy's own execution (ACT temporal ensembling, m = 0; push_t's U-Net:
+  # replanning every step, and ACT in eval-act/) and with whole chunks (temporal_ensemble=off, eval-chunks/).
+  # P_AUG=K: cache K augmented views and train on them.
   task=${stage#policies_}
   P_DEMOS=${P_DEMOS:-300}; P_STEPS=${P_STEPS:-1500}; SEEDS=${SEEDS:-"0 1 2"}; EVAL_EVERY=${EVAL_EVERY:-500}
   P_AUG=${P_AUG:-1}; aug=$([ "$P_AUG" -gt 1 ] && echo "-k$P_AUG" || true)
@@ -113,10 +114,15 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
       [[ " $* " == *" train.steps="* ]] || set -- "$@" train.steps=$P_STEPS
       d=$OUT/runs/$task-$name-seed$seed
       run $S2 train task=$task dataset=$data "${ENC[@]}" "${CURVE[@]}" "$@" seed=$seed out_dir=$d
-      run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval
-      run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off out=$d/eval-chunks
-      # P_REPLAN1=1 (default on push_t): the diffusion rows also replan every step without averaging (eval-replan1/)
-      if [ "${P_REPLAN1:-$([ $task = push_t ] && echo 1 || echo 0)}" = 1 ] && [[ $name == *diffusion_unet ]]; then
+      run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval  # the policy's own execution
+      # whole chunks: a diffusion row's are 8 actions (the schema's n_action_steps), also where a task x policy
+      # file trained it to replan every step (configs/task_policy/push_t_diffusion_unet.yaml: n_action_steps 1)
+      dp=$([[ $name == *diffusion_unet ]] && echo 1 || echo 0)
+      CHUNK=($([ $dp = 1 ] && echo n_action_steps=8 || true))
+      run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off "${CHUNK[@]}" out=$d/eval-chunks
+      if [ $dp = 1 ] && [ -f configs/task_policy/${task}_diffusion_unet.yaml ]; then  # push_t: ACT m = 0 too
+        run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=0 "${CHUNK[@]}" out=$d/eval-act
+      elif [ $dp = 1 ] && [ "${P_REPLAN1:-0}" = 1 ]; then  # P_REPLAN1=1: replan every step without averaging too
         run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off replan_every=1 \
           out=$d/eval-replan1
       fi

@@ -114,6 +114,7 @@ def test_help_lists_schema_defaults_the_yaml_leaves_out(capsys):
     assert "num_workers: null" in dataset and "val_ratio: 0.1" in dataset
     assert "unet_down_dims" not in out  # policy=bc_mlp: only the BC head's keys
     assert "pooling: attention" in out  # policy.obs defaults (bc_mlp.yaml has no obs section)
+    assert "task x policy files (configs/task_policy, applied before key=value overrides): push_t_diffusion_unet" in out
 
 
 def test_schema_types_and_plus_on_an_existing_key_are_one_line():
@@ -211,3 +212,40 @@ def test_loader_workers_default_to_the_usable_cpus_capped_at_4(monkeypatch, cpus
     c = {"dataset": {"num_workers": setting}}
     _, loader, _ = tr._make_loader(c, DistInfo(), torch.device("cpu"), Windows(), tr.TrainConfig(batch_size=8), seed=0)
     assert loader.num_workers == expected
+
+
+def _specialisations() -> list:
+    return sorted((configs_dir() / "task_policy").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _specialisations(), ids=lambda p: p.stem)
+def test_each_task_policy_specialisation_names_a_real_task_and_policy(path):
+    """``configs/task_policy/<task>_<policy>.yaml`` applies only when hydra's ``${task}_${policy}`` spells its name,
+    so a misspelt file would silently never apply: its name must split into a shipped task and policy, and its keys
+    must reach the composed config of that pair (the command line still wins)."""
+    from s2robot.cli_checks import group_options
+
+    pairs = [(t, p) for t in group_options("task") for p in group_options("policy") if f"{t}_{p}" == path.stem]
+    assert len(pairs) == 1, f"{path.name}: not <task>_<policy> of a shipped task and policy"
+    task, policy = pairs[0]
+    want = OmegaConf.to_container(OmegaConf.load(path))
+    assert set(want) == {"policy"} and want["policy"], f"{path.name}: sets policy keys only"
+    for verb in ("train", "demo"):
+        cfg = cli.compose(verb, [f"task={task}", f"policy={policy}"])
+        for key, value in want["policy"].items():
+            assert cfg.policy[key] == value, (verb, key)
+
+
+def test_push_t_diffusion_replans_every_step_by_default_and_nothing_else_changes():
+    """push_t x diffusion_unet: one action per chunk, no ensembling (docs/policies.md point 9); the same policy on
+    another task, another policy on push_t, a Meta-World task and a command-line override keep their own values."""
+    def policy(*overrides):
+        cfg = cli.compose("train", list(overrides))
+        return cfg.policy.get("n_action_steps"), cfg.policy.get("temporal_ensemble")
+
+    assert policy("task=push_t", "policy=diffusion_unet") == (1, None)
+    assert policy("task=lift_cube", "policy=diffusion_unet") == (None, None)  # the schema's 8 and 0.0 apply later
+    assert policy("task=push_t", "policy=bc_mlp") == (None, None)
+    assert policy("task=metaworld/pick-place-v3", "policy=diffusion_unet") == (None, None)
+    assert policy("task=push_t", "policy=diffusion_unet", "policy.n_action_steps=8",
+                  "policy.temporal_ensemble=0") == (8, 0)

@@ -104,6 +104,24 @@ def test_eval_overrides_the_ddim_step_count_and_records_it(checkpoint, tmp_path,
         run(compose("eval", [f"checkpoint={checkpoint}", "compile_denoiser=abc", "device=cpu"]))
 
 
+def test_eval_overrides_the_chunk_length_and_records_it(checkpoint, tmp_path):
+    """``n_action_steps=K`` makes a diffusion checkpoint return K actions per chunk (its config says 8): with K = 1
+    and whole chunks a 4-step episode takes 4 policy forwards, one per step, and the report says so; a K beyond
+    horizon - n_obs_steps + 1 is one line naming the key."""
+    from s2robot.evaluation.cli import run
+
+    base = [f"checkpoint={checkpoint}", "episodes=1", "n_envs=1", "max_steps=4", "n_videos=0", "device=cpu",
+            "temporal_ensemble=off"]
+    assert run(compose("eval", base + [f"out={tmp_path / 'k1'}", "n_action_steps=1"])) == 0
+    summary = json.loads((tmp_path / "k1" / "summary.json").read_text())
+    assert summary["execution"] == {"replan_every": None, "temporal_ensemble": None, "n_action_steps": 1}
+    assert summary["policy_forwards"] == 4
+    assert run(compose("eval", base + [f"out={tmp_path / 'k8'}"])) == 0
+    assert json.loads((tmp_path / "k8" / "summary.json").read_text())["policy_forwards"] == 1
+    with pytest.raises(SystemExit, match=r"^s2robot eval: n_action_steps=16: expected an integer in \[1, 15\]"):
+        run(compose("eval", [f"checkpoint={checkpoint}", "n_action_steps=16", "device=cpu"]))
+
+
 def test_eval_verb_errors_are_named(tmp_path):
     from s2robot.evaluation.cli import run
 

@@ -374,3 +374,28 @@ def test_checkpoints_with_the_old_parameter_names_still_load(tmp_path, meta, nor
     load_training_state(tmp_path / "step_1", fresh)
     for (name, a), b in zip(policy.state_dict().items(), fresh.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_diffusion_policys_chunk_length_can_change_at_inference(meta, normalizer):
+    """``set_action_steps`` (eval/deploy ``n_action_steps=K``): the denoised horizon is the same, only the returned
+    slice changes, so K = 1 gives the first action of the K = 8 chunk from the same noise; K beyond the horizon,
+    a non-integer and a BC policy (whose head predicts exactly its trained chunk) are one clear ValueError."""
+    from s2robot.policies.diffusion import set_action_steps
+
+    policy = make("diffusion_unet", meta, normalizer).eval()
+    obs = {k: v for k, v in token_batch(meta, policy.horizon, 2).items() if k != "action"}
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
+    chunk = policy.predict_action(obs, gens())
+    limit = policy.horizon - policy.n_obs_steps + 1
+    set_action_steps(policy, 1)
+    torch.testing.assert_close(policy.predict_action(obs, gens()), chunk[:, :1])
+    set_action_steps(policy, limit)
+    longer = policy.predict_action(obs, gens())
+    assert longer.shape[1] == limit and torch.allclose(longer[:, : chunk.shape[1]], chunk)
+    set_action_steps(policy, None)
+    assert policy.n_action_steps == limit
+    for bad in (0, limit + 1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"^n_action_steps={bad!r}: expected an integer in \[1, {limit}\]"):
+            set_action_steps(policy, bad)
+    with pytest.raises(ValueError, match="only a diffusion policy's chunk length can change.*replan_every"):
+        set_action_steps(make("bc_mlp", meta, normalizer), 2)

@@ -21,7 +21,9 @@ EXECUTIONS = {  # eval folder -> summary["execution"] (None: a summary written b
     "eval": {"temporal_ensemble": 0.0, "replan_every": None},
     "eval-m01": {"temporal_ensemble": 0.1, "replan_every": None},
     "eval-chunks": {"temporal_ensemble": None, "replan_every": None},
-    "eval-k4": {"temporal_ensemble": None, "replan_every": 4},
+    "eval-k4": {"temporal_ensemble": None, "replan_every": 4, "n_action_steps": 8},
+    "eval-replan1": {"temporal_ensemble": None, "replan_every": 1},  # replanning every step, asked at eval
+    "eval-n1": {"temporal_ensemble": None, "replan_every": None, "n_action_steps": 1},  # ... the policy's own
     "eval-old": None,
 }
 
@@ -52,10 +54,12 @@ def test_groups_are_labelled_with_execution_text(tmp_path):
     groups = table.collect(tmp_path)
     labels = {execution_text(e).removeprefix("; ") if e else "whole chunks" for e in EXECUTIONS.values()}
     assert labels == {"ACT temporal ensembling m=0", "ACT temporal ensembling m=0.1", "whole chunks",
-                      "whole chunks, first 4 actions of each chunk"}
+                      "whole chunks, first 4 actions of each chunk", "replan every step"}
     assert set(groups) == {f"lift_cube-images-bc_mlp [{label}]" for label in labels}
     assert len(groups["lift_cube-images-bc_mlp [whole chunks]"]) == 4  # eval-chunks and eval-old, 2 seeds each
-    assert [len(groups[f"lift_cube-images-bc_mlp [{label}]"]) for label in sorted(labels - {"whole chunks"})] == [2] * 3
+    assert len(groups["lift_cube-images-bc_mlp [replan every step]"]) == 4  # eval-replan1 and eval-n1: one way
+    others = sorted(labels - {"whole chunks", "replan every step"})
+    assert [len(groups[f"lift_cube-images-bc_mlp [{label}]"]) for label in others] == [2] * 3
     assert set(table.runs_by_execution(groups, "lift_cube-images-bc_mlp")) == labels
 
 

@@ -29,7 +29,13 @@ def nan_ckpt(tmp_path_factory):
     return _tiny_checkpoint(tmp_path_factory.mktemp("nan_ckpt") / "step_0", nan=True)
 
 
-def _tiny_checkpoint(path, nan=False):
+@pytest.fixture(scope="module")
+def diffusion_ckpt(tmp_path_factory):
+    """A random-weight diffusion U-Net checkpoint (horizon 8, n_obs_steps 2, 4-action chunks) with the same shapes."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("dp_ckpt") / "step_0", policy_name="diffusion_unet")
+
+
+def _tiny_checkpoint(path, nan=False, policy_name="bc_mlp"):
     from s2robot.encoders import build_encoder
     from s2robot.policies import build_policy
     from s2robot.policies.base import ShapeMeta
@@ -43,13 +49,13 @@ def _tiny_checkpoint(path, nan=False):
     rng = np.random.default_rng(0)
     act = np.concatenate([rng.uniform(-0.03, 0.03, (64, 4)), rng.uniform(-1, 1, (64, 1))], 1)
     norm = Normalizer().fit({"action": act, "proprio": rng.normal(size=(64, 9))})
-    policy = build_policy(TINY_POLICIES["bc_mlp"], meta, norm, enc)
+    policy = build_policy(TINY_POLICIES[policy_name], meta, norm, enc)
     if nan:
         with torch.no_grad():
             for p in policy.parameters():
                 if p.requires_grad:
                     p.fill_(float("nan"))
-    cfg = {"policy": TINY_POLICIES["bc_mlp"], "shape_meta": meta.to_dict(), "encoder": TINY_ENCODER}
+    cfg = {"policy": TINY_POLICIES[policy_name], "shape_meta": meta.to_dict(), "encoder": TINY_ENCODER}
     return save_checkpoint(path, policy, cfg, step=0, epoch=0)
 
 
@@ -180,6 +186,37 @@ def test_bad_values_fail_before_connecting_with_one_line(tiny_ckpt, tmp_path):
     with pytest.raises(SystemExit, match=r"^s2robot deploy: checkpoint=\S*missing device=cpu: checkpoint not found"):
         _deploy(tmp_path / "missing", tmp_path, "robot=sim_lift_cube")
     assert not (tmp_path / "deploy_summary.json").exists()
+
+
+def test_deploy_sets_a_diffusion_policys_chunk_length(diffusion_ckpt, tmp_path, monkeypatch):
+    """``n_action_steps=K`` lets a diffusion policy return up to horizon - n_obs_steps + 1 actions per chunk (7 here,
+    beyond its trained 4): every chunk the control loop gets holds 7 actions; K = 8 is one line."""
+    from s2robot.ros import deploy
+
+    calls = []
+    load = deploy._load_policy
+
+    def counting_load(*a, **k):
+        policy, device = load(*a, **k)
+        predict = policy.predict_action
+
+        def predict_action(*pa, **pk):
+            chunk = predict(*pa, **pk)
+            calls.append(chunk.shape[1])
+            return chunk
+
+        policy.predict_action = predict_action
+        assert policy.n_action_steps == 7
+        return policy, device
+
+    monkeypatch.setattr(deploy, "_load_policy", counting_load)
+    assert _deploy(diffusion_ckpt, tmp_path, "robot=sim_lift_cube", "max_steps=14", "n_action_steps=7",
+                   "temporal_ensemble=off") == 0
+    monkeypatch.undo()
+    assert calls and set(calls) == {7}  # every chunk the loop got held 7 actions
+    assert len(calls) <= 3  # 14 ticks of 7-action chunks (one may be planned ahead); 4-action chunks take 4+
+    with pytest.raises(SystemExit, match=r"^s2robot deploy: n_action_steps=8: expected an integer in \[1, 7\]"):
+        _deploy(diffusion_ckpt, tmp_path, "robot=sim_lift_cube", "n_action_steps=8")
 
 
 def test_bad_value_from_the_command_line_is_one_line_no_traceback(tmp_path):

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from s2robot.device import resolve_device
 from s2robot.evaluation.env_config import env_kwargs_for, match_policy
 from s2robot.evaluation.rollout import eval_seed, evaluate
-from s2robot.policies.diffusion import set_compiled_denoiser, set_inference_steps
+from s2robot.policies.diffusion import set_action_steps, set_compiled_denoiser, set_inference_steps
 from s2robot.policies.loading import STATE_FILE, load_policy, read_config, resolve_checkpoint
 
 
@@ -76,6 +76,7 @@ def run(cfg) -> int:
     policy = load_policy(ckpt, device=str(device))
     try:
         set_inference_steps(policy, cfg.get("num_inference_steps"))
+        set_action_steps(policy, cfg.get("n_action_steps"))
         set_compiled_denoiser(policy, cfg.compile_denoiser)
     except ValueError as e:
         raise SystemExit(f"s2robot eval: {e}") from None

@@ -384,8 +384,9 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         ``episodes``: the per-episode records (also in ``episodes.json``; not repeated in ``summary.json``).
     """
     env_fn = _check_args(episodes, n_envs, backend, task, env_fn, env_kwargs)
-    temporal_ensemble = execution_for(policy, temporal_ensemble)
-    ActionQueue(temporal_ensemble, replan_every)  # refuses bad values before any worker starts
+    execution = {"replan_every": replan_every, "temporal_ensemble": execution_for(policy, temporal_ensemble),
+                 "n_action_steps": getattr(policy, "n_action_steps", None)}  # what summary["execution"] records
+    ActionQueue(execution["temporal_ensemble"], replan_every)  # refuses bad values before any worker starts
     task_name = task or getattr(env_fn, "__name__", type(env_fn).__name__)
     dev = resolve_device(device)
     n_envs = min(int(n_envs), int(episodes))
@@ -399,7 +400,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         limit, video = _limit_and_video(pool, max_steps, out_dir, n_videos, episodes, fps)
         bar = tqdm(total=episodes, desc=f"eval {task_name}", unit="ep", disable=not progress, dynamic_ncols=True)
         loop = _BatchedRollout(policy, pool, dev, episodes, seed, int(limit), video, bar, timers, token_history,
-                               (replan_every, temporal_ensemble))
+                               (replan_every, execution["temporal_ensemble"]))
         loop.refill()
         t_started = time.perf_counter()  # startup = workers + first resets (GL contexts are created there)
         timers.env_wait, timers.env_inner, timers.env_parts = 0.0, 0.0, {}  # timings below: steady state only
@@ -410,8 +411,7 @@ def evaluate(policy, task: str | None = None, n_envs: int = 4, episodes: int = 2
         _close(policy, was_training, video, bar, pool)
     replayed = _replay_videos(loop, env_fn, video, video_cameras, step_timeout)  # {} or {"replay_mismatch": [...]}
     summary = {"task": task_name, "policy": dict(policy_info or {}), "n_envs": n_envs, "seed": seed,
-               "device": str(dev), "max_steps": int(limit),
-               "execution": {"replan_every": replan_every, "temporal_ensemble": temporal_ensemble},
+               "device": str(dev), "max_steps": int(limit), "execution": execution,
                **summarize_episodes(loop.records), **replayed}
     summary["all_errored"] = summary["n_errors"] == len(loop.records)
     summary.update(_run_stats(loop, timers, pool, video, (t_begin, t_started, t_loop_end)))

@@ -280,7 +280,7 @@ def _start(robot: Robot, robot_cfg: RobotConfig, opts: DeployOptions) -> tuple[s
 def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
     # Imported on use: deployment and the ROS transports stay importable (and testable) without torch.
     from s2robot.device import resolve_device
-    from s2robot.policies.diffusion import set_compiled_denoiser, set_inference_steps
+    from s2robot.policies.diffusion import DiffusionPolicy, set_action_steps, set_compiled_denoiser, set_inference_steps
     from s2robot.policies.loading import load_policy
 
     try:
@@ -290,6 +290,8 @@ def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
         raise SystemExit(f"s2robot deploy: checkpoint={opts.checkpoint} device={opts.device}: {e}") from None
     try:
         set_inference_steps(policy, opts.num_inference_steps)
+        if isinstance(policy, DiffusionPolicy):  # it denoises a whole horizon: the chunk may also grow
+            set_action_steps(policy, opts.n_action_steps)
         check_policy_matches(policy, robot_cfg)
         compile_s = set_compiled_denoiser(policy, opts.compile_denoiser, warm_up_batch=1)
     except ValueError as e:
