@@ -24,6 +24,7 @@ EXECUTIONS = {  # eval folder -> summary["execution"] (None: a summary written b
     "eval-k4": {"temporal_ensemble": None, "replan_every": 4, "n_action_steps": 8},
     "eval-replan1": {"temporal_ensemble": None, "replan_every": 1},  # replanning every step, asked at eval
     "eval-n1": {"temporal_ensemble": None, "replan_every": None, "n_action_steps": 1},  # ... the policy's own
+    "eval-n1-act": {"temporal_ensemble": 0.0, "replan_every": None, "n_action_steps": 1},  # ACT of 1-action chunks
     "eval-old": None,
 }
 
@@ -57,7 +58,7 @@ def test_groups_are_labelled_with_execution_text(tmp_path):
                       "whole chunks, first 4 actions of each chunk", "replan every step"}
     assert set(groups) == {f"lift_cube-images-bc_mlp [{label}]" for label in labels}
     assert len(groups["lift_cube-images-bc_mlp [whole chunks]"]) == 4  # eval-chunks and eval-old, 2 seeds each
-    assert len(groups["lift_cube-images-bc_mlp [replan every step]"]) == 4  # eval-replan1 and eval-n1: one way
+    assert len(groups["lift_cube-images-bc_mlp [replan every step]"]) == 6  # eval-replan1, -n1, -n1-act: one way
     others = sorted(labels - {"whole chunks", "replan every step"})
     assert [len(groups[f"lift_cube-images-bc_mlp [{label}]"]) for label in others] == [2] * 3
     assert set(table.runs_by_execution(groups, "lift_cube-images-bc_mlp")) == labels

@@ -169,13 +169,14 @@ def policy_line(info: dict[str, Any]) -> str:
 
 def execution_label(execution: dict[str, Any] | None) -> str:
     """How an evaluation executed the chunks, from ``summary["execution"]``: ``ACT temporal ensembling m=0``,
-    ``whole chunks``, ``whole chunks, first 4 actions of each chunk`` or, when one action of each chunk runs
-    without ensembling (``replan_every=1`` or a policy's ``n_action_steps=1``), ``replan every step``. The one
+    ``whole chunks``, ``whole chunks, first 4 actions of each chunk`` or, when only each chunk's first action runs
+    (``replan_every=1`` or a policy's ``n_action_steps=1``; ACT then has one prediction per step to average, so
+    it is the same execution), ``replan every step``. The one
     wording of it: the eval plot's title (:func:`execution_text`) and ``scripts/policy_table.py``'s groups use it.
     A summary without ``execution`` (written before it was recorded) executed whole chunks."""
     execution = execution or {}
     te, k, n = (execution.get(key) for key in ("temporal_ensemble", "replan_every", "n_action_steps"))
-    if te is None and 1 in (k, n):
+    if 1 in (k, n):
         return "replan every step"
     how = f"ACT temporal ensembling m={te:g}" if te is not None else "whole chunks"
     return how + (f", first {k} actions of each chunk" if k else "")
