@@ -171,9 +171,9 @@ def execution_label(execution: dict[str, Any] | None) -> str:
     """How an evaluation executed the chunks, from ``summary["execution"]``: ``ACT temporal ensembling m=0``,
     ``whole chunks``, ``whole chunks, first 4 actions of each chunk`` or, when only each chunk's first action runs
     (``replan_every=1`` or a policy's ``n_action_steps=1``; ACT then has one prediction per step to average, so
-    it is the same execution), ``replan every step``. The one
-    wording of it: the eval plot's title (:func:`execution_text`) and ``scripts/policy_table.py``'s groups use it.
-    A summary without ``execution`` (written before it was recorded) executed whole chunks."""
+    it is the same execution), ``replan every step``. The one wording of it: the eval plot's title
+    (:func:`execution_text`) and ``scripts/policy_table.py``'s groups use it. A summary without ``execution``
+    (written before it was recorded) executed whole chunks."""
     execution = execution or {}
     te, k, n = (execution.get(key) for key in ("temporal_ensemble", "replan_every", "n_action_steps"))
     if 1 in (k, n):
