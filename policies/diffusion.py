@@ -163,6 +163,11 @@ class DiffusionPolicy(BasePolicy):
         return self.unnormalize_action(x[:, start : start + self.n_action_steps])
 
 
+def _is_count_in(value: Any, limit: int) -> bool:
+    """An integer (not a bool) in [1, limit]: the check of both inference-time counts below."""
+    return not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= limit
+
+
 def set_inference_steps(policy: nn.Module, steps: int | None, key: str = "num_inference_steps") -> None:
     """Override a loaded policy's DDIM step count (``s2robot eval|deploy num_inference_steps=N``); None keeps the
     checkpoint's. Fewer steps cut the chunk latency about linearly; whether success holds is measured per task
@@ -173,7 +178,7 @@ def set_inference_steps(policy: nn.Module, steps: int | None, key: str = "num_in
         raise ValueError(f"{key}={steps}: only diffusion policies take denoising steps; this checkpoint holds a "
                          f"{type(policy).__name__}")
     limit = int(policy.noise_scheduler.config.num_train_timesteps)
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+    if not _is_count_in(steps, limit):
         raise ValueError(f"{key}={steps!r}: expected an integer in [1, {limit}] (the policy's num_train_timesteps)")
     policy.num_inference_steps = steps
 
@@ -191,7 +196,7 @@ def set_action_steps(policy: nn.Module, steps: int | None, key: str = "n_action_
                          f"denoises the whole horizon); this checkpoint holds a {type(policy).__name__}, whose head "
                          f"predicts its trained {policy.n_action_steps} actions: use replan_every=k to execute fewer")
     limit = policy.horizon - policy.n_obs_steps + 1
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+    if not _is_count_in(steps, limit):
         raise ValueError(f"{key}={steps!r}: expected an integer in [1, {limit}] (horizon {policy.horizon} - "
                          f"n_obs_steps {policy.n_obs_steps} + 1)")
     policy.n_action_steps = steps
