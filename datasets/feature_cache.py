@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,11 +38,12 @@ from zarr.codecs import BloscCodec
 from s2robot.configs import configs_dir
 from s2robot.device import autocast_for, pin_if_cuda, resolve_device
 from s2robot.encoders import build_encoder
-from s2robot.tokens import pool_tokens, tokens_as_cached  # noqa: F401  (pool_tokens: re-exported)
+from s2robot.tokens import TokenProjection, pool_tokens, tokens_as_cached  # noqa: F401  (pool_tokens: re-exported)
 
 from .integrity import check_present, read_steps
 from .store import WRITE_ALL_CHUNKS, DatasetError, EpisodeStore, StoreLike, describe
-from .token_reduction import reduce_features
+from .token_reduction import (create_reduced_group, fit_projection, fit_rows, load_projection, reduce_features,
+                              reduced_attrs, reduced_key)
 from .view_augment import AugmentSpec, augment_spec, shifted_views, view_offsets
 
 STORED_DTYPE = "float16"  # the cache's token dtype; a policy trained on it must round online tokens the same way
@@ -58,21 +60,26 @@ def feature_hash_for(encoder: Any, pool_grid: int | None = None, augment: Augmen
     return key + (augment.key_suffix if augment is not None else "")
 
 
-def _feature_group(store: EpisodeStore, key: str, encoder: Any, pool_grid: int | None, n_tok: int,
-                   augment: AugmentSpec | None) -> zarr.Group:
+def _feature_meta(encoder: Any, plan: "_CachePlan") -> dict[str, Any]:
+    """The attrs that identify a feature set's tokens (a reduced set adds ``reduce`` and its own ``out_dim``)."""
     meta = {
         "format": CACHE_FORMAT,
         "config_hash": str(encoder.config_hash),
         "encoder_config": encoder.config,
-        "pool_grid": pool_grid,
-        "grid": int(pool_grid or encoder.grid),
-        "num_prefix": int(encoder.num_prefix),
-        "num_tokens": n_tok,
-        "out_dim": int(encoder.out_dim),
+        "pool_grid": plan.pool_grid,
+        "grid": int(plan.pool_grid or plan.grid),
+        "num_prefix": plan.n_prefix,
+        "num_tokens": plan.n_tok,
+        "out_dim": plan.d,
     }
-    if augment is not None:  # absent for the plain cache, whose attrs stay as they were
-        meta["augment"] = augment.attrs()
-    feats = store.group.require_group("features")
+    if plan.augment is not None:  # absent for the plain cache, whose attrs stay as they were
+        meta["augment"] = plan.augment.attrs()
+    return meta
+
+
+def _feature_group(store: EpisodeStore, encoder: Any, plan: "_CachePlan") -> zarr.Group:
+    meta = _feature_meta(encoder, plan)
+    feats, key = store.group.require_group("features"), plan.key
     if key in feats:
         group = feats[key]
         old = {k: group.attrs.get(k) for k in meta}
@@ -98,11 +105,16 @@ def cache_features(
     augment_views: int = 1,
     augment_shift: int | None = None,
     augment_seed: int = 0,
+    keep_unreduced: bool = False,
 ) -> str:
     """Encode every frame of every camera of the store at ``path`` and store float16 tokens; returns the key.
 
-    ``token_dim``: also store the tokens PCA-reduced to this many channels
-    (:func:`~s2robot.datasets.token_reduction.reduce_features`) and return that set's key.
+    ``token_dim``: store the tokens PCA-reduced to this many channels and return that set's key
+    (``features/<key>_pca<token_dim>``, :mod:`~s2robot.datasets.token_reduction`). The PCA is fitted on a seeded
+    sample of frames encoded first, then every frame is encoded and written reduced: the full-width tokens (D
+    channels, ~10x the disk of the reduced ones) are never stored, unless ``keep_unreduced`` (then they are
+    written first and reduced by :func:`~s2robot.datasets.token_reduction.reduce_features`, as are full tokens
+    that are already cached). Both ways give the same tokens: the same fit frames, the same float16 rounding.
     ``augment_views`` K > 1: store K views per frame instead (view 0 the frame, views 1..K-1 shifted by up to
     ``augment_shift`` px, default :data:`~s2robot.datasets.view_augment.DEFAULT_SHIFT`, seeded by ``augment_seed``;
     see :mod:`~s2robot.datasets.view_augment`); with ``token_dim`` the PCA is fitted once on view 0 and applied
@@ -120,17 +132,40 @@ def cache_features(
         encoder.to(dev)
     store = EpisodeStore.open(path, mode="a")
     try:  # an interrupted run keeps every finished batch (``progress``) and releases the store
-        key = _encode_into(store, encoder, dev, cameras, batch_size, pool_grid, progress, augment)
+        plan = _plan(store, encoder, cameras, batch_size, pool_grid, augment)
+        direct = bool(token_dim) and not keep_unreduced and not _complete(store, plan.key, plan.cams)
+        if direct:
+            key = _encode_reduced(store, encoder, dev, plan, int(token_dim), progress)
+        else:
+            key = _encode_into(store, encoder, dev, plan, progress)
     finally:
         store.close()
-    if token_dim:
+    if token_dim and not direct:
         key = reduce_features(path, key, int(token_dim), progress=progress)
     return key
 
 
-def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: Sequence[str] | None,
-                 batch_size: int, pool_grid: int | None, progress: bool, augment: AugmentSpec | None = None) -> str:
-    """The body of ``cache_features`` on an open store (``augment``: K views per frame, (T, K, N', D) arrays)."""
+@dataclass(frozen=True)
+class _CachePlan:
+    """What one ``cache_features`` call encodes: cameras, feature key and token layout (N' tokens of D channels)."""
+
+    cams: list[str]
+    key: str
+    n_prefix: int
+    grid: int
+    pool_grid: int | None
+    n_tok: int
+    d: int
+    augment: AugmentSpec | None
+    batch_size: int  # frames per encoder call (about batch_size images whatever K)
+
+    def frame_shape(self, dim: int) -> tuple[int, ...]:
+        """One frame's stored tokens: (N', dim), or (K, N', dim) with augmented views."""
+        return (self.n_tok, dim) if self.augment is None else (self.augment.views, self.n_tok, dim)
+
+
+def _plan(store: EpisodeStore, encoder: Any, cameras: Sequence[str] | None, batch_size: int,
+          pool_grid: int | None, augment: AugmentSpec | None) -> _CachePlan:
     cams = list(cameras) if cameras is not None else [c for c in store.cameras if f"{c}_image" in store.spec]
     missing = [c for c in cams if f"{c}_image" not in store.spec]
     if missing:
@@ -138,16 +173,85 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
     n_prefix, grid = int(encoder.num_prefix), int(encoder.grid)
     if pool_grid is not None and int(pool_grid) == grid:
         pool_grid = None  # the full grid is no pooling: same tokens, same key and attrs as pool_grid=None
-    key = feature_hash_for(encoder, pool_grid, augment)
-    n_tok = n_prefix + int(pool_grid or grid) ** 2
-    d = int(encoder.out_dim)
-    group = _feature_group(store, key, encoder, pool_grid, n_tok, augment)
+    return _CachePlan(
+        cams=cams, key=feature_hash_for(encoder, pool_grid, augment), n_prefix=n_prefix, grid=grid,
+        pool_grid=None if pool_grid is None else int(pool_grid), n_tok=n_prefix + int(pool_grid or grid) ** 2,
+        d=int(encoder.out_dim), augment=augment,
+        batch_size=batch_size if augment is None else max(1, batch_size // augment.views),
+    )
+
+
+def _complete(store: EpisodeStore, key: str, cams: list[str]) -> bool:
+    """Whether ``features/<key>`` holds every frame of every camera in ``cams``."""
+    feats = store.group["features"] if "features" in store.group else {}
+    if key not in feats:
+        return False
+    done = feats[key].attrs.get("progress", {})
+    return all(int(done.get(c, 0)) >= store.n_steps for c in cams)
+
+
+def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, plan: _CachePlan, progress: bool) -> str:
+    """The full-width tokens: (T, N', D) arrays, or (T, K, N', D) with augmented views."""
+    group = _feature_group(store, encoder, plan)
+    _write_tokens(store, encoder, dev, plan, group, progress)
+    return plan.key
+
+
+def _encode_reduced(store: EpisodeStore, encoder: Any, dev: torch.device, plan: _CachePlan, dim: int,
+                    progress: bool) -> str:
+    """The PCA-reduced tokens only: fit on the sample frames (:func:`fit_rows`), then encode, project and write every
+    frame. A rerun after an interruption reuses the stored projection and continues from ``progress``."""
+    if not 1 <= dim < plan.d:
+        raise DatasetError(f"token_dim must be in [1, {plan.d}) for features/{plan.key} (D={plan.d}), got {dim}")
+    feats, key = store.group.require_group("features"), reduced_key(plan.key, dim)
+    group = feats[key] if key in feats else None
+    if group is not None and (group.attrs.get("reduce", {}).get("source") != plan.key or "projection" not in group):
+        del feats[key]  # a reduction that never got its projection written: redo it
+        group = None
+    if group is None:
+        rows = fit_rows(store.n_steps, plan.n_tok, len(plan.cams), seed=0)
+        samples = [_encode_frames(store, encoder, dev, plan, c, rows) for c in plan.cams]
+        proj, explained, n_fit = fit_projection(samples, dim)
+        attrs = reduced_attrs(_feature_meta(encoder, plan), plan.key, dim, 0, explained, n_fit)
+        group = create_reduced_group(feats, key, attrs, proj)
+    _write_tokens(store, encoder, dev, plan, group, progress, projection=load_projection(group))
+    return key
+
+
+def _encode_frames(store: EpisodeStore, encoder: Any, dev: torch.device, plan: _CachePlan, cam: str,
+                   rows: np.ndarray) -> np.ndarray:
+    """Cached-form tokens (F, N', D) float16 of the frames ``rows`` of camera ``cam`` (no augmented views)."""
+    images = f"data/{cam}_image"
+    check_present(store, images)
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(rows), plan.batch_size):
+            frames = np.concatenate([read_steps(store, images, int(r), int(r) + 1, checked=True)
+                                     for r in rows[s:s + plan.batch_size]])
+            out.append(_encode_batch(encoder, dev, plan, frames).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _encode_batch(encoder: Any, dev: torch.device, plan: _CachePlan, frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames (B, H, W, 3) -> cached-form tokens (B, N', D) in ``STORED_DTYPE``, shape checked."""
+    x = pin_if_cuda(torch.from_numpy(frames), dev)
+    with autocast_for(dev):
+        tok = encoder.encode(x)
+    tok = tokens_as_cached(tok, num_prefix=plan.n_prefix, grid=plan.grid, pool_grid=plan.pool_grid,
+                           dtype=STORED_DTYPE)
+    if tuple(tok.shape[1:]) != (plan.n_tok, plan.d):
+        raise DatasetError(f"encoder returned tokens {tuple(tok.shape)}, expected (B, {plan.n_tok}, {plan.d})")
+    return tok
+
+
+def _write_tokens(store: EpisodeStore, encoder: Any, dev: torch.device, plan: _CachePlan, group: zarr.Group,
+                  progress: bool, projection: TokenProjection | None = None) -> None:
+    """Encode the frames ``group``'s ``progress`` lacks and write them, batch by batch, projected when given."""
     n = store.n_steps
-    frame_shape = (n_tok, d) if augment is None else (augment.views, n_tok, d)
-    if augment is not None:  # about batch_size images per encoder call, whatever K
-        batch_size = max(1, batch_size // augment.views)
-    done = {c: min(int(group.attrs.get("progress", {}).get(c, 0)), n) for c in cams}
-    for c in cams:
+    dim = plan.d if projection is None else int(projection.out_dim)
+    frame_shape = plan.frame_shape(dim)
+    done = {c: min(int(group.attrs.get("progress", {}).get(c, 0)), n) for c in plan.cams}
+    for c in plan.cams:
         if c not in group:
             group.create_array(
                 c, shape=(n, *frame_shape), dtype=STORED_DTYPE, chunks=(1, *frame_shape),
@@ -155,36 +259,35 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, cameras: 
             )
         elif group[c].shape[0] != n:
             group[c].resize((n, *frame_shape))
-    todo = sum(n - done[c] for c in cams)
+    todo = sum(n - done[c] for c in plan.cams)
+    batch = plan.batch_size
 
     def read(name: str, s: int) -> np.ndarray:  # a missing/corrupt image chunk is an error, never black frames
-        return read_steps(store, name, s, min(s + batch_size, n), checked=True)
+        return read_steps(store, name, s, min(s + batch, n), checked=True)
 
+    key = str(group.basename)
     with tqdm(total=todo, desc=f"cache {key}", unit="frame", disable=not progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-        for c in cams:
+        for c in plan.cams:
             images, out = f"data/{c}_image", group[c].with_config(WRITE_ALL_CHUNKS)
             check_present(store, images)
-            starts = list(range(done[c], n, batch_size))
+            starts = list(range(done[c], n, batch))
             nxt = pool.submit(read, images, starts[0]) if starts else None
             for i, s in enumerate(starts):
                 frames = nxt.result()
                 if i + 1 < len(starts):  # read the next batch while this one encodes
                     nxt = pool.submit(read, images, starts[i + 1])
-                if augment is not None:  # (B, H, W, 3) -> (B * K, H, W, 3), frame-major
-                    frames = shifted_views(frames, view_offsets(augment, np.arange(s, s + len(frames))), augment.shift)
-                x = pin_if_cuda(torch.from_numpy(frames), dev)
-                with autocast_for(dev):
-                    tok = encoder.encode(x)
-                tok = tokens_as_cached(tok, num_prefix=n_prefix, grid=grid, pool_grid=pool_grid, dtype=STORED_DTYPE)
-                if tuple(tok.shape[1:]) != (n_tok, d):
-                    raise DatasetError(f"encoder returned tokens {tuple(tok.shape)}, expected (B, {n_tok}, {d})")
+                if plan.augment is not None:  # (B, H, W, 3) -> (B * K, H, W, 3), frame-major
+                    frames = shifted_views(frames, view_offsets(plan.augment, np.arange(s, s + len(frames))),
+                                           plan.augment.shift)
+                tok = _encode_batch(encoder, dev, plan, frames)
+                if projection is not None:  # exactly what reduce_features does to the stored full tokens
+                    tok = tokens_as_cached(tok, num_prefix=0, grid=0, projection=projection, dtype=STORED_DTYPE)
                 tok = tok.reshape(-1, *frame_shape)
                 out[s : s + len(tok)] = tok.cpu().numpy()
                 done[c] = s + len(tok)
                 group.attrs["progress"] = {**group.attrs.get("progress", {}), c: done[c]}
                 bar.update(len(tok))
-    return key
 
 
 def cached_feature_sets(store: EpisodeStore) -> dict[str, dict[str, Any]]:
@@ -201,7 +304,7 @@ def cached_feature_sets(store: EpisodeStore) -> dict[str, dict[str, Any]]:
 
 def run(cfg) -> str:
     """CLI verb ``s2robot cache dataset=PATH encoder=NAME [batch_size=256 pool_grid=null token_dim=null
-    augment_views=1 augment_shift=null augment_seed=0 device=auto]``."""
+    keep_unreduced=false augment_views=1 augment_shift=null augment_seed=0 device=auto]``."""
     path = cfg.dataset.path
     if not path:
         raise SystemExit("s2robot cache: give the store, e.g. `s2robot cache dataset=data/demos.zarr encoder=...`")
@@ -210,11 +313,15 @@ def run(cfg) -> str:
     encoder = build_encoder(**kwargs, device=dev)
     cams = cfg.get("cameras")
     token_dim = cfg.get("token_dim")
+    keep_unreduced = cfg.keep_unreduced  # configs/cache.yaml holds every key
+    if not isinstance(keep_unreduced, bool):
+        raise SystemExit(f"s2robot cache: keep_unreduced={keep_unreduced!r}: expected true or false")
     augment = augment_spec(cfg.get("augment_views"), cfg.get("augment_shift"), cfg.get("augment_seed"))
     aug_kw = augment.attrs() if augment else {}
     key = cache_features(
         path, encoder, cameras=list(cams) if cams else None, batch_size=int(cfg.batch_size),
         pool_grid=cfg.get("pool_grid"), device=dev, token_dim=token_dim,
+        keep_unreduced=keep_unreduced,
         **{f"augment_{k}": v for k, v in aug_kw.items()},
     )
     what = f" (PCA-reduced to {int(token_dim)} channels)" if token_dim else ""

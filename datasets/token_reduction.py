@@ -50,18 +50,48 @@ def _view0(tokens: np.ndarray, has_views: bool) -> np.ndarray:
     return tokens[:, 0] if has_views else tokens
 
 
+def fit_rows(n: int, n_tok: int, n_cams: int, seed: int) -> np.ndarray:
+    """The sorted frame indices whose tokens (every camera's, view 0) fit the PCA: ``FIT_TOKENS`` tokens in all,
+    a seeded sample, so the encode-and-reduce path (:func:`~s2robot.datasets.feature_cache.cache_features`) and
+    :func:`reduce_features` fit on the same frames."""
+    frames_per_cam = max(1, min(n, FIT_TOKENS // (n_tok * n_cams)))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=frames_per_cam, replace=False))
+
+
+def fit_projection(samples: list[np.ndarray], dim: int) -> tuple[TokenProjection, float, int]:
+    """PCA of cached (float16) tokens, one (F, N, D) array per camera -> (projection, explained variance, tokens)."""
+    flat = torch.cat([torch.from_numpy(np.asarray(x).astype(np.float32)).reshape(-1, x.shape[-1]) for x in samples])
+    if not torch.isfinite(flat).all():
+        raise DatasetError("cached tokens hold non-finite values; rerun `s2robot cache` (delete the feature set)")
+    proj, explained = fit_pca(flat, dim)
+    return proj, explained, int(flat.shape[0])
+
+
 def _fit(feats: Any, cams: list[str], n: int, dim: int, seed: int, has_views: bool = False
          ) -> tuple[TokenProjection, float, int]:
-    n_tok = int(feats[cams[0]].shape[-2])
-    frames_per_cam = max(1, min(n, FIT_TOKENS // (n_tok * len(cams))))
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n, size=frames_per_cam, replace=False))
-    samples = torch.cat([torch.from_numpy(_view0(np.asarray(feats[c].get_orthogonal_selection((rows,))), has_views)
-                                          .astype(np.float32)).reshape(-1, feats[c].shape[-1]) for c in cams])
-    if not torch.isfinite(samples).all():
-        raise DatasetError("cached tokens hold non-finite values; rerun `s2robot cache` (delete the feature set)")
-    proj, explained = fit_pca(samples, dim)
-    return proj, explained, int(samples.shape[0])
+    rows = fit_rows(n, int(feats[cams[0]].shape[-2]), len(cams), seed)
+    return fit_projection([_view0(np.asarray(feats[c].get_orthogonal_selection((rows,))), has_views)
+                           for c in cams], dim)
+
+
+def reduced_attrs(source_attrs: dict[str, Any], source_key: str, dim: int, seed: int, explained: float,
+                  n_fit: int) -> dict[str, Any]:
+    """The attrs of a reduced set: its source's (progress excluded), ``out_dim`` and the ``reduce`` record."""
+    attrs = {k: v for k, v in source_attrs.items() if k != "progress"}
+    attrs["out_dim"] = int(dim)
+    attrs["reduce"] = {"method": "pca", "dim": int(dim), "source": source_key, "seed": int(seed),
+                       "explained_variance": explained, "fit_tokens": n_fit}
+    return attrs
+
+
+def create_reduced_group(feats: Any, key: str, attrs: dict[str, Any], proj: TokenProjection) -> Any:
+    """``features/<key>`` with its attrs (progress empty) and ``projection/{mean, components}``."""
+    group = feats.create_group(key, attributes={**attrs, "progress": {}})
+    pg = group.create_group("projection")
+    pg.create_array("mean", data=proj.mean.numpy())
+    pg.create_array("components", data=proj.components.numpy())
+    return group
 
 
 def reduce_features(path: StoreLike, source_key: str, dim: int, seed: int = 0, batch_frames: int = 512,
@@ -93,16 +123,10 @@ def reduce_features(path: StoreLike, source_key: str, dim: int, seed: int = 0, b
         if key in feats and all(int(feats[key].attrs.get("progress", {}).get(c, 0)) >= n for c in cams):
             return key
         proj, explained, n_fit = _fit(src, cams, n, int(dim), seed, has_views)
-        attrs = {k: v for k, v in src.attrs.items() if k != "progress"}
-        attrs["out_dim"] = int(dim)
-        attrs["reduce"] = {"method": "pca", "dim": int(dim), "source": source_key, "seed": int(seed),
-                           "explained_variance": explained, "fit_tokens": n_fit}
+        attrs = reduced_attrs(dict(src.attrs), source_key, int(dim), seed, explained, n_fit)
         if key in feats:
             del feats[key]  # an interrupted earlier write: redo it (seconds)
-        group = feats.create_group(key, attributes={**attrs, "progress": {}})
-        pg = group.create_group("projection")
-        pg.create_array("mean", data=proj.mean.numpy())
-        pg.create_array("components", data=proj.components.numpy())
+        group = create_reduced_group(feats, key, attrs, proj)
         frame_shape = (*src[cams[0]].shape[1:-1], int(dim))  # (N, dim) or (V, N, dim)
         with tqdm(total=n * len(cams), desc=f"reduce {key}", unit="frame", disable=not progress) as bar:
             for c in cams:

@@ -26,11 +26,12 @@ from safetensors.torch import load_file
 from s2robot.device import resolve_device
 from s2robot.encoders import build_encoder
 from s2robot.encoders.base import load_strict
+from s2robot.encoders.engine import check_engine
 from s2robot.policies.base import ShapeMeta
 from s2robot.policies.factory import build_policy, parse_policy_config
 
 __all__ = [
-    "load_policy", "resolve_checkpoint", "read_config", "read_model_tensors", "FORMAT_VERSION", "ENCODER_PREFIX", "EMA_PREFIX",
+    "load_policy", "set_encoder_engine", "resolve_checkpoint", "read_config", "read_model_tensors", "FORMAT_VERSION", "ENCODER_PREFIX", "EMA_PREFIX",
     "MODEL_FILE", "ENCODER_FILE", "OPTIM_FILE", "CONFIG_FILE", "STATE_FILE",
 ]
 
@@ -138,3 +139,18 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", use_ema: b
                 if k.startswith(EMA_PREFIX):
                     params[k[len(EMA_PREFIX):]].copy_(v)
     return policy.to(dev).eval()
+
+
+def set_encoder_engine(policy: torch.nn.Module, engine: str | None) -> str | None:
+    """Compute the policy's frozen token encoder with ``engine`` ("auto", "torch", "fused", "openvino"; None keeps
+    the loaded "auto"). The engine changes speed, not tokens (:mod:`s2robot.encoders.engine`), so checkpoints do not
+    record it and every machine picks its own. Returns the engine now in use (None for a policy without a token
+    encoder). Raises ValueError (one line) for an unknown engine or one that cannot run here (openvino not
+    installed, a trainable encoder, ...), before any rollout starts.
+    """
+    encoder = getattr(getattr(policy, "obs_conditioner", None), "token_encoder", None)
+    if encoder is None:
+        return None
+    if engine is not None:
+        encoder.engine = check_engine(str(engine))
+    return encoder.engine_in_use

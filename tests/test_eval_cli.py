@@ -56,7 +56,8 @@ def test_eval_verb_on_a_real_checkpoint_and_task(checkpoint, tmp_path, capsys):
     frame = next(iter(iio.imiter(s1["files"]["videos"][0])))
     assert frame.shape == (32 * 8 + 18, 2 * 256, 3)  # 32 px views enlarged 8x, side by side, over a text strip
     assert s1["policy"] == {"checkpoint": str(checkpoint), "step": 1, "trained_task": "lift_cube",
-                            "trained_on": None, "num_inference_steps": 2}  # what was evaluated is in every report
+                            "trained_on": None, "num_inference_steps": 2,
+                            "encoder_engine": "torch"}  # what was evaluated is in every report (auto: a ViT runs torch)
     for a, b in zip(eps1, eps2):  # N does not change any episode's outcome
         assert (a["episode"], a["seed"], a["length"], a["success"], a["end"]) == \
                (b["episode"], b["seed"], b["length"], b["success"], b["end"])
@@ -120,6 +121,22 @@ def test_eval_overrides_the_chunk_length_and_records_it(checkpoint, tmp_path):
     assert json.loads((tmp_path / "k8" / "summary.json").read_text())["policy_forwards"] == 1
     with pytest.raises(SystemExit, match=r"^s2robot eval: n_action_steps=16: expected an integer in \[1, 15\]"):
         run(compose("eval", [f"checkpoint={checkpoint}", "n_action_steps=16", "device=cpu"]))
+
+
+def test_eval_picks_the_encoder_engine_and_records_it(checkpoint, tmp_path):
+    """``engine=...`` chooses how the frozen encoder is computed on this machine (the checkpoint does not fix it); an
+    engine the encoder cannot run, or an unknown one, is one line naming it before any episode starts."""
+    from s2robot.evaluation.cli import run
+
+    base = [f"checkpoint={checkpoint}", "episodes=1", "n_envs=1", "max_steps=1", "n_videos=0", "device=cpu"]
+    assert run(compose("eval", base + [f"out={tmp_path / 'e'}", "engine=torch"])) == 0
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["policy"]["encoder_engine"] == "torch"
+    with pytest.raises(SystemExit, match=r"^s2robot eval: engine='fused' supports the torchvision CNN trunks"):
+        run(compose("eval", base + ["engine=fused"]))  # the test checkpoint's encoder is a ViT
+    with pytest.raises(SystemExit, match=r"^s2robot eval: engine='onnx' is not one of \('auto', 'torch', 'fused', "
+                                         r"'openvino'\)$"):
+        run(compose("eval", base + ["engine=onnx"]))
+    assert not (tmp_path / "e2").exists()
 
 
 def test_eval_verb_errors_are_named(tmp_path):

@@ -175,8 +175,8 @@ def test_train_uses_views_and_validation_view0_with_pca(tmp_path, monkeypatch):
     from s2robot.tokens import tokens_as_cached
 
     path = make_store(tmp_path / "d.zarr")
-    assert main(["cache", f"dataset={path}", "encoder=vit_tiny_test", "token_dim=8", "augment_views=2",
-                 "augment_shift=3", "batch_size=16"]) == 0
+    views = ["encoder=vit_tiny_test", "token_dim=8", "augment_views=2", "augment_shift=3", "batch_size=16"]
+    assert main(["cache", f"dataset={path}", "keep_unreduced=true", *views]) == 0
     base = build_encoder(**TINY_ENCODER).config_hash
     key = f"{base}_aug2sh3sd0_pca8"
     g = zarr.open_group(str(path), mode="r")["features"]
@@ -188,6 +188,11 @@ def test_train_uses_views_and_validation_view0_with_pca(tmp_path, monkeypatch):
                                 projection=proj)
         np.testing.assert_allclose(np.asarray(red["front"][:, v], np.float32), want.numpy().astype(np.float32),
                                    rtol=2e-3, atol=1e-4)  # float16 rounding of batched matmuls (test_token_reduction)
+    direct = make_store(tmp_path / "direct.zarr")  # the same frames; only the reduced views are written
+    assert main(["cache", f"dataset={direct}", *views]) == 0
+    assert list(zarr.open_group(str(direct), mode="r")["features"].group_keys()) == [key]
+    np.testing.assert_allclose(np.asarray(zarr.open_group(str(direct), mode="r")["features"][key]["front"], np.float32),
+                               np.asarray(red["front"], np.float32), atol=2e-2)
 
     calls = []
     orig = SequenceDataset.get_batch

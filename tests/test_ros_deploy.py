@@ -183,6 +183,11 @@ def test_bad_values_fail_before_connecting_with_one_line(tiny_ckpt, tmp_path):
     with pytest.raises(SystemExit, match=r"^s2robot deploy: compile_denoiser=true: only diffusion policies have a "
                                          r"denoiser to compile; this checkpoint holds a BCPolicy$"):
         _deploy(tiny_ckpt, tmp_path, "robot=sim_lift_cube", "compile_denoiser=true")
+    with pytest.raises(SystemExit, match=r"^s2robot deploy: engine='onnx' is not one of \('auto', 'torch', 'fused', "
+                                         r"'openvino'\)$"):
+        _deploy(tiny_ckpt, tmp_path, "robot=sim_lift_cube", "engine=onnx")
+    with pytest.raises(SystemExit, match=r"^s2robot deploy: engine='fused' supports the torchvision CNN trunks"):
+        _deploy(tiny_ckpt, tmp_path, "robot=sim_lift_cube", "engine=fused")  # the tiny checkpoint's encoder: a ViT
     with pytest.raises(SystemExit, match=r"^s2robot deploy: checkpoint=\S*missing device=cpu: checkpoint not found"):
         _deploy(tmp_path / "missing", tmp_path, "robot=sim_lift_cube")
     assert not (tmp_path / "deploy_summary.json").exists()

@@ -117,3 +117,83 @@ def test_tokens_in_ram_equal_streamed_tokens(reduced_store):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def _read_set(path, key):
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")["features"][key]
+    return {c: np.asarray(a[...]) for c, a in g.arrays()}, dict(g.attrs), {
+        n: np.asarray(g["projection"][n][...]) for n in ("mean", "components")}
+
+
+def test_token_dim_caches_only_the_reduced_tokens_and_they_equal_the_two_stage_ones(tmp_path, reduced_store):
+    """``cache_features(token_dim=K)`` fits the PCA on the same sample frames, encoded first, and writes only the
+    reduced set: the same key, attrs, projection and tokens (float16 rounding) as caching the full tokens and
+    reducing them, without the full-width set on disk."""
+    import zarr
+
+    from s2robot.datasets.feature_cache import cache_features
+    from s2robot.encoders import build_encoder
+
+    path, full, key = reduced_store
+    direct = make_store(tmp_path / "direct.zarr")  # the same frames (seeded)
+    assert cache_features(direct, build_encoder(**TINY_ENCODER), device="cpu", progress=False, token_dim=8) == key
+    assert sorted(zarr.open_group(str(direct), mode="r")["features"].group_keys()) == [key]
+    got, got_attrs, got_proj = _read_set(direct, key)
+    want, want_attrs, want_proj = _read_set(path, key)
+    assert got_attrs == want_attrs and got_attrs["progress"] == {c: 80 for c in CAMERAS}
+    for name in got_proj:
+        np.testing.assert_allclose(got_proj[name], want_proj[name], atol=1e-4)
+    for cam in CAMERAS:
+        assert got[cam].shape == want[cam].shape == (80, want[cam].shape[1], 8)
+        np.testing.assert_allclose(got[cam].astype(np.float32), want[cam].astype(np.float32), atol=2e-2)
+
+
+def test_interrupted_reduced_cache_resumes_with_its_projection(tmp_path, reduced_store, monkeypatch):
+    from s2robot.datasets import feature_cache
+    from s2robot.encoders import build_encoder
+
+    path, _, key = reduced_store
+    store = make_store(tmp_path / "cut.zarr")
+    enc = build_encoder(**TINY_ENCODER)
+    calls, encode_batch = [], feature_cache._encode_batch
+
+    def dies_on_the_second_write(*a, **k):
+        calls.append(1)
+        if len(calls) == 8:  # the fit: all 80 frames of each camera, 3 batches each; then 32 frames written
+            raise KeyboardInterrupt
+        return encode_batch(*a, **k)
+
+    monkeypatch.setattr(feature_cache, "_encode_batch", dies_on_the_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        feature_cache.cache_features(store, enc, device="cpu", progress=False, token_dim=8, batch_size=32)
+    monkeypatch.undo()
+    _, attrs, proj = _read_set(store, key)
+    assert attrs["progress"] == {CAMERAS[0]: 32}  # one batch written, nothing more claimed
+    monkeypatch.setattr(feature_cache, "fit_projection", lambda *a, **k: pytest.fail("refitted on resume"))
+    assert feature_cache.cache_features(store, enc, device="cpu", progress=False, token_dim=8, batch_size=32) == key
+    got, attrs2, proj2 = _read_set(store, key)
+    want, _, _ = _read_set(path, key)
+    assert attrs2["progress"] == {c: 80 for c in CAMERAS} and all(np.array_equal(proj[n], proj2[n]) for n in proj)
+    for cam in CAMERAS:
+        np.testing.assert_allclose(got[cam].astype(np.float32), want[cam].astype(np.float32), atol=2e-2)
+
+
+def test_keep_unreduced_and_cached_full_tokens_reduce_without_encoding(tmp_path, reduced_store, monkeypatch):
+    import zarr
+
+    from s2robot.cli import compose
+    from s2robot.datasets import feature_cache
+    from s2robot.encoders import build_encoder
+
+    path, full, key = reduced_store
+    kept = make_store(tmp_path / "kept.zarr")
+    enc = build_encoder(**TINY_ENCODER)
+    assert feature_cache.cache_features(kept, enc, device="cpu", progress=False, token_dim=8, keep_unreduced=True) == key
+    assert sorted(zarr.open_group(str(kept), mode="r")["features"].group_keys()) == sorted([full, key])
+    # the full tokens are cached: another token_dim is reduced from them, no frame encoded again
+    monkeypatch.setattr(feature_cache, "_encode_batch", lambda *a, **k: pytest.fail("encoded again"))
+    assert feature_cache.cache_features(kept, enc, device="cpu", progress=False, token_dim=4) == f"{full}_pca4"
+    with pytest.raises(SystemExit, match=r"^s2robot cache: keep_unreduced='yes': expected true or false$"):
+        feature_cache.run(compose("cache", [f"dataset={kept}", "encoder=vit_tiny_test", "keep_unreduced=yes"]))

@@ -78,9 +78,15 @@ def test_cached_features_checkpoint_and_load_policy(tmp_path, cached_store, caps
     import s2robot
 
     path, key = cached_store
-    ckpt = train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=4, train={"val_every": 2}))
+    ckpt = train(train_cfg(path, tmp_path / "run", "bc_mlp", steps=4, train={"val_every": 2},
+                           encoder={"engine": "torch"}))
     out = capsys.readouterr().out
     assert f"using cached features {path}/features/{key}" in out
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(ckpt / "config.yaml")
+    assert "engine" not in saved.encoder  # how this machine computed the encoder; evaluation picks its own
+    assert saved.encoder.name == TINY_ENCODER["name"]
     files = sorted(p.name for p in ckpt.iterdir())
     assert files == ["config.yaml", "encoder.safetensors", "model.safetensors", "optimizer.safetensors",
                      "state.json"]

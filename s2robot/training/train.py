@@ -567,6 +567,9 @@ def _resume(c: dict[str, Any], info: DistInfo, out_dir: Path, policy, optimizer,
 def _saved_config(c: dict[str, Any], info: DistInfo, encoder: Any, meta: ShapeMeta) -> dict[str, Any]:
     """The config checkpoints record: the run's, plus ``shape_meta``, the encoder hash, the trained image size."""
     saved = {**c, "shape_meta": meta.to_dict()}
+    if isinstance(c.get("encoder"), dict) and "engine" in c["encoder"]:
+        # the engine is how this machine computed the encoder, not what it is: evaluation picks its own (engine=...)
+        saved["encoder"] = {k: v for k, v in c["encoder"].items() if k != "engine"}
     if encoder is not None:  # lets load_policy keep the hash when the original weights file is absent
         saved["encoder_config_hash"] = encoder.config_hash
     task_cfg = c.get("task") or {}
