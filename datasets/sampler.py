@@ -198,17 +198,40 @@ class SequenceDataset(Dataset):
         state["_store"], state["_arrays"] = None, {}
         return state
 
+    def _in_ram(self, key: str) -> bool:
+        """Whether ``key`` is held in RAM whole (low-dim keys, tokens within ``token_cache_bytes``)."""
+        name = self._sources[key]
+        return ((self._cache_lowdim and name.startswith("data/") and not is_image_key(key))
+                or (self.tokens_in_ram and name.startswith("features/")))
+
+    def load_into_ram(self, share_with: "SequenceDataset | None" = None) -> None:
+        """Read now, in this process, every key held in RAM (:meth:`_in_ram`).
+
+        DataLoader workers forked afterwards share these arrays copy-on-write (nothing writes to them) instead of
+        each reading its own copy, so the RAM budgets hold per training, not per worker. ``share_with``: another
+        split of the same store (train / val) whose loaded arrays are reused rather than read again.
+        """
+        for key, name in self._sources.items():
+            if not self._in_ram(key) or key in self._arrays:
+                continue
+            other = share_with._arrays.get(key) if share_with is not None and share_with.path == self.path else None
+            if isinstance(other, np.ndarray) and share_with._sources.get(key) == name:
+                self._arrays[key] = other
+            else:
+                self._array(key)
+
     def _array(self, key: str) -> FrameReader | np.ndarray:
-        if self._pid != os.getpid():  # forked worker: never reuse the parent's handles
-            self._store, self._arrays, self._pid = None, {}, os.getpid()
+        if self._pid != os.getpid():  # forked worker: never reuse the parent's handles; RAM arrays are shared
+            self._arrays = {k: a for k, a in self._arrays.items() if isinstance(a, np.ndarray)}
+            self._store, self._pid = None, os.getpid()
         arr = self._arrays.get(key)
         if arr is None:
             if self._store is None:
                 self._store = EpisodeStore.open(self.path, mode="r")
             store, name = self._store, self._sources[key]
-            if self._cache_lowdim and name.startswith("data/") and not is_image_key(key):
+            if self._in_ram(key) and name.startswith("data/"):
                 arr = read_steps(store, name, 0, self.n_steps)
-            elif self.tokens_in_ram and name.startswith("features/"):
+            elif self._in_ram(key):
                 reader = FrameReader(store.group[name], describe(store.path), store.episode_ends,
                                      allow_missing=fill_is_legacy_zero(store.attrs, store.group[name]))
                 arr = reader.read(np.arange(self.n_steps))  # once: batches become numpy gathers

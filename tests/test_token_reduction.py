@@ -119,6 +119,41 @@ def test_tokens_in_ram_equal_streamed_tokens(reduced_store):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_tokens_loaded_once_are_shared_by_forked_workers_and_the_val_split(reduced_store, monkeypatch):
+    """``load_into_ram`` reads the RAM-held arrays in this process; a forked DataLoader worker uses them without
+    reading the store again (copy-on-write: one copy per training), and the val split reuses the train split's."""
+    import os
+
+    from s2robot.datasets import sampler
+    from s2robot.datasets.sampler import BatchView, SequenceDataset
+
+    path, _, key = reduced_store
+    kw = dict(horizon=4, n_obs_steps=2, n_action_steps=2, feature_hash=key, token_cache_bytes=1 << 30, val_ratio=0.5)
+    train_ds, val_ds = SequenceDataset(path, split="train", **kw), SequenceDataset(path, split="val", **kw)
+    train_ds.load_into_ram()
+    val_ds.load_into_ram(share_with=train_ds)
+    ram_keys = [k for k in train_ds._sources if train_ds._in_ram(k)]
+    assert set(train_ds.token_keys) <= set(ram_keys) and "action" in ram_keys
+    assert all(val_ds._arrays[k] is train_ds._arrays[k] for k in ram_keys)
+    want = train_ds.get_batch(np.arange(8))
+    parent = os.getpid()
+    read_steps, reader_read = sampler.read_steps, sampler.FrameReader.read
+
+    def only_in_parent(fn):
+        def wrapped(*a, **k):
+            assert os.getpid() == parent, "a forked worker read the store again"
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(sampler, "read_steps", only_in_parent(read_steps))
+    monkeypatch.setattr(sampler.FrameReader, "read", only_in_parent(reader_read))
+    loader = torch.utils.data.DataLoader(BatchView(train_ds), sampler=[list(range(8))], batch_size=None,
+                                         num_workers=1, multiprocessing_context="fork")
+    got = next(iter(loader))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+
+
 def _read_set(path, key):
     import zarr
 

@@ -117,8 +117,8 @@ class DatasetConfig:
     # DataLoader worker processes (each opens the store lazily); None: min(4, the CPUs this process may use), so a
     # 2-core machine does not start more workers than cores (on 2 cores 0 and 4 workers trained equally fast)
     num_workers: int | None = None
-    lowdim_cache_mb: int = 256  # low-dim arrays below this total size are held in RAM per process
-    token_cache_mb: int = 4096  # cached tokens up to this total size are loaded into RAM once (0: stream them)
+    lowdim_cache_mb: int = 256  # low-dim arrays below this total size are held in RAM (once per training)
+    token_cache_mb: int = 4096  # cached tokens up to this size: in RAM once per training, workers share (0: stream)
     augment_views: int = 1  # K > 1: train on the cached set with K views per frame (`s2robot cache augment_views=K`)
     augment_shift: int = DEFAULT_SHIFT  # ... cached with this max shift (px of the stored images)
     augment_seed: int = 0  # ... and this seed
@@ -375,6 +375,9 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
     val_ds = SequenceDataset(store, split="val", **ds_kw) if tcfg.val_every and ds_kw["val_ratio"] > 0 else None
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
+    train_ds.load_into_ram()  # before the loader's workers fork: they share it (one copy per training)
+    if val_ds is not None:
+        val_ds.load_into_ram(share_with=train_ds)
 
     shapes = train_ds.shapes
     proprio_dim = int(shapes["proprio"][0]) if "proprio" in shapes else 0
