@@ -342,12 +342,14 @@ def _override_value(v: Any) -> str:
 
 def encoder_overrides(encoder_cfg: Any) -> list[str]:
     """``encoder=<name>`` plus ``encoder.<key>=<value>`` for every key that differs from the shipped
-    ``configs/encoder/<name>.yaml``: the overrides that rebuild this exact encoder (same ``config_hash``)."""
+    ``configs/encoder/<name>.yaml``: the overrides that rebuild this exact encoder (same ``config_hash``). The
+    ``engine`` is left out: it is how one machine computes the encoder, not which encoder it is."""
     enc = OmegaConf.to_container(encoder_cfg, resolve=True) if isinstance(encoder_cfg, DictConfig) else dict(encoder_cfg)
     shipped = configs_dir() / "encoder" / f"{enc.get('name')}.yaml"
     base = OmegaConf.to_container(OmegaConf.load(shipped)) if shipped.is_file() else {}
     out = [f"encoder={enc.get('name')}"]
-    out += [f"encoder.{k}={_override_value(v)}" for k, v in enc.items() if k != "name" and base.get(k) != v]
+    out += [f"encoder.{k}={_override_value(v)}" for k, v in enc.items()
+            if k not in ("name", "engine") and base.get(k) != v]
     return out
 
 

@@ -43,7 +43,7 @@ def test_collect_action_noise_defaults_to_the_task_configs_demo_action_noise(tmp
     assert EpisodeStore.open(tmp_path / "plain.zarr").attrs["collect"]["action_noise"] == 0.0
 
 
-@pytest.mark.parametrize("extra", [[], ["encoder.scales=[1]", "pool_grid=2"]])
+@pytest.mark.parametrize("extra", [[], ["encoder.scales=[1]", "pool_grid=2"], ["encoder.engine=torch"]])
 def test_cache_prints_a_train_command_that_picks_its_features(tmp_path, capsys, extra):
     from s2robot.datasets.feature_cache import feature_hash_for
     from s2robot.datasets.store import EpisodeStore
@@ -58,6 +58,7 @@ def test_cache_prints_a_train_command_that_picks_its_features(tmp_path, capsys, 
     hint = next(line for line in out.splitlines() if line.startswith("train on them with: "))
     argv = shlex.split(hint.removeprefix("train on them with: "))
     assert argv[:2] == ["s2robot", "train"] and "feature_hash" not in hint
+    assert "engine" not in hint  # how this machine encoded, not which encoder: training elsewhere needs no engine
     cfg = cli.compose("train", argv[2:])  # the hint composes: every key exists
     from omegaconf import OmegaConf
 
