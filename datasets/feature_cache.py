@@ -112,9 +112,10 @@ def cache_features(
     ``token_dim``: store the tokens PCA-reduced to this many channels and return that set's key
     (``features/<key>_pca<token_dim>``, :mod:`~s2robot.datasets.token_reduction`). The PCA is fitted on a seeded
     sample of frames encoded first, then every frame is encoded and written reduced: the full-width tokens (D
-    channels, ~10x the disk of the reduced ones) are never stored, unless ``keep_unreduced`` (then they are
-    written first and reduced by :func:`~s2robot.datasets.token_reduction.reduce_features`, as are full tokens
-    that are already cached). Both ways give the same tokens: the same fit frames, the same float16 rounding.
+    channels, ~10x the disk of the reduced ones) are never stored. Where the sample is more than half the frames
+    (small stores), or with ``keep_unreduced``, the full tokens are written first and reduced by
+    :func:`~s2robot.datasets.token_reduction.reduce_features` (as are full tokens already cached), then deleted
+    unless kept or there before. Both ways give the same tokens: the same fit frames, the same float16 rounding.
     ``augment_views`` K > 1: store K views per frame instead (view 0 the frame, views 1..K-1 shifted by up to
     ``augment_shift`` px, default :data:`~s2robot.datasets.view_augment.DEFAULT_SHIFT`, seeded by ``augment_seed``;
     see :mod:`~s2robot.datasets.view_augment`); with ``token_dim`` the PCA is fitted once on view 0 and applied
@@ -133,7 +134,11 @@ def cache_features(
     store = EpisodeStore.open(path, mode="a")
     try:  # an interrupted run keeps every finished batch (``progress``) and releases the store
         plan = _plan(store, encoder, cameras, batch_size, pool_grid, augment)
-        direct = bool(token_dim) and not keep_unreduced and not _complete(store, plan.key, plan.cams)
+        had_full = "features" in store.group and plan.key in store.group["features"]
+        # the fit sample is encoded twice on the direct path: where it is most of the store (a small one), the
+        # full tokens are written instead, reduced, and then deleted (unless kept)
+        small_sample = 2 * len(fit_rows(store.n_steps, plan.n_tok, len(plan.cams), seed=0)) <= store.n_steps
+        direct = bool(token_dim) and not keep_unreduced and not _complete(store, plan.key, plan.cams) and small_sample
         if direct:
             key = _encode_reduced(store, encoder, dev, plan, int(token_dim), progress)
         else:
@@ -142,7 +147,18 @@ def cache_features(
         store.close()
     if token_dim and not direct:
         key = reduce_features(path, key, int(token_dim), progress=progress)
+        if not keep_unreduced and not had_full:
+            _delete_feature_set(path, plan.key)
     return key
+
+
+def _delete_feature_set(path: StoreLike, key: str) -> None:
+    """Remove ``features/<key>`` (full tokens this call wrote only to reduce them)."""
+    store = EpisodeStore.open(path, mode="a")
+    try:
+        del store.group["features"][key]
+    finally:
+        store.close()
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ def test_train_uses_views_and_validation_view0_with_pca(tmp_path, monkeypatch):
                                 projection=proj)
         np.testing.assert_allclose(np.asarray(red["front"][:, v], np.float32), want.numpy().astype(np.float32),
                                    rtol=2e-3, atol=1e-4)  # float16 rounding of batched matmuls (test_token_reduction)
-    direct = make_store(tmp_path / "direct.zarr")  # the same frames; only the reduced views are written
+    direct = make_store(tmp_path / "direct.zarr")  # the same frames; only the reduced views are kept
     assert main(["cache", f"dataset={direct}", *views]) == 0
     assert list(zarr.open_group(str(direct), mode="r")["features"].group_keys()) == [key]
     np.testing.assert_allclose(np.asarray(zarr.open_group(str(direct), mode="r")["features"][key]["front"], np.float32),

@@ -162,57 +162,85 @@ def _read_set(path, key):
         n: np.asarray(g["projection"][n][...]) for n in ("mean", "components")}
 
 
-def test_token_dim_caches_only_the_reduced_tokens_and_they_equal_the_two_stage_ones(tmp_path, reduced_store):
-    """``cache_features(token_dim=K)`` fits the PCA on the same sample frames, encoded first, and writes only the
+def _small_fit_sample(monkeypatch, enc, frames=30):
+    """Fit the PCA on ``frames`` frames per camera (the tiny stores' 80 would all be in the default sample)."""
+    from s2robot.datasets import token_reduction
+
+    monkeypatch.setattr(token_reduction, "FIT_TOKENS", frames * enc.num_tokens * len(CAMERAS))
+
+
+def test_token_dim_caches_only_the_reduced_tokens_and_they_equal_the_two_stage_ones(tmp_path, monkeypatch):
+    """``cache_features(token_dim=K)`` fits the PCA on the sample frames, encoded first, and writes only the
     reduced set: the same key, attrs, projection and tokens (float16 rounding) as caching the full tokens and
-    reducing them, without the full-width set on disk."""
+    reducing them (``keep_unreduced``), without the full-width set on disk."""
     import zarr
 
     from s2robot.datasets.feature_cache import cache_features
     from s2robot.encoders import build_encoder
 
-    path, full, key = reduced_store
-    direct = make_store(tmp_path / "direct.zarr")  # the same frames (seeded)
-    assert cache_features(direct, build_encoder(**TINY_ENCODER), device="cpu", progress=False, token_dim=8) == key
-    assert sorted(zarr.open_group(str(direct), mode="r")["features"].group_keys()) == [key]
+    enc = build_encoder(**TINY_ENCODER)
+    _small_fit_sample(monkeypatch, enc)
+    two_stage, direct = make_store(tmp_path / "two.zarr"), make_store(tmp_path / "direct.zarr")  # the same frames
+    key = cache_features(two_stage, enc, device="cpu", progress=False, token_dim=8, keep_unreduced=True)
+    assert cache_features(direct, enc, device="cpu", progress=False, token_dim=8) == key
+    assert list(zarr.open_group(str(direct), mode="r")["features"].group_keys()) == [key]
     got, got_attrs, got_proj = _read_set(direct, key)
-    want, want_attrs, want_proj = _read_set(path, key)
+    want, want_attrs, want_proj = _read_set(two_stage, key)
     assert got_attrs == want_attrs and got_attrs["progress"] == {c: 80 for c in CAMERAS}
+    assert got_attrs["reduce"]["fit_tokens"] == 30 * enc.num_tokens * len(CAMERAS)
     for name in got_proj:
         np.testing.assert_allclose(got_proj[name], want_proj[name], atol=1e-4)
     for cam in CAMERAS:
-        assert got[cam].shape == want[cam].shape == (80, want[cam].shape[1], 8)
+        assert got[cam].shape == want[cam].shape == (80, enc.num_tokens, 8)
         np.testing.assert_allclose(got[cam].astype(np.float32), want[cam].astype(np.float32), atol=2e-2)
 
 
-def test_interrupted_reduced_cache_resumes_with_its_projection(tmp_path, reduced_store, monkeypatch):
-    from s2robot.datasets import feature_cache
+def test_small_store_reduces_the_full_tokens_then_drops_them(tmp_path, reduced_store):
+    """Where the fit sample is most of the frames, the full tokens are written, reduced (nothing encoded twice)
+    and deleted: exactly the reduced set of caching and reducing by hand."""
+    import zarr
+
+    from s2robot.datasets.feature_cache import cache_features
     from s2robot.encoders import build_encoder
 
     path, _, key = reduced_store
-    store = make_store(tmp_path / "cut.zarr")
+    small = make_store(tmp_path / "small.zarr")
+    assert cache_features(small, build_encoder(**TINY_ENCODER), device="cpu", progress=False, token_dim=8) == key
+    assert list(zarr.open_group(str(small), mode="r")["features"].group_keys()) == [key]
+    got, want = _read_set(small, key), _read_set(path, key)
+    assert got[1] == want[1] and all(np.array_equal(got[2][n], want[2][n]) for n in got[2])
+    assert all(np.array_equal(got[0][c], want[0][c]) for c in CAMERAS)
+
+
+def test_interrupted_reduced_cache_resumes_with_its_projection(tmp_path, monkeypatch):
+    from s2robot.datasets import feature_cache
+    from s2robot.encoders import build_encoder
+
     enc = build_encoder(**TINY_ENCODER)
+    _small_fit_sample(monkeypatch, enc)
+    ref, store = make_store(tmp_path / "ref.zarr"), make_store(tmp_path / "cut.zarr")
+    key = feature_cache.cache_features(ref, enc, device="cpu", progress=False, token_dim=8, batch_size=32)
     calls, encode_batch = [], feature_cache._encode_batch
 
     def dies_on_the_second_write(*a, **k):
         calls.append(1)
-        if len(calls) == 8:  # the fit: all 80 frames of each camera, 3 batches each; then 32 frames written
+        if len(calls) == 4:  # the fit: 30 frames of each camera, one batch each; then 32 frames written
             raise KeyboardInterrupt
         return encode_batch(*a, **k)
 
     monkeypatch.setattr(feature_cache, "_encode_batch", dies_on_the_second_write)
     with pytest.raises(KeyboardInterrupt):
         feature_cache.cache_features(store, enc, device="cpu", progress=False, token_dim=8, batch_size=32)
-    monkeypatch.undo()
+    monkeypatch.setattr(feature_cache, "_encode_batch", encode_batch)
     _, attrs, proj = _read_set(store, key)
     assert attrs["progress"] == {CAMERAS[0]: 32}  # one batch written, nothing more claimed
     monkeypatch.setattr(feature_cache, "fit_projection", lambda *a, **k: pytest.fail("refitted on resume"))
     assert feature_cache.cache_features(store, enc, device="cpu", progress=False, token_dim=8, batch_size=32) == key
     got, attrs2, proj2 = _read_set(store, key)
-    want, _, _ = _read_set(path, key)
+    want, _, _ = _read_set(ref, key)
     assert attrs2["progress"] == {c: 80 for c in CAMERAS} and all(np.array_equal(proj[n], proj2[n]) for n in proj)
     for cam in CAMERAS:
-        np.testing.assert_allclose(got[cam].astype(np.float32), want[cam].astype(np.float32), atol=2e-2)
+        np.testing.assert_array_equal(got[cam], want[cam])
 
 
 def test_keep_unreduced_and_cached_full_tokens_reduce_without_encoding(tmp_path, reduced_store, monkeypatch):
