@@ -200,12 +200,17 @@ def test_a_damaged_chunk_read_in_a_dataloader_worker_is_one_line(tmp_path, capsy
     for c in range(0, 80):  # damage every token chunk of front: whichever window a worker reads first hits one
         f = _chunk_file(path, f"features/{key}/front", c)
         f.write_bytes(f.read_bytes()[:40])
-    rc = main(["train", f"dataset={path}", "encoder=vit_tiny_test", "policy=bc_mlp", "train.steps=2",
-               "train.batch_size=8", "dataset.num_workers=1", "train.val_every=0", "train.tensorboard=false",
-               "train.progress=false", "optim.warmup_steps=0", f"out_dir={tmp_path / 'run'}", "device=cpu"])
+    argv = ["train", f"dataset={path}", "encoder=vit_tiny_test", "policy=bc_mlp", "train.steps=2",
+            "train.batch_size=8", "dataset.num_workers=1", "train.val_every=0", "train.tensorboard=false",
+            "train.progress=false", "optim.warmup_steps=0", f"out_dir={tmp_path / 'run'}", "device=cpu"]
+    rc = main([*argv, "dataset.token_cache_mb=0"])  # streamed: the worker decodes the chunk
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 1 and len(err) == 1, err
-    assert re.match(rf"s2robot train: .*features/{key}/front chunk \d+ \(steps .*\) cannot be decoded", err[0])
+    chunk_line = rf"s2robot train: .*features/{key}/front chunk \d+ \(steps .*\) cannot be decoded"
+    assert re.match(chunk_line, err[0])
+    with pytest.raises(SystemExit, match=chunk_line) as e:  # held in RAM: read before the workers start
+        main(argv)
+    assert "\n" not in str(e.value.code)
 
 
 def test_unfinished_feature_set_hint_is_the_cache_command_that_finishes_it(tmp_path):

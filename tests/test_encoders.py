@@ -221,17 +221,18 @@ def test_encoder_configs_hold_build_kwargs():
     import s2robot.configs
 
     folder = Path(s2robot.configs.__file__).parent / "encoder"
-    params = set(inspect.signature(build_encoder).parameters) - {"device", "engine"}  # execution choices, not config
+    params = set(inspect.signature(build_encoder).parameters) - {"device"}  # engine: there, `auto`, not in the hash
     files = sorted(folder.glob("*.yaml"))
     assert len(files) >= 8
     for f in files:
         cfg = OmegaConf.load(f)
         assert set(cfg.keys()) == params, f.name
-        assert cfg.name == f.stem
+        assert cfg.name == f.stem and cfg.engine == "auto"
     tiny = OmegaConf.load(folder / "vit_tiny_test.yaml")
     enc = build_encoder(**tiny)  # a DictConfig works directly
     assert enc.config_hash == build_encoder("vit_tiny_test").config_hash
-    assert enc.config == OmegaConf.to_container(tiny)
+    assert enc.config == {k: v for k, v in OmegaConf.to_container(tiny).items() if k != "engine"}
+    assert build_encoder(**{**tiny, "engine": "torch"}).config_hash == enc.config_hash  # speed only, same features
 
 
 def test_config_hash_is_stable(enc):
