@@ -43,7 +43,7 @@ from s2robot.tokens import TokenProjection, pool_tokens, tokens_as_cached  # noq
 from .integrity import check_present, read_steps
 from .store import WRITE_ALL_CHUNKS, DatasetError, EpisodeStore, StoreLike, describe
 from .token_reduction import (create_reduced_group, fit_projection, fit_rows, load_projection, reduce_features,
-                              reduced_attrs, reduced_key)
+                              reduced_attrs, reduced_key, set_is_complete)
 from .view_augment import AugmentSpec, augment_spec, shifted_views, view_offsets
 
 STORED_DTYPE = "float16"  # the cache's token dtype; a policy trained on it must round online tokens the same way
@@ -137,10 +137,11 @@ def cache_features(
         had_full = "features" in store.group and plan.key in store.group["features"]
         # the fit sample is encoded twice on the direct path: where it is most of the store (a small one), the
         # full tokens are written instead, reduced, and then deleted (unless kept)
-        small_sample = 2 * len(fit_rows(store.n_steps, plan.n_tok, len(plan.cams), seed=0)) <= store.n_steps
-        direct = bool(token_dim) and not keep_unreduced and not _complete(store, plan.key, plan.cams) and small_sample
+        rows = fit_rows(store.n_steps, plan.n_tok, len(plan.cams), seed=0)
+        full_done = had_full and set_is_complete(store.group["features"], plan.key, plan.cams, store.n_steps)
+        direct = bool(token_dim) and not keep_unreduced and not full_done and 2 * len(rows) <= store.n_steps
         if direct:
-            key = _encode_reduced(store, encoder, dev, plan, int(token_dim), progress)
+            key = _encode_reduced(store, encoder, dev, plan, int(token_dim), rows, progress)
         else:
             key = _encode_into(store, encoder, dev, plan, progress)
     finally:
@@ -197,15 +198,6 @@ def _plan(store: EpisodeStore, encoder: Any, cameras: Sequence[str] | None, batc
     )
 
 
-def _complete(store: EpisodeStore, key: str, cams: list[str]) -> bool:
-    """Whether ``features/<key>`` holds every frame of every camera in ``cams``."""
-    feats = store.group["features"] if "features" in store.group else {}
-    if key not in feats:
-        return False
-    done = feats[key].attrs.get("progress", {})
-    return all(int(done.get(c, 0)) >= store.n_steps for c in cams)
-
-
 def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, plan: _CachePlan, progress: bool) -> str:
     """The full-width tokens: (T, N', D) arrays, or (T, K, N', D) with augmented views."""
     group = _feature_group(store, encoder, plan)
@@ -214,9 +206,9 @@ def _encode_into(store: EpisodeStore, encoder: Any, dev: torch.device, plan: _Ca
 
 
 def _encode_reduced(store: EpisodeStore, encoder: Any, dev: torch.device, plan: _CachePlan, dim: int,
-                    progress: bool) -> str:
-    """The PCA-reduced tokens only: fit on the sample frames (:func:`fit_rows`), then encode, project and write every
-    frame. A rerun after an interruption reuses the stored projection and continues from ``progress``."""
+                    rows: np.ndarray, progress: bool) -> str:
+    """The PCA-reduced tokens only: fit on the sample frames ``rows`` (:func:`fit_rows`), then encode, project and
+    write every frame. A rerun after an interruption reuses the stored projection and continues from ``progress``."""
     if not 1 <= dim < plan.d:
         raise DatasetError(f"token_dim must be in [1, {plan.d}) for features/{plan.key} (D={plan.d}), got {dim}")
     feats, key = store.group.require_group("features"), reduced_key(plan.key, dim)
@@ -225,7 +217,6 @@ def _encode_reduced(store: EpisodeStore, encoder: Any, dev: torch.device, plan: 
         del feats[key]  # a reduction that never got its projection written: redo it
         group = None
     if group is None:
-        rows = fit_rows(store.n_steps, plan.n_tok, len(plan.cams), seed=0)
         samples = [_encode_frames(store, encoder, dev, plan, c, rows) for c in plan.cams]
         proj, explained, n_fit = fit_projection(samples, dim)
         attrs = reduced_attrs(_feature_meta(encoder, plan), plan.key, dim, 0, explained, n_fit)

@@ -50,6 +50,14 @@ def _view0(tokens: np.ndarray, has_views: bool) -> np.ndarray:
     return tokens[:, 0] if has_views else tokens
 
 
+def set_is_complete(feats: Any, key: str, cams: list[str], n: int) -> bool:
+    """Whether ``features/<key>`` (``feats``: the ``features`` group) holds all ``n`` frames of every camera."""
+    if key not in feats:
+        return False
+    done = feats[key].attrs.get("progress", {})
+    return all(int(done.get(c, 0)) >= n for c in cams)
+
+
 def fit_rows(n: int, n_tok: int, n_cams: int, seed: int) -> np.ndarray:
     """The sorted frame indices whose tokens (every camera's, view 0) fit the PCA: ``FIT_TOKENS`` tokens in all,
     a seeded sample, so the encode-and-reduce path (:func:`~s2robot.datasets.feature_cache.cache_features`) and
@@ -120,7 +128,7 @@ def reduce_features(path: StoreLike, source_key: str, dim: int, seed: int = 0, b
             raise DatasetError(f"token_dim must be in [1, {d}) for features/{source_key} (D={d}), got {dim}")
         key = reduced_key(source_key, dim)
         feats = store.group["features"]
-        if key in feats and all(int(feats[key].attrs.get("progress", {}).get(c, 0)) >= n for c in cams):
+        if set_is_complete(feats, key, cams, n):
             return key
         proj, explained, n_fit = _fit(src, cams, n, int(dim), seed, has_views)
         attrs = reduced_attrs(dict(src.attrs), source_key, int(dim), seed, explained, n_fit)
