@@ -88,8 +88,9 @@ def test_config_hash_and_config_do_not_depend_on_engine(weights, reference, engi
 
 
 def test_auto_resolution(weights, monkeypatch):
-    assert _mobilenet(weights, "auto").engine_in_use == "fused"  # OpenVINO is opt-in, installed or not
     monkeypatch.setattr(engine_mod, "openvino_available", lambda: True)
+    assert _mobilenet(weights, "auto").engine_in_use == "openvino"
+    monkeypatch.setattr(engine_mod, "openvino_available", lambda: False)  # not installed, or S2ROBOT_NO_OPENVINO=1
     assert _mobilenet(weights, "auto").engine_in_use == "fused"
     assert build_encoder("vit_tiny_test").engine_in_use == "torch"  # ViTs: no engine support
     assert _mobilenet(weights, "auto", trainable="norm").engine_in_use == "torch"  # gradients need the real modules
@@ -149,6 +150,40 @@ def test_calls_from_another_thread_keep_the_compiled_form(weights):
     t.start()
     t.join()
     assert enc._runner._run is built and torch.equal(out["tokens"], first)
+
+
+def _signal_stack() -> tuple[int, int]:
+    """The calling thread's alternate signal stack (address, size), from libc's ``sigaltstack``."""
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    st = StackT()
+    assert ctypes.CDLL(None, use_errno=True).sigaltstack(None, ctypes.byref(st)) == 0
+    return st.ss_sp or 0, st.ss_size
+
+
+@pytest.mark.skipif(not engine_mod.openvino_available(), reason="openvino not installed")
+def test_openvino_models_freed_in_any_order_leave_a_live_signal_stack(weights):
+    """Regression: each ``openvino.Core`` loads a CPU plugin that swaps the thread's alternate signal stack and
+    puts back the one it found when freed. One Core per model, freed out of order (A, B made; A, then B freed),
+    left the thread on A's freed stack, and the long-lived test process later died in a signal handler. With one
+    Core per process the stack never changes after the first model."""
+    import gc
+
+    x = _uint8()
+    a = _mobilenet(weights, "openvino", seed=0)
+    a.encode(x)
+    first = _signal_stack()
+    b = _mobilenet(weights, "openvino", seed=1)
+    b.encode(x)
+    assert _signal_stack() == first  # one Core: B loads no second plugin
+    del a
+    gc.collect()
+    del b
+    gc.collect()
+    assert _signal_stack() == first
 
 
 def test_batch_scales_equals_one_call_per_scale():

@@ -10,13 +10,12 @@ so it is not part of an encoder's ``config`` or ``config_hash`` (cached features
   tile size) and run by OpenVINO's CPU plugin in float32 (``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or
   AVX512-BF16 the plugin's default would be bf16, which does not hold parity), with as many threads as torch used
   at its first call.
-  Needs the ``openvino`` extra (``pip install 's2robot[openvino]'``).
-- ``"auto"`` (default): ``fused`` for a frozen backbone that supports engines (``supports_engines = True``: the
-  torchvision CNN trunks, EfficientNet-Lite) on the CPU; ``torch`` otherwise (trainable encoders, CUDA, ViTs).
-  OpenVINO is opt-in (``engine=openvino``): it was 1.5x faster than ``fused`` at 96 px here, but with openvino
-  2026.4.1 loaded the test suite's long-lived process died of memory corruption (a segfault in ``PyObject_IsTrue``
-  on a static object: an over-released reference) after many conversions; without it the same run passed
-  (docs/encoders.md).
+  Needs ``openvino`` (in ``requirements-lock.txt``; elsewhere ``pip install 's2robot[openvino]'``).
+- ``"auto"`` (default): ``openvino`` when installed (it is in ``requirements-lock.txt``), else ``fused``, for a
+  frozen backbone that supports engines (``supports_engines = True``: the torchvision CNN trunks,
+  EfficientNet-Lite) on the CPU; ``torch`` otherwise (trainable encoders, CUDA, ViTs). ``S2ROBOT_NO_OPENVINO=1``
+  makes ``auto`` pick ``fused``. All OpenVINO models share one ``openvino.Core`` (:func:`_openvino_core`: a Core
+  per model, freed out of order, left the thread on a freed signal stack).
 
 bf16 is not used: on this project's AMX CPU it ran ~1.6x float32 (PyTorch and OpenVINO) but moved MobileNetV2
 maps by up to 0.15 (~6 % of their norm), no parity. ``torch.compile`` is not used either (docs/encoders.md has
@@ -34,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import importlib.util
 import itertools
 import warnings
@@ -72,7 +72,7 @@ def resolve_engine(engine: str, adapter: nn.Module, trainable: str, device: torc
     if engine == "auto":
         if trainable != "frozen" or device.type != "cpu" or not supported:
             return "torch"
-        return "fused"
+        return "openvino" if openvino_available() else "fused"
     if trainable != "frozen":
         raise ValueError(f"engine={engine!r} runs frozen encoders only (trainable={trainable!r}); use engine='torch'")
     if not supported:
@@ -161,6 +161,22 @@ def _fuse(adapter: nn.Module) -> nn.Module:
     return fused.to(memory_format=torch.channels_last).eval()
 
 
+@functools.lru_cache(maxsize=None)
+def _openvino_core():
+    """The process's one ``openvino.Core``, created on first use and kept until exit.
+
+    Each ``Core`` loads its own CPU plugin, which installs an alternate signal stack on the calling thread and, when
+    destroyed, puts back the one it found. Cores created per model and garbage-collected in another order than
+    they were made (two encoders: A, B, then A freed before B) leave the thread on a freed stack, and the next signal
+    handler that runs on it writes into freed memory: with openvino 2026.4.1 the test suite died of a segfault in
+    ``PyObject_IsTrue``, or of a SIGSEGV (``SI_KERNEL``) when a SIGCHLD arrived in ``subprocess.run``. One Core,
+    as OpenVINO itself recommends, loads the plugin once.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 class _OpenVinoModel:
     """An OpenVINO float32 CPU model of a frozen backbone: (n, 3, h, w) float32 -> the backbone's output."""
 
@@ -173,7 +189,7 @@ class _OpenVinoModel:
         model.reshape([-1, 3, -1, -1])  # any batch and tile size, one compiled model
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
                   "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.compiled = _openvino_core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
