@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from s2robot.s2 import merge_tiles, plan_scales, s2_forward, split_tiles
+from s2robot.s2 import merge_tiles, plan_scales, s2_forward, split_tiles, upsample2x_bicubic
 
 torch.set_num_threads(1)
 
@@ -174,6 +174,30 @@ def test_split_merge_roundtrip():
     assert torch.equal(t[0:2], x[:, :, :3, :2])  # tile (0, 0), batch inner
     assert torch.equal(t[2:4], x[:, :, :3, 2:4])  # tile (0, 1): row-major over tiles
     assert torch.equal(merge_tiles(t, 2, 4), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 96, 96), (1, 2, 5, 7), (3, 1, 1, 1), (1, 3, 2, 1), (2, 4, 9, 16)])
+def test_upsample2x_bicubic_equals_interpolate(shape):
+    """The separable 2x bicubic of the engines' fast path: PyTorch's values (edges clamped) at every size."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    want = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    got = upsample2x_bicubic(x)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert (got - want).abs().max().item() < 2e-6
+    assert (upsample2x_bicubic(x.double()) - F.interpolate(x.double(), scale_factor=2, mode="bicubic",
+                                                           align_corners=False)).abs().max().item() < 1e-12
+
+
+def test_fast_resize_same_tokens_and_only_without_gradients():
+    model = tiny_vit()
+    x = _images()
+    with torch.no_grad():
+        ref = s2_forward(model.forward_features, x, scales=(1, 2, 3), num_prefix=1)
+        got = s2_forward(model.forward_features, x, scales=(1, 2, 3), num_prefix=1, fast_resize=True)
+    assert (got - ref).abs().max().item() < 1e-4
+    xg = x.clone().requires_grad_(True)  # gradients to the images: F.interpolate (the fast path writes out=)
+    s2_forward(model.forward_features, xg, scales=(1, 2), num_prefix=1, fast_resize=True).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
 
 
 # ------------------------------------------------------------------------------------------------------ errors
