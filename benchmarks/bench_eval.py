@@ -9,7 +9,8 @@ the speed-up over the sequential loop, and where the wall time goes (physics, re
     python benchmarks/bench_eval.py --policies s2 --n-action-steps 1             # replanning every step
 
 The S2 policy runs twice: "now" (this package) and "reference" (as computed before the CPU inference work:
-plain PyTorch encoder, no kept history tokens, plain U-Net loop), side by side.
+plain PyTorch encoder, no kept history tokens, plain U-Net loop), side by side. Every run executes whole chunks
+(``temporal_ensemble="off"``, as the sequential loop does); ``--n-action-steps 1`` replans every step instead.
 
 Threads are pinned (1 BLAS/torch thread per process) so runs are comparable; on a shared machine the figures
 are noisy. Physics/render fractions come from the env's own ``render_camera`` timing (workers sum theirs).
@@ -150,9 +151,11 @@ def batched(policy, task: str, image_size: int, n: int, episodes: int, max_steps
             token_history: bool = True) -> dict:
     from s2robot.evaluation import evaluate
 
+    # whole chunks, as the sequential loop executes them, for every policy: the built-in policies' own default
+    # (ACT temporal ensembling) replans every step, which the reference wrapper and the loop above do not
     s = evaluate(policy, task=task, n_envs=n, episodes=episodes, seed=0, device=device, n_videos=0,
                  env_kwargs={"image_size": image_size}, max_steps=max_steps, progress=False,
-                 token_history=token_history)
+                 token_history=token_history, temporal_ensemble="off")
     wall = s["time_s"]["loop"]  # steady state: no worker start-up / shutdown
     busy = max(wall * n, 1e-9)  # worker-seconds available
     return {"steps": s["env_steps"], "wall": wall, "sps": s["env_steps_per_s"],
