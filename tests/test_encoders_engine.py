@@ -103,9 +103,17 @@ def test_engine_errors(weights, monkeypatch):
         build_encoder("vit_tiny_test", engine="fused").encode(_uint8(1, 32))
     with pytest.raises(ValueError, match="frozen encoders only"):
         _mobilenet(weights, "fused", trainable="norm").encode(_uint8(1))
-    monkeypatch.setattr(engine_mod, "openvino_available", lambda: False)
-    with pytest.raises(ValueError, match=r"pip install 's2robot\[openvino\]'"):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    with pytest.raises(ValueError, match=r"pip install 's2robot\[openvino\]'"):  # not installed
         _mobilenet(weights, "openvino").encode(_uint8(1))
+    monkeypatch.undo()
+    if engine_mod.openvino_available():  # installed, switched off by the environment: say so, not "install it"
+        monkeypatch.setenv("S2ROBOT_NO_OPENVINO", "1")
+        with pytest.raises(ValueError, match="switched off by S2ROBOT_NO_OPENVINO"):
+            _mobilenet(weights, "openvino").encode(_uint8(1))
 
 
 @pytest.mark.parametrize("engine", ENGINES)

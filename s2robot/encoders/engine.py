@@ -82,6 +82,9 @@ def resolve_engine(engine: str, adapter: nn.Module, trainable: str, device: torc
         if device.type != "cpu":
             raise ValueError(f"engine='openvino' runs on the CPU, but the encoder is on {device}")
         if not openvino_available():
+            if importlib.util.find_spec("openvino") is not None:
+                raise ValueError("engine='openvino' is switched off by S2ROBOT_NO_OPENVINO; unset it or pick "
+                                 "engine='fused'")
             raise ValueError("engine='openvino' needs the openvino package: pip install 's2robot[openvino]'")
     return engine
 
