@@ -48,13 +48,21 @@ __all__ = ["ENGINES", "resolve_engine", "openvino_available", "EngineRunner"]
 ENGINES = ("auto", "torch", "fused", "openvino")
 
 
-def openvino_available() -> bool:
-    """True when the ``openvino`` package is importable and not switched off (``S2ROBOT_NO_OPENVINO=1``)."""
+def openvino_unavailable_reason() -> str | None:
+    """Why the ``openvino`` engine cannot run here (one line: not installed, or switched off by
+    ``S2ROBOT_NO_OPENVINO=1``), or None when it can."""
     import os
 
+    if importlib.util.find_spec("openvino") is None:
+        return "engine='openvino' needs the openvino package: pip install 's2robot[openvino]'"
     if os.environ.get("S2ROBOT_NO_OPENVINO", "0") not in ("", "0"):
-        return False
-    return importlib.util.find_spec("openvino") is not None
+        return "engine='openvino' is switched off by S2ROBOT_NO_OPENVINO; unset it or pick engine='fused'"
+    return None
+
+
+def openvino_available() -> bool:
+    """True when the ``openvino`` package is importable and not switched off (``S2ROBOT_NO_OPENVINO=1``)."""
+    return openvino_unavailable_reason() is None
 
 
 def check_engine(engine: str) -> str:
@@ -81,11 +89,9 @@ def resolve_engine(engine: str, adapter: nn.Module, trainable: str, device: torc
     if engine == "openvino":
         if device.type != "cpu":
             raise ValueError(f"engine='openvino' runs on the CPU, but the encoder is on {device}")
-        if not openvino_available():
-            if importlib.util.find_spec("openvino") is not None:
-                raise ValueError("engine='openvino' is switched off by S2ROBOT_NO_OPENVINO; unset it or pick "
-                                 "engine='fused'")
-            raise ValueError("engine='openvino' needs the openvino package: pip install 's2robot[openvino]'")
+        reason = openvino_unavailable_reason()
+        if reason:
+            raise ValueError(reason)
     return engine
 
 
