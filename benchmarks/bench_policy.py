@@ -239,6 +239,7 @@ def latency_table(encoder, meta, norm, cfg_dir, S, P, cams, ddim_steps=(10, 100)
     from omegaconf import OmegaConf
 
     from s2robot.policies import build_policy
+    from s2robot.encoders.engine import openvino_available
     from s2robot.policies.diffusion import set_compiled_denoiser
 
     g = torch.Generator().manual_seed(0)
@@ -249,7 +250,8 @@ def latency_table(encoder, meta, norm, cfg_dir, S, P, cams, ddim_steps=(10, 100)
     head = "| policy | input | reference ms | now ms | speed-up |"
     if compiled:
         head += " compiled ms | compiled vs now | first compiled chunk s |"
-    print(f"\n## inference: one action chunk, batch 1 (encoder engine now: {encoder.engine_in_use})\n{head}\n"
+    print(f"\n## inference: one action chunk, batch 1 (engines now: encoder {encoder.engine_in_use}, U-Net steps "
+          f"{'openvino' if openvino_available() else 'torch'})\n{head}\n"
           + "|---" * (head.count("|") - 1) + "|")
     for name, steps in [("diffusion_unet", k) for k in ddim_steps] + [("bc_mlp", None)]:
         pc = OmegaConf.to_container(OmegaConf.load(cfg_dir / "policy" / f"{name}.yaml"))

@@ -28,10 +28,11 @@ from s2robot.encoders import build_encoder
 from s2robot.encoders.base import load_strict
 from s2robot.encoders.engine import check_engine
 from s2robot.policies.base import ShapeMeta
+from s2robot.policies.diffusion import set_denoiser_engine
 from s2robot.policies.factory import build_policy, parse_policy_config
 
 __all__ = [
-    "load_policy", "set_encoder_engine", "resolve_checkpoint", "read_config", "read_model_tensors", "FORMAT_VERSION", "ENCODER_PREFIX", "EMA_PREFIX",
+    "load_policy", "set_encoder_engine", "set_inference_engine", "resolve_checkpoint", "read_config", "read_model_tensors", "FORMAT_VERSION", "ENCODER_PREFIX", "EMA_PREFIX",
     "MODEL_FILE", "ENCODER_FILE", "OPTIM_FILE", "CONFIG_FILE", "STATE_FILE",
 ]
 
@@ -154,3 +155,14 @@ def set_encoder_engine(policy: torch.nn.Module, engine: str | None) -> str | Non
     if engine is not None:
         encoder.engine = check_engine(str(engine))
     return encoder.engine_in_use
+
+
+def set_inference_engine(policy: torch.nn.Module, engine: str | None) -> dict[str, str]:
+    """``engine`` (None keeps "auto") for every frozen part a loaded policy computes at inference: its token
+    encoder (:func:`set_encoder_engine`) and a diffusion U-Net's denoising steps
+    (:func:`~s2robot.policies.diffusion.set_denoiser_engine`). Returns what runs now, for the report:
+    ``{"encoder_engine": ..., "denoiser_engine": ...}``, each only where the policy has that part. Raises
+    ValueError (one line) as those two do, before any rollout."""
+    used = {"encoder_engine": set_encoder_engine(policy, engine),
+            "denoiser_engine": set_denoiser_engine(policy, engine)}
+    return {k: v for k, v in used.items() if v is not None}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SinusoidalPosEmb", "ConditionalUnet1D", "GemmConv1d"]
+__all__ = ["SinusoidalPosEmb", "ConditionalUnet1D", "GemmConv1d", "FilmStep"]
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -41,14 +41,16 @@ class GemmConv1d(nn.Conv1d):
     im2col path at batch 1 and a oneDNN path that re-lays the weights on every call above it; one ``addmm`` over
     the unfolded input was 2-3x faster at both (benchmarks/bench_policy.py). Training (grad enabled), other
     devices and dtypes use ``nn.Conv1d.forward``, as does ``gemm = False`` (the reference, for benchmarks and
-    tests). Results equal within float32 rounding.
+    tests), and so does tracing (``torch.jit.trace``, e.g. an OpenVINO conversion: the exported graph holds a plain
+    convolution, which the engine runs faster than an unfold + GEMM). Results equal within float32 rounding.
     """
 
     gemm = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.gemm or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or self.groups != 1
-                or self.dilation != (1,) or self.padding_mode != "zeros" or isinstance(self.padding, str)):
+        if (not self.gemm or torch.is_grad_enabled() or torch.jit.is_tracing() or x.device.type != "cpu"
+                or x.dtype != torch.float32 or self.groups != 1 or self.dilation != (1,)
+                or self.padding_mode != "zeros" or isinstance(self.padding, str)):
             return super().forward(x)
         B, C, _ = x.shape
         (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
@@ -191,3 +193,16 @@ class ConditionalUnet1D(nn.Module):
             x = torch.cat([x, skips.pop()], dim=1)
             x = up(res2(res1(x, **next(args)), **next(args)))
         return self.final(x).transpose(1, 2)
+
+
+class FilmStep(nn.Module):
+    """One denoising step of ``unet`` from precomputed FiLM terms, with tensor inputs only (what an export engine
+    traces): ``forward(sample (B, T, A), *film)`` with ``film`` one (B, 2 * C_block) row of
+    :meth:`ConditionalUnet1D.film_tables` per block -> eps (B, T, A). Holds ``unet`` itself (same parameters)."""
+
+    def __init__(self, unet: ConditionalUnet1D) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, *film: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, None, film=list(film))

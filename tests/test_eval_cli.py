@@ -55,9 +55,12 @@ def test_eval_verb_on_a_real_checkpoint_and_task(checkpoint, tmp_path, capsys):
     assert s1["task"] == "lift_cube" and s1["n_episodes"] == 3 and s1["policy_forwards"] >= 1
     frame = next(iter(iio.imiter(s1["files"]["videos"][0])))
     assert frame.shape == (32 * 8 + 18, 2 * 256, 3)  # 32 px views enlarged 8x, side by side, over a text strip
+    from s2robot.encoders.engine import openvino_available
+
     assert s1["policy"] == {"checkpoint": str(checkpoint), "step": 1, "trained_task": "lift_cube",
-                            "trained_on": None, "num_inference_steps": 2,
-                            "encoder_engine": "torch"}  # what was evaluated is in every report (auto: a ViT runs torch)
+                            "trained_on": None, "num_inference_steps": 2,  # what was evaluated is in every report:
+                            "encoder_engine": "torch",  # auto: a ViT runs torch
+                            "denoiser_engine": "openvino" if openvino_available() else "torch"}
     for a, b in zip(eps1, eps2):  # N does not change any episode's outcome
         assert (a["episode"], a["seed"], a["length"], a["success"], a["end"]) == \
                (b["episode"], b["seed"], b["length"], b["success"], b["end"])
@@ -91,7 +94,8 @@ def test_eval_overrides_the_ddim_step_count_and_records_it(checkpoint, tmp_path,
         return forward(self, *a, **k)
 
     cfg = compose("eval", [f"checkpoint={checkpoint}", "episodes=1", "n_envs=1", "max_steps=1", "n_videos=0",
-                           f"out={tmp_path / 'e'}", "device=cpu", "num_inference_steps=5", "backend=cpu"])
+                           f"out={tmp_path / 'e'}", "device=cpu", "num_inference_steps=5", "backend=cpu",
+                           "engine=torch"])  # U-Net steps in PyTorch, where they can be counted
     monkeypatch.setattr(ConditionalUnet1D, "forward", counting)  # the policy runs here; env workers step MuJoCo
     assert run(cfg) == 0
     monkeypatch.undo()
@@ -130,7 +134,8 @@ def test_eval_picks_the_encoder_engine_and_records_it(checkpoint, tmp_path):
 
     base = [f"checkpoint={checkpoint}", "episodes=1", "n_envs=1", "max_steps=1", "n_videos=0", "device=cpu"]
     assert run(compose("eval", base + [f"out={tmp_path / 'e'}", "engine=torch"])) == 0
-    assert json.loads((tmp_path / "e" / "summary.json").read_text())["policy"]["encoder_engine"] == "torch"
+    report = json.loads((tmp_path / "e" / "summary.json").read_text())["policy"]
+    assert report["encoder_engine"] == report["denoiser_engine"] == "torch"  # the diffusion U-Net follows it too
     with pytest.raises(SystemExit, match=r"^s2robot eval: engine='fused' supports the torchvision CNN trunks"):
         run(compose("eval", base + ["engine=fused"]))  # the test checkpoint's encoder is a ViT
     with pytest.raises(SystemExit, match=r"^s2robot eval: engine='onnx' is not one of \('auto', 'torch', 'fused', "

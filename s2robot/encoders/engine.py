@@ -187,57 +187,92 @@ def _openvino_core():
 
 
 class _OpenVinoModel:
-    """An OpenVINO float32 CPU model of a frozen backbone: (n, 3, h, w) float32 -> the backbone's output."""
+    """An OpenVINO float32 CPU model of a frozen module: float32 tensors in, the module's first output out.
 
-    def __init__(self, adapter: nn.Module, example: torch.Tensor, threads: int) -> None:
+    ``dynamic`` lists, per input, the dimensions left free (any size, one compiled model; the others keep the
+    example's sizes); ``None`` compiles one model per set of input shapes instead (the last
+    :attr:`MAX_SHAPES` kept): compiling is ~0.1 s once converted, and at the U-Net's small sizes a static model
+    ran a step 2x faster than a dynamic one (1.3 vs 2.7 ms at batch 1), while the encoder trunks ran within 5 %.
+    """
+
+    MAX_SHAPES = 8
+
+    def __init__(self, module: nn.Module, examples: tuple[torch.Tensor, ...], threads: int,
+                 dynamic: tuple[tuple[int, ...], ...] | None) -> None:
         import openvino as ov
 
+        examples = tuple(e[:1].float().contiguous() for e in examples)
         with warnings.catch_warnings():  # convert_model traces with torch.jit.trace, deprecated in torch 2.x
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.trace")
-            model = ov.convert_model(copy.deepcopy(adapter).eval(), example_input=example[:1].float().contiguous())
-        model.reshape([-1, 3, -1, -1])  # any batch and tile size, one compiled model
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
-                  "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = _openvino_core().compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks taken as constants
+            self.model = ov.convert_model(copy.deepcopy(module).eval(),
+                                          example_input=examples[0] if len(examples) == 1 else examples)
+        self.config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
+                       "PERFORMANCE_HINT": "LATENCY"}
+        self.dynamic = dynamic
+        self.requests: collections.OrderedDict[tuple, object] = collections.OrderedDict()
+        if dynamic is not None:
+            self.requests[()] = self._compile([[-1 if d in free else n for d, n in enumerate(e.shape)]
+                                               for e, free in zip(examples, dynamic)])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().float().contiguous().numpy()
-        out = self.request.infer({0: arr}, share_inputs=True)  # outputs are copied out of the request
+    def _compile(self, shapes: list[list[int]]):
+        model = self.model.clone()
+        model.reshape(dict(enumerate(shapes)))
+        return _openvino_core().compile_model(model, "CPU", self.config).create_infer_request()
+
+    def _request(self, arrays: list) -> object:
+        if self.dynamic is not None:
+            return self.requests[()]
+        key = tuple(a.shape for a in arrays)
+        if key in self.requests:
+            self.requests.move_to_end(key)
+        else:
+            self.requests[key] = self._compile([list(k) for k in key])
+            if len(self.requests) > self.MAX_SHAPES:
+                self.requests.popitem(last=False)
+        return self.requests[key]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        arrays = [x.detach().float().contiguous().numpy() for x in inputs]
+        out = self._request(arrays).infer(arrays, share_inputs=True)  # outputs are copied out of the request
         return torch.from_numpy(out[0])
 
 
 class EngineRunner:
-    """Callable (n, 3, h, w) -> backbone output that runs ``adapter`` on ``engine`` (``fused``/``openvino``).
+    """Callable that runs the frozen ``module`` on ``engine`` (``fused``/``openvino``): the same inputs and output.
 
-    Not thread-safe: one caller at a time (OpenVINO keeps one infer request).
+    ``dynamic``: per input, the dimensions whose size may change between calls (OpenVINO compiles one model for
+    all of them); the default, a backbone's (n, 3, h, w) images with any batch and tile size; ``None``, a model
+    per set of input shapes (:class:`_OpenVinoModel`). ``fused`` takes one 4-D input (a conv+BN trunk). Not thread-safe: one caller at a time (OpenVINO keeps one infer request).
     """
 
-    def __init__(self, adapter: nn.Module, engine: str) -> None:
+    def __init__(self, module: nn.Module, engine: str,
+                 dynamic: tuple[tuple[int, ...], ...] | None = ((0, 2, 3),)) -> None:
         if engine not in ("fused", "openvino"):
             raise ValueError(f"EngineRunner runs 'fused' or 'openvino', got {engine!r}")
-        self.adapter, self.engine = adapter, engine
+        self.module, self.engine, self.dynamic = module, engine, dynamic
         self._key: tuple | None = None
         self._tensors: list[torch.Tensor] = []
-        self._run: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._run: Callable[..., torch.Tensor] | None = None
 
     def _current_key(self, x: torch.Tensor) -> tuple:
         """What the compiled form depends on; the tensor list is re-read only when the cheap check fails."""
         return (x.device, len(self._tensors), _weights_state(self._tensors))
 
-    def _build(self, x: torch.Tensor) -> None:
+    def _build(self, inputs: tuple[torch.Tensor, ...]) -> None:
         if self.engine == "fused":
-            self._run = _fuse(self.adapter)
+            self._run = _fuse(self.module)
         else:
-            self._run = _OpenVinoModel(self.adapter, x, torch.get_num_threads())
+            self._run = _OpenVinoModel(self.module, inputs, torch.get_num_threads(), self.dynamic)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs[0]
         if self._key is None or self._current_key(x) != self._key:
             self._run, self._key = None, None
             # parameters and buffers are re-collected: ``.to()`` may have replaced buffer objects
-            self._tensors = list(itertools.chain(self.adapter.parameters(), self.adapter.buffers()))
-            self._build(x)
+            self._tensors = list(itertools.chain(self.module.parameters(), self.module.buffers()))
+            self._build(inputs)
             self._key = self._current_key(x)
         if self.engine == "fused":
             return self._run(x.contiguous(memory_format=torch.channels_last))
-        return self._run(x).to(x.device)
+        return self._run(*inputs).to(x.device)

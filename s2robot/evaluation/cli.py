@@ -13,7 +13,7 @@ from s2robot.device import resolve_device
 from s2robot.evaluation.env_config import env_kwargs_for, match_policy
 from s2robot.evaluation.rollout import eval_seed, evaluate
 from s2robot.policies.diffusion import set_action_steps, set_compiled_denoiser, set_inference_steps
-from s2robot.policies.loading import STATE_FILE, load_policy, read_config, resolve_checkpoint, set_encoder_engine
+from s2robot.policies.loading import STATE_FILE, load_policy, read_config, resolve_checkpoint, set_inference_engine
 
 
 def exit_code(summary: dict[str, Any]) -> int:
@@ -78,15 +78,14 @@ def run(cfg) -> int:
         set_inference_steps(policy, cfg.get("num_inference_steps"))
         set_action_steps(policy, cfg.get("n_action_steps"))
         set_compiled_denoiser(policy, cfg.compile_denoiser)
-        engine = set_encoder_engine(policy, cfg.get("engine"))
+        engines = set_inference_engine(policy, cfg.get("engine"))
     except ValueError as e:
         raise SystemExit(f"s2robot eval: {e}") from None
     env_kwargs = {**match_policy(env_kwargs_for(task_cfg), policy, explicit), **explicit}
     info = checkpoint_info(ckpt)
     if hasattr(policy, "num_inference_steps"):
         info["num_inference_steps"] = policy.num_inference_steps
-    if engine is not None:
-        info["encoder_engine"] = engine
+    info.update(engines)  # encoder_engine, denoiser_engine: what computed this evaluation
     warning = task_mismatch(info, task_cfg["name"])
     if warning:
         print(warning, file=sys.stderr)

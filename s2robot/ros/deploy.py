@@ -115,7 +115,7 @@ class DeployOptions:
     temporal_ensemble: float | str | None = None  # null: the policy's own; m >= 0: ACT; "off": whole chunks
     num_inference_steps: int | None = None  # diffusion policies: DDIM steps per chunk (null: the checkpoint's)
     compile_denoiser: bool = False  # diffusion policies: torch.compile the denoiser (the first chunk compiles)
-    engine: str | None = None  # the frozen encoder's engine (null: auto); speed only, same tokens
+    engine: str | None = None  # the frozen encoder's and the U-Net denoiser's engine (null: auto); speed only
     reconnect_timeout_s: float = 10.0
     input_timeout_s: float = 10.0
     sim_realtime: bool = False
@@ -282,7 +282,7 @@ def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
     # Imported on use: deployment and the ROS transports stay importable (and testable) without torch.
     from s2robot.device import resolve_device
     from s2robot.policies.diffusion import DiffusionPolicy, set_action_steps, set_compiled_denoiser, set_inference_steps
-    from s2robot.policies.loading import load_policy, set_encoder_engine
+    from s2robot.policies.loading import load_policy, set_inference_engine
 
     try:
         device = resolve_device(opts.device)
@@ -294,7 +294,7 @@ def _load_policy(opts: DeployOptions, robot_cfg: RobotConfig):
         if isinstance(policy, DiffusionPolicy):  # it denoises a whole horizon: the chunk may also grow
             set_action_steps(policy, opts.n_action_steps)
         check_policy_matches(policy, robot_cfg)
-        set_encoder_engine(policy, opts.engine)
+        set_inference_engine(policy, opts.engine)
         compile_s = set_compiled_denoiser(policy, opts.compile_denoiser, warm_up_batch=1)
     except ValueError as e:
         raise SystemExit(f"s2robot deploy: {e}") from None
