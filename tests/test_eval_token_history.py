@@ -148,3 +148,32 @@ def test_deployment_policy_adapter_encodes_each_frame_once():
         np.testing.assert_allclose(fast.predict(history), plain.predict(history), atol=1e-5)
     assert count.frames == 2 * 6  # 6 distinct frames per camera, each encoded once (not 3 x 4 ticks x 2)
     assert plain.token_cache is None
+
+
+def test_deployment_warm_up_builds_engines_before_the_first_tick():
+    """``TorchPolicy.warm_up`` (run by ``s2robot deploy`` before connecting) runs one chunk on blank frames of the
+    policy's keys and the robot's image size: the diffusion U-Net's engine exists afterwards, nothing of the blank
+    frames stays in the token cache, and the next chunk on real frames is the same as without a warm-up."""
+    from s2robot.deploy.control_loop import TorchPolicy
+    from s2robot.policies import build_policy
+    from s2robot.policies.base import ShapeMeta
+
+    enc = build_encoder("vit_tiny_test")
+    meta = ShapeMeta(cameras=["front"], proprio_dim=4, action_dim=2, image_shape=[8, 8, 3],
+                     token_shape=[enc.num_tokens, enc.out_dim])
+    torch.manual_seed(0)
+    policy = build_policy(copy.deepcopy(TINY_POLICIES["diffusion_unet"]), meta, encoder=enc).eval()
+    cold, warm = TorchPolicy(policy), TorchPolicy(policy)
+    rng = np.random.default_rng(0)
+    history = [{"front_image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+                "proprio": rng.normal(size=4).astype(np.float32)} for _ in range(policy.n_obs_steps)]
+    torch.manual_seed(1)
+    expected = cold.predict(history)
+    policy._denoiser_runner = None  # as loaded: nothing built yet
+    assert warm.warm_up((8, 8)) > 0
+    if policy.denoiser_engine_in_use() == "openvino":
+        assert policy._denoiser_runner is not None and policy._denoiser_runner._run is not None
+    assert len(warm.token_cache._cache) == 0
+    torch.manual_seed(1)
+    np.testing.assert_allclose(warm.predict(history), expected, atol=1e-5)
+    assert TorchPolicy(policy).warm_up(None) == 0.0  # image sizes unknown: nothing to warm up on

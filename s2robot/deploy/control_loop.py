@@ -88,6 +88,24 @@ class TorchPolicy:
         if hasattr(self.policy, "reset"):
             self.policy.reset()
 
+    def warm_up(self, image_size: tuple[int, int] | None) -> float:
+        """One chunk on blank observations of the policy's own keys and sizes (``image_size`` (H, W) for its
+        cameras), before any robot is driven: what builds on first use (the OpenVINO encoder and U-Net models,
+        ``torch.compile``) does it here instead of inside the first episode's first tick. Leaves no trace (token
+        cache cleared, policy reset). Returns the seconds it took."""
+        policy = self.policy
+        frame = {k: np.zeros(policy.lowdim_dim(k), np.float32) for k in policy.obs_keys if not k.endswith("_image")}
+        if any(k.endswith("_image") for k in policy.obs_keys):
+            if image_size is None:
+                return 0.0  # sizes unknown: the first real frame builds the engines
+            frame.update({k: np.zeros((*image_size, 3), np.uint8) for k in policy.obs_keys if k.endswith("_image")})
+        t0 = time.monotonic()
+        self.predict([frame] * self.n_obs_steps)
+        if self.token_cache is not None:
+            self.token_cache.clear()
+        self.reset()
+        return time.monotonic() - t0
+
     def predict(self, history):
         torch = self.torch
         arrays = {k: np.stack([h[k] for h in history])[None] for k in history[-1]}

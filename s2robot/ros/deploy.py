@@ -312,6 +312,8 @@ def run(cfg) -> int:
     image_size = robot_cfg.image_size or (meta.image_shape[:2] if meta is not None and meta.image_shape else None)
     robot = build_robot(robot_cfg, dry_run=opts.dry_run, image_size=image_size, publish=not opts.check)
     torch_policy = TorchPolicy(policy, device, opts.n_action_steps)
+    warm_s = torch_policy.warm_up(tuple(image_size) if image_size else None)  # engines build now, not in tick 1
+    LOG.info("policy warmed up in %.1f s (engines built before connecting)", warm_s)
     if opts.check:
         return _run_check(robot, robot_cfg, torch_policy, opts)
     loop_cfg = LoopConfig(rate_hz=robot_cfg.rate_hz, max_steps=opts.max_steps,
