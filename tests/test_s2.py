@@ -200,6 +200,29 @@ def test_fast_resize_same_tokens_and_only_without_gradients():
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
 
 
+@pytest.mark.parametrize("kind", ["maps", "tokens"])
+def test_channels_last_maps_same_tokens_contiguous(kind):
+    """``channels_last=True`` stitches, pools and concatenates in channels-last memory: the same tokens (within
+    float32 rounding) for a conv model (maps) and a ViT (tokens, prefix kept), at scales 1-3 and an explicit grid,
+    and the tokens come out contiguous (no copy left for their readers)."""
+    torch.manual_seed(0)
+    if kind == "maps":
+        conv = torch.nn.Conv2d(3, 16, 8, stride=8)
+        model, prefix = (lambda t: conv(t)), 0
+    else:
+        model, prefix = tiny_vit().forward_features, 1
+    x = _images()
+    for kw in (dict(scales=(1, 2)), dict(scales=(1, 2, 3)), dict(scales=(1, 2), output_grid=2)):
+        with torch.no_grad():
+            ref = s2_forward(model, x, num_prefix=prefix, output="tokens", **kw)
+            got = s2_forward(model, x, num_prefix=prefix, output="tokens", channels_last=True, **kw)
+        assert got.shape == ref.shape and (got - ref).abs().max().item() < 1e-5, kw
+        assert kind == "tokens" or got.is_contiguous()
+    tiles = torch.randn(4 * 3, 5, 2, 3)
+    assert torch.equal(merge_tiles(tiles, 2, 2, channels_last=True), merge_tiles(tiles, 2, 2))
+    assert merge_tiles(tiles, 2, 2, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
 # ------------------------------------------------------------------------------------------------------ errors
 def test_error_non_4d():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):

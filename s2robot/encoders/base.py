@@ -316,7 +316,8 @@ class S2Encoder(nn.Module):
             tokens = s2_forward(model, x, scales=self.scales, max_split_size=self.max_split_size,
                                 num_prefix=self.num_prefix_model, output="tokens", max_batch=self.max_batch,
                                 output_index=self.grid_scale,
-                                batch_scales=engine != "torch", fast_resize=engine != "torch")
+                                batch_scales=engine != "torch", fast_resize=engine != "torch",
+                                channels_last=engine != "torch")
         if self.num_prefix_model and not self.use_prefix:
             tokens = tokens[:, self.num_prefix_model:]
         return tokens.float()
