@@ -212,6 +212,25 @@ def test_small_store_reduces_the_full_tokens_then_drops_them(tmp_path, reduced_s
     assert all(np.array_equal(got[0][c], want[0][c]) for c in CAMERAS)
 
 
+def test_a_finished_reduced_cache_is_not_encoded_again(tmp_path, monkeypatch):
+    """Rerunning the cache (``make demo`` on an existing out, ``s2robot cache ... token_dim=K`` twice) on a small
+    store whose full tokens were deleted after reducing: the complete reduced set is the answer, no frame encoded;
+    another width has no complete set, so that one encodes."""
+    from s2robot.datasets import feature_cache
+    from s2robot.encoders import build_encoder
+
+    store = make_store(tmp_path / "small.zarr")
+    enc = build_encoder(**TINY_ENCODER)
+    key = feature_cache.cache_features(store, enc, device="cpu", progress=False, token_dim=8)
+    before = _read_set(store, key)
+    monkeypatch.setattr(feature_cache, "_encode_batch", lambda *a, **k: pytest.fail("encoded again"))
+    assert feature_cache.cache_features(store, enc, device="cpu", progress=False, token_dim=8) == key
+    after = _read_set(store, key)
+    assert after[1] == before[1] and all(np.array_equal(after[0][c], before[0][c]) for c in CAMERAS)
+    with pytest.raises(BaseException, match="encoded again"):  # another width is not done: it encodes
+        feature_cache.cache_features(store, enc, device="cpu", progress=False, token_dim=4)
+
+
 def test_interrupted_reduced_cache_resumes_with_its_projection(tmp_path, monkeypatch):
     from s2robot.datasets import feature_cache
     from s2robot.encoders import build_encoder
