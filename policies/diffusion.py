@@ -9,10 +9,10 @@ steps from Gaussian noise drawn row-wise (per-row generators when given); the ex
 
 How the U-Net's denoising steps are computed at inference (speed only, same weights, eps within float32 rounding):
 ``denoiser_engine`` (:func:`set_denoiser_engine`, the eval/deploy ``engine`` key) ``auto`` runs them through
-OpenVINO on the CPU where it is installed (:class:`~s2robot.encoders.engine.EngineRunner`, converted on the first
-chunk, ~2 s, and again after the weights change; ~0.1 s for each new batch size), in PyTorch otherwise. Opt-in for long-lived inference
-(deployment, long evaluations): :func:`set_compiled_denoiser` runs the denoiser through ``torch.compile``, which
-then takes precedence.
+OpenVINO on the CPU where it is installed (:class:`~s2robot.encoders.engine.EngineRunner`: converted on the first
+chunk, ~2 s, and again after the weights change; compiled for each new batch size, ~0.1 s), in PyTorch otherwise.
+Opt-in for long-lived inference (deployment, long evaluations): :func:`set_compiled_denoiser` runs the denoiser
+through ``torch.compile``, which then takes precedence.
 """
 
 from __future__ import annotations
