@@ -243,7 +243,8 @@ class EngineRunner:
 
     ``dynamic``: per input, the dimensions whose size may change between calls (OpenVINO compiles one model for
     all of them); the default, a backbone's (n, 3, h, w) images with any batch and tile size; ``None``, a model
-    per set of input shapes (:class:`_OpenVinoModel`). ``fused`` takes one 4-D input (a conv+BN trunk). Not thread-safe: one caller at a time (OpenVINO keeps one infer request).
+    per set of input shapes (:class:`_OpenVinoModel`). ``fused`` takes one 4-D input (a conv+BN trunk).
+    Not thread-safe: one caller at a time (OpenVINO keeps one infer request per compiled model).
     """
 
     def __init__(self, module: nn.Module, engine: str,
