@@ -111,9 +111,7 @@ def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int
     env = make_env(task, image_size=image_size)
     clock = RenderClock(env)
     first, _ = env.reset(seed=seed)  # warm-up: the GL context and renderer are created on the first render
-    warm = {k: torch.from_numpy(np.stack([first[k]] * policy.n_obs_steps))[None].to(device) for k in first}
-    with torch.inference_mode(), autocast_for(torch.device(device)):
-        policy.predict_action(warm)  # warm-up: encoder engines are built on first use
+    _chunk_on(policy, first, 1, device)  # warm-up: encoder engines are built on first use
     t_env = t_policy = t_render = 0.0
     steps = 0
     n_obs = policy.n_obs_steps
@@ -147,17 +145,23 @@ def sequential(policy, task: str, image_size: int, episodes: int, max_steps: int
             "render": t_render / wall, "policy": t_policy / wall}
 
 
+def _chunk_on(policy, first: dict, n: int, device: str) -> None:
+    """One chunk at batch ``n`` on observation ``first`` repeated over the history and the batch (a warm-up)."""
+    from s2robot.device import autocast_for
+
+    obs = {k: torch.from_numpy(np.stack([np.stack([first[k]] * policy.n_obs_steps)] * n)).to(device) for k in first}
+    with torch.inference_mode(), autocast_for(torch.device(device)):
+        policy.predict_action(obs)
+
+
 def _warm_up(policy, task: str, image_size: int, n: int, device: str) -> None:
     """One chunk at batch ``n`` on a reset observation (OpenVINO compiles a U-Net model per batch size, ~0.1 s)."""
-    from s2robot.device import autocast_for
     from s2robot.envs import make_env
 
     env = make_env(task, image_size=image_size)
     first, _ = env.reset(seed=0)
     env.close()
-    obs = {k: torch.from_numpy(np.stack([np.stack([first[k]] * policy.n_obs_steps)] * n)).to(device) for k in first}
-    with torch.inference_mode(), autocast_for(torch.device(device)):
-        policy.predict_action(obs)
+    _chunk_on(policy, first, n, device)
 
 
 def batched(policy, task: str, image_size: int, n: int, episodes: int, max_steps: int, device: str = "cpu",

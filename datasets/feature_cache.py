@@ -134,9 +134,10 @@ def cache_features(
     store = EpisodeStore.open(path, mode="a")
     try:  # an interrupted run keeps every finished batch (``progress``) and releases the store
         plan = _plan(store, encoder, cameras, batch_size, pool_grid, augment)
-        if token_dim and not keep_unreduced and "features" in store.group and set_is_complete(
-                store.group["features"], reduced_key(plan.key, int(token_dim)), plan.cams, store.n_steps):
-            return reduced_key(plan.key, int(token_dim))  # done before: the full tokens were deleted, not needed
+        done = reduced_key(plan.key, int(token_dim)) if token_dim and not keep_unreduced else None
+        if done and "features" in store.group and set_is_complete(store.group["features"], done, plan.cams,
+                                                                   store.n_steps):
+            return done  # reduced before: its full tokens were deleted and are not needed
         had_full = "features" in store.group and plan.key in store.group["features"]
         # the fit sample is encoded twice on the direct path: where it is most of the store (a small one), the
         # full tokens are written instead, reduced, and then deleted (unless kept)

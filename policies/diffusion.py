@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
-from s2robot.encoders.engine import EngineRunner, check_engine, openvino_unavailable_reason
+from s2robot.encoders.engine import EngineRunner, check_engine, openvino_unavailable_reason, require_openvino
 from s2robot.policies.action_queue import check_ensemble_coefficient
 from s2robot.policies.base import BasePolicy, ShapeMeta, randn_rows
 from s2robot.policies.transformer_denoiser import TransformerDenoiser
@@ -283,11 +283,6 @@ def set_denoiser_engine(policy: nn.Module, engine: str | None) -> str | None:
     if engine is not None:
         engine = check_engine(str(engine))
         if engine == "openvino":
-            device = next(policy.denoiser.parameters()).device
-            reason = openvino_unavailable_reason()
-            if reason is None and device.type != "cpu":
-                reason = f"engine='openvino' runs on the CPU, but the policy is on {device}"
-            if reason:
-                raise ValueError(reason)
+            require_openvino(next(policy.denoiser.parameters()).device, "the policy")
         policy.denoiser_engine = engine
     return policy.denoiser_engine_in_use()

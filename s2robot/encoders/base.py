@@ -306,8 +306,9 @@ class S2Encoder(nn.Module):
         """Multiscale tokens float32 (B, num_tokens, out_dim); gradients flow only if not frozen."""
         x = self.preprocess(images)
         engine = self.engine_in_use
+        fast = engine != "torch"  # the engines' CPU forms of the S2 glue too (same tokens within rounding)
         model = self.adapter
-        if engine != "torch":
+        if fast:
             if self._runner is None or self._runner.engine != engine:
                 self._runner = EngineRunner(self.adapter, engine)
             model, x = self._runner, x.contiguous()  # contiguous: the fast bicubic kernel for the upscaled tiles
@@ -316,8 +317,7 @@ class S2Encoder(nn.Module):
             tokens = s2_forward(model, x, scales=self.scales, max_split_size=self.max_split_size,
                                 num_prefix=self.num_prefix_model, output="tokens", max_batch=self.max_batch,
                                 output_index=self.grid_scale,
-                                batch_scales=engine != "torch", fast_resize=engine != "torch",
-                                channels_last=engine != "torch")
+                                batch_scales=fast, fast_resize=fast, channels_last=fast)
         if self.num_prefix_model and not self.use_prefix:
             tokens = tokens[:, self.num_prefix_model:]
         return tokens.float()

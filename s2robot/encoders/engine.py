@@ -65,6 +65,16 @@ def openvino_available() -> bool:
     return openvino_unavailable_reason() is None
 
 
+def require_openvino(device: torch.device, what: str) -> None:
+    """Raise ValueError (one line) where an explicit ``engine='openvino'`` cannot run ``what`` (e.g. "the encoder"),
+    which sits on ``device``: not on the CPU, OpenVINO not installed or switched off."""
+    if device.type != "cpu":
+        raise ValueError(f"engine='openvino' runs on the CPU, but {what} is on {device}")
+    reason = openvino_unavailable_reason()
+    if reason:
+        raise ValueError(reason)
+
+
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not one of {ENGINES}")
@@ -87,11 +97,7 @@ def resolve_engine(engine: str, adapter: nn.Module, trainable: str, device: torc
         raise ValueError(f"engine={engine!r} supports the torchvision CNN trunks (resnet18, mobilenet_v2) and "
                          f"efficientnet_lite* only; use engine='torch' or 'auto' for {type(adapter).__name__}")
     if engine == "openvino":
-        if device.type != "cpu":
-            raise ValueError(f"engine='openvino' runs on the CPU, but the encoder is on {device}")
-        reason = openvino_unavailable_reason()
-        if reason:
-            raise ValueError(reason)
+        require_openvino(device, "the encoder")
     return engine
 
 
