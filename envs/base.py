@@ -25,7 +25,7 @@ from . import robot
 from .rendering import CameraRenderer
 from .tasks import StateArrays, Task, get_task
 
-KNOWN_CAMERAS = ("front", "wrist", "wrist_back")
+KNOWN_CAMERAS = ("front", "overhead", "wrist", "wrist_back")
 
 
 def _image_hw(image_size) -> tuple[int, int]:

@@ -234,6 +234,23 @@ def test_wrist_back_camera_sees_the_base_cube_during_the_carry_more_often_than_w
     assert frac["wrist_back"] >= frac["wrist"] + 0.05, frac
 
 
+def test_overhead_camera_shows_the_push_t_block_larger_than_front():
+    """``overhead`` looks down at 65 deg onto the table's middle 0.5 m square, so push_t's T covers about twice the
+    pixels it covers in ``front`` (which frames the whole table from further away and lower)."""
+    e = make_env("push_t", image_size=SIZE, cameras=("front", "overhead"))
+    ratios = []
+    for seed in range(4):
+        obs, _ = e.reset(seed=seed)
+        area = {}
+        for cam in ("front", "overhead"):
+            im = obs[f"{cam}_image"].astype(int)
+            area[cam] = int(((im[..., 2] - im[..., 0]) > 25).sum())  # the T is the only blue-grey object
+        assert area["front"] >= 10, area
+        ratios.append(area["overhead"] / area["front"])
+    e.close()
+    assert min(ratios) >= 1.6, ratios
+
+
 def test_gl_backend_selection_names_missing_libraries(monkeypatch):
     from s2robot.envs import rendering
 
