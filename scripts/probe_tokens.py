@@ -1,6 +1,6 @@
 """How well do cached frozen tokens locate the object? A perception-only probe for diagnosing vision policies.
 
-    python scripts/probe_tokens.py STORE [--feature-key HASH] [--cameras front wrist] [--steps 1500] [--object K] [--within M]
+    python scripts/probe_tokens.py STORE [--feature-key HASH] [--cameras front wrist] [--steps 1500] [--object K] [--within M] [--yaw]
 
 Trains the policies' own token pooler (``TokenPooler``, attention pooling) + a small MLP on the cached tokens of
 one frame to predict object ``K``'s position relative to the end effector (``state[5K:5K+3] - proprio[:3]``: the
@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--object", type=int, default=0, help="which object's position to predict (0: the first)")
     ap.add_argument("--within", type=float, default=None,
                     help="only frames where the object is within this xy distance (m) of the end effector")
+    ap.add_argument("--yaw", action="store_true",
+                    help="also predict the object's yaw (cos, sin) and print the held-out angle error (push_t's T)")
     ap.add_argument("--detail", action="store_true", help="classify the goal object's x-rank instead (see above)")
     ap.add_argument("--folds", type=int, default=1,
                     help="--detail: k-fold cross-validation over episodes (every episode held out once)")
@@ -72,7 +74,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"--object {args.object}: the state ({state.shape[1]} values) holds "
                              f"{state.shape[1] // STATE_PER_OBJECT} objects of {STATE_PER_OBJECT} values")
         pos = state[:, lo:lo + 3]
-        target = torch.from_numpy((pos - np.asarray(store.array("proprio")[:n, :3])).astype(np.float32))
+        rel = pos - np.asarray(store.array("proprio")[:n, :3])
+        if args.yaw:  # + [cos yaw, sin yaw] of the object (STATE_PER_OBJECT = x, y, z, cos, sin)
+            rel = np.concatenate([rel, state[:, lo + 3:lo + 5]], axis=1)
+        target = torch.from_numpy(rel.astype(np.float32))
     train_eps, val_eps = split_episodes(store.n_episodes, 0.2, args.seed)
     ends = store.episode_ends
     starts = ends - store.episode_lengths
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     cfg = ConditioningConfig(d_model=args.d_model)
     N, D = tokens[cams[0]].shape[1:]
     poolers = nn.ModuleList(TokenPooler(cfg, N, D) for _ in cams)
-    head = nn.Sequential(nn.Linear(len(cams) * cfg.num_queries * cfg.d_model, 256), nn.GELU(), nn.Linear(256, 3))
+    head = nn.Sequential(nn.Linear(len(cams) * cfg.num_queries * cfg.d_model, 256), nn.GELU(), nn.Linear(256, target.shape[1]))
     params = list(poolers.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
 
@@ -121,12 +126,18 @@ def main(argv=None) -> int:
     with torch.no_grad():
         err = predict(va) * sd + mu - target[va]
         base = target[va] - mu  # predicting the training mean
-    rmse = (err ** 2).mean(0).sqrt() * 1000
+    rmse = (err[:, :3] ** 2).mean(0).sqrt() * 1000
+    yaw = ""
+    if args.yaw:
+        pred = err + target[va]
+        dyaw = torch.atan2(pred[:, 4], pred[:, 3]) - torch.atan2(target[va][:, 4], target[va][:, 3])
+        dyaw = torch.rad2deg(torch.atan2(torch.sin(dyaw), torch.cos(dyaw))).abs()
+        yaw = f"; yaw error median {dyaw.median():.1f} deg, RMS {dyaw.pow(2).mean().sqrt():.1f} deg"
     where = "" if args.within is None else f" (object within {args.within * 1000:.0f} mm xy)"
-    base_rmse = (base ** 2).mean(0).sqrt() * 1000
+    base_rmse = (base[:, :3] ** 2).mean(0).sqrt() * 1000
     print(f"probe {args.store} features/{key} cameras {cams} tokens {N}x{D} object {args.object}: held-out RMSE x/y/z "
           f"{rmse[0]:.1f}/{rmse[1]:.1f}/{rmse[2]:.1f} mm (mean predictor {base_rmse[0]:.1f}/{base_rmse[1]:.1f}/"
-          f"{base_rmse[2]:.1f} mm), {len(tr)} train / {len(va)} val frames{where}, {time.perf_counter() - t0:.0f} s")
+          f"{base_rmse[2]:.1f} mm){yaw}, {len(tr)} train / {len(va)} val frames{where}, {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -20,17 +20,19 @@ def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("probe") / "s.zarr"
     rng = np.random.default_rng(0)
     s = EpisodeStore.create(path, attrs={"task": "toy", "fps": 10, "cameras": ["front"]})
-    rel1 = []
+    rel1, yaw1 = [], []
     for _ in range(EPISODES):
         state = rng.uniform(-0.1, 0.1, (T, 10)).astype(np.float32)  # two objects x [x, y, z, cos, sin]
         proprio = rng.uniform(-0.1, 0.1, (T, 4)).astype(np.float32)
         rel1.append(state[:, 5:8] - proprio[:, :3])
+        yaw1.append(state[:, 8:10])  # object 1's (cos, sin): the tokens carry its direction too
         s.append_episode({"front_image": np.zeros((T, 4, 4, 3), np.uint8), "proprio": proprio, "state": state,
                           "action": np.zeros((T, 2), np.float32), "reward": np.zeros(T, np.float32),
                           "success": np.zeros(T, bool)})
     rel1 = np.concatenate(rel1)
     tokens = rng.normal(0, 0.05, (len(rel1), N, D)).astype(np.float32)
     tokens[:, :, :3] += rel1[:, None] * 10  # the tokens know object 1 relative to the end effector, not object 0
+    tokens[:, :, 3:5] += np.concatenate(yaw1)[:, None] * 10
     s.group.require_group("features/k").create_array("front", data=tokens.astype(np.float16))
     s.close()
     return path
@@ -52,6 +54,23 @@ def test_probe_learns_the_object_the_tokens_encode(store, capsys):
     assert probe.main(args + ["--object", "0"]) == 0
     err0, base0 = _rmse(capsys.readouterr().out)
     assert np.all(err0 > 0.8 * base0), (err0, base0)
+
+
+def _yaw_median(out: str) -> float:
+    m = re.search(r"yaw error median ([\d.]+) deg", out)
+    assert m, out
+    return float(m.group(1))
+
+
+def test_yaw_probe_learns_the_direction_the_tokens_encode(store, capsys):
+    """``--yaw`` adds (cos, sin) of the object's yaw to the target and prints the held-out angle error."""
+    probe = load_script(ROOT / "scripts" / "probe_tokens.py")
+    args = [str(store), "--feature-key", "k", "--steps", "1000", "--yaw"]
+    assert probe.main(args + ["--object", "1"]) == 0
+    known = _yaw_median(capsys.readouterr().out)
+    assert probe.main(args + ["--object", "0"]) == 0
+    unknown = _yaw_median(capsys.readouterr().out)
+    assert known < 25 and unknown > 50, (known, unknown)
 
 
 def test_within_keeps_near_frames_and_bad_object_is_one_line(store, capsys):
