@@ -128,12 +128,12 @@ def main(argv=None) -> int:
         loss.backward()
         opt.step()
     with torch.no_grad():
-        err = predict(va) * sd + mu - target[va]
+        pred = predict(va) * sd + mu
+        err = pred - target[va]
         base = target[va] - mu  # predicting the training mean
     rmse = (err[:, :3] ** 2).mean(0).sqrt() * 1000
     yaw = ""
     if args.yaw:
-        pred = err + target[va]
         dyaw = torch.atan2(pred[:, 4], pred[:, 3]) - torch.atan2(target[va][:, 4], target[va][:, 3])
         dyaw = torch.rad2deg(torch.atan2(torch.sin(dyaw), torch.cos(dyaw))).abs()
         yaw = f"; yaw error median {dyaw.median():.1f} deg, RMS {dyaw.pow(2).mean().sqrt():.1f} deg"
