@@ -8,6 +8,9 @@ sent through the frozen encoder held here (under ``torch.no_grad``; an encoder b
 - ``"attention"``: K learned queries cross-attend to the projected tokens (+ learned position embedding).
 - ``"transformer"``: a small pre-norm transformer over [K learned queries; tokens]; the K query outputs are kept.
 - ``"mean"``: the baseline that drops the spatial grid — mean over the grid tokens, then LayerNorm + Linear (K=1).
+- ``"keypoints"``: robomimic's ``SpatialSoftmax`` over the square token grid (prefix tokens dropped): a 1x1
+  projection of the LayerNorm-ed tokens to ``num_keypoints`` heat maps, each turned into its expected (x, y) in
+  [-1, 1], then Linear(2 * num_keypoints -> K * d_model). Sub-cell positions, for fine (stride-8/16) token maps.
 
 Proprio becomes one more token, and so does the optional privileged ``state`` (object poses, goal). The output is
 (B, T_obs, M, d_model) with M = n_cameras * K + [proprio] + [state]. A policy may have no cameras at all (a
@@ -32,12 +35,12 @@ from torch import nn
 
 from s2robot.device import autocast_for
 from s2robot.policies.base import ShapeMeta
-from s2robot.policies.resnet_baseline import ResNetImageEncoder
+from s2robot.policies.resnet_baseline import ResNetImageEncoder, robomimic_spatial_softmax
 from s2robot.tokens import CACHE_DTYPES, TokenProjection, tokens_as_cached
 
 __all__ = ["ConditioningConfig", "ObsConditioner", "TokenPooler"]
 
-POOLINGS = ("attention", "transformer", "mean")
+POOLINGS = ("attention", "transformer", "mean", "keypoints")
 BACKBONES = ("tokens", "resnet18")
 
 
@@ -46,8 +49,9 @@ class ConditioningConfig:
     """Options of :class:`ObsConditioner` (``policy.obs`` in the hydra config)."""
 
     backbone: str = "tokens"  # "tokens": frozen encoder tokens / cached features; "resnet18": trainable baseline
-    pooling: str = "attention"  # "attention" | "transformer" | "mean"
-    num_queries: int = 4  # K learned queries per camera (attention / transformer)
+    pooling: str = "attention"  # "attention" | "transformer" | "mean" | "keypoints"
+    num_queries: int = 4  # K learned queries per camera (attention / transformer); K output tokens (keypoints)
+    num_keypoints: int = 32  # spatial-softmax keypoints per camera (keypoints)
     d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2  # token-transformer depth
@@ -64,7 +68,7 @@ class ConditioningConfig:
             raise ValueError(f"policy.obs.backbone={self.backbone!r} is not one of {BACKBONES}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"policy.obs.pooling={self.pooling!r} is not one of {POOLINGS}")
-        for name in ("num_queries", "d_model", "n_heads", "n_layers", "resnet_num_kp", "resnet_gn_group_size"):
+        for name in ("num_queries", "num_keypoints", "d_model", "n_heads", "n_layers", "resnet_num_kp", "resnet_gn_group_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"policy.obs.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
@@ -104,6 +108,9 @@ class TokenPooler(nn.Module):
         self.num_prefix = int(num_prefix)
         d = cfg.d_model
         self.norm_in = nn.LayerNorm(token_dim)
+        if self.mode == "keypoints":
+            self._init_keypoints(cfg, num_tokens, token_dim)
+            return
         self.proj = nn.Linear(token_dim, d)
         if self.mode == "mean":
             return
@@ -121,7 +128,26 @@ class TokenPooler(nn.Module):
             self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm_out = nn.LayerNorm(d)
 
+    def _init_keypoints(self, cfg: ConditioningConfig, num_tokens: int, token_dim: int) -> None:
+        side = int(round((num_tokens - self.num_prefix) ** 0.5))
+        if side * side != num_tokens - self.num_prefix or side < 2:
+            raise ValueError(f"policy.obs.pooling=keypoints needs a square token grid of at least 2x2, got "
+                             f"{num_tokens - self.num_prefix} grid tokens (+{self.num_prefix} prefix)")
+        self.side, self.num_out = side, cfg.num_queries
+        self.keypoints = robomimic_spatial_softmax(input_shape=(token_dim, side, side), num_kp=cfg.num_keypoints)
+        self.kp_proj = nn.Linear(2 * cfg.num_keypoints, cfg.num_queries * cfg.d_model)
+        self.norm_out = nn.LayerNorm(cfg.d_model)
+
+    def _pool_keypoints(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, P + s*s, D) -> (B, K, d_model): expected (x, y) of each keypoint's heat map, projected."""
+        grid = self.norm_in(tokens[:, self.num_prefix :])
+        B, _, D = grid.shape
+        kp = self.keypoints(grid.transpose(1, 2).reshape(B, D, self.side, self.side))  # (B, num_kp, 2)
+        return self.norm_out(self.kp_proj(kp.flatten(1)).view(B, self.num_out, -1))
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.mode == "keypoints":
+            return self._pool_keypoints(tokens)
         if self.mode == "mean":
             grid = tokens[:, self.num_prefix :] if tokens.shape[1] > self.num_prefix else tokens
             return self.proj(self.norm_in(grid.mean(dim=1, keepdim=True)))

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ResNetImageEncoder", "replace_batchnorm_with_groupnorm"]
+__all__ = ["ResNetImageEncoder", "replace_batchnorm_with_groupnorm", "robomimic_spatial_softmax"]
 
 
 def _robomimic():
@@ -26,6 +26,11 @@ def _robomimic():
         from robomimic.models.base_nets import ResNet18Conv, SpatialSoftmax
         from robomimic.models.obs_core import CropRandomizer
     return ResNet18Conv, SpatialSoftmax, CropRandomizer
+
+
+def robomimic_spatial_softmax(input_shape: Sequence[int], num_kp: int) -> nn.Module:
+    """robomimic's ``SpatialSoftmax``: (B, C, H, W) maps -> (B, num_kp, 2) expected keypoint positions in [-1, 1]."""
+    return _robomimic()[1](input_shape=list(input_shape), num_kp=int(num_kp))
 
 
 def replace_batchnorm_with_groupnorm(module: nn.Module, group_size: int = 16) -> nn.Module:

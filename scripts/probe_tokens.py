@@ -1,7 +1,7 @@
 """How well do cached frozen tokens locate the object? A perception-only probe for diagnosing vision policies.
 
     python scripts/probe_tokens.py STORE [--feature-key HASH] [--cameras front wrist] [--steps 1500] [--object K]
-                                         [--within M] [--yaw]
+                                         [--within M] [--yaw] [--pooling keypoints]
 
 Trains the policies' own token pooler (``TokenPooler``, attention pooling) + a small MLP on the cached tokens of
 one frame to predict object ``K``'s position relative to the end effector (``state[5K:5K+3] - proprio[:3]``: the
@@ -10,7 +10,8 @@ the store needs the privileged ``state``: collect with ``task.env_kwargs.state_o
 episodes, and prints the held-out RMSE per axis in millimetres. A scripted grasp needs ~5 mm; a probe that cannot
 get near that says the tokens (not the policy head, control or data) limit an image policy. ``--yaw`` adds the
 object's (cos yaw, sin yaw) to the target and prints the held-out angle error (push_t's T: 0.95 coverage needs
-~2-3 mm and ~2 deg).
+~2-3 mm and ~2 deg). ``--pooling``: the pooler's mode (``policy.obs.pooling``; ``keypoints``: spatial-softmax
+keypoints, for fine token grids).
 
 ``--detail``: instead, classify which object is the goal (the one-hot at the end of ``state``, as in
 ``push_marked`` and ``match_marker``) by its left-to-right rank in the image (rank of its x among the objects'),
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
                     help="only frames where the object is within this xy distance (m) of the end effector")
     ap.add_argument("--yaw", action="store_true",
                     help="also predict the object's yaw (cos, sin) and print the held-out angle error (push_t's T)")
+    ap.add_argument("--pooling", default="attention", help="the token pooler's mode (policy.obs.pooling)")
     ap.add_argument("--detail", action="store_true", help="classify the goal object's x-rank instead (see above)")
     ap.add_argument("--folds", type=int, default=1,
                     help="--detail: k-fold cross-validation over episodes (every episode held out once)")
@@ -108,9 +110,10 @@ def main(argv=None) -> int:
         return 0
     mu, sd = target[tr].mean(0), target[tr].std(0)
 
-    cfg = ConditioningConfig(d_model=args.d_model)
+    cfg = ConditioningConfig(d_model=args.d_model, pooling=args.pooling)
     N, D = tokens[cams[0]].shape[1:]
-    poolers = nn.ModuleList(TokenPooler(cfg, N, D) for _ in cams)
+    num_prefix = int(feats[key].attrs.get("num_prefix", 0))
+    poolers = nn.ModuleList(TokenPooler(cfg, N, D, num_prefix) for _ in cams)
     head = nn.Sequential(nn.Linear(len(cams) * cfg.num_queries * cfg.d_model, 256), nn.GELU(),
                          nn.Linear(256, target.shape[1]))
     params = list(poolers.parameters()) + list(head.parameters())
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
         yaw = f"; yaw error median {dyaw.median():.1f} deg, RMS {dyaw.pow(2).mean().sqrt():.1f} deg"
     where = "" if args.within is None else f" (object within {args.within * 1000:.0f} mm xy)"
     base_rmse = (base[:, :3] ** 2).mean(0).sqrt() * 1000
-    print(f"probe {args.store} features/{key} cameras {cams} tokens {N}x{D} object {args.object}: held-out RMSE x/y/z "
+    print(f"probe {args.store} features/{key} cameras {cams} tokens {N}x{D} {args.pooling} object {args.object}: held-out RMSE x/y/z "
           f"{rmse[0]:.1f}/{rmse[1]:.1f}/{rmse[2]:.1f} mm (mean predictor {base_rmse[0]:.1f}/{base_rmse[1]:.1f}/"
           f"{base_rmse[2]:.1f} mm){yaw}, {len(tr)} train / {len(va)} val frames{where}, {time.perf_counter() - t0:.0f} s")
     return 0

@@ -195,7 +195,7 @@ def test_frozen_encoder_gets_no_gradient_and_stays_eval(meta, normalizer, encode
 
 
 def test_pooling_variants_and_separate_cameras(meta, normalizer):
-    for pooling, K in (("mean", 1), ("attention", 3), ("transformer", 3)):
+    for pooling, K in (("mean", 1), ("attention", 3), ("transformer", 3), ("keypoints", 3)):
         for share in (True, False):
             obs = dict(TINY_POLICIES["bc_mlp"]["obs"], pooling=pooling, num_queries=3, share_cameras=share)
             policy = make("bc_mlp", meta, normalizer, obs=obs)
@@ -203,6 +203,46 @@ def test_pooling_variants_and_separate_cameras(meta, normalizer):
             cond = policy.encode_obs(batch)
             assert cond.shape == (B, 2, len(CAMERAS) * K + 1, 16)
             assert len(policy.obs_conditioner.camera_encoders) == (1 if share else len(CAMERAS))
+
+
+def _blob_tokens(pos: torch.Tensor, side: int, dim: int, g: torch.Generator) -> torch.Tensor:
+    """(B, 2) positions in cells -> (B, side*side, dim) noisy tokens whose channel 0 holds a bilinearly splatted blob."""
+    B = pos.shape[0]
+    grid = torch.randn(B, side, side, dim, generator=g) * 0.1
+    i0, j0 = pos.floor().long(), pos.floor().long() + 1
+    f = pos - pos.floor()
+    for di, wi in ((i0[:, 0], 1 - f[:, 0]), (j0[:, 0], f[:, 0])):
+        for dj, wj in ((i0[:, 1], 1 - f[:, 1]), (j0[:, 1], f[:, 1])):
+            grid[torch.arange(B), di, dj, 0] += 4 * wi * wj
+    return grid.reshape(B, side * side, dim)
+
+
+def test_keypoints_pooling_locates_within_a_cell():
+    """Spatial-softmax keypoints read an object's position between token centres; the grid-free mean pooler cannot."""
+    from s2robot.policies.conditioning import ConditioningConfig, TokenPooler
+
+    side, dim = 6, 8
+    errors = {}
+    for pooling in ("keypoints", "mean"):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        pooler = TokenPooler(ConditioningConfig(pooling=pooling, d_model=16, num_queries=1, num_keypoints=4), side * side,
+                             dim)
+        head = torch.nn.Linear(16, 2)
+        opt = torch.optim.Adam([*pooler.parameters(), *head.parameters()], lr=1e-2)
+        for _ in range(600):
+            pos = torch.rand(64, 2, generator=g) * (side - 1.001)
+            loss = ((head(pooler(_blob_tokens(pos, side, dim, g))[:, 0]) - pos) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        pos = torch.rand(256, 2, generator=g) * (side - 1.001)
+        with torch.no_grad():
+            errors[pooling] = ((head(pooler(_blob_tokens(pos, side, dim, g))[:, 0]) - pos) ** 2).mean().sqrt().item()
+    assert errors["keypoints"] < 0.25, errors  # a quarter of a cell
+    assert errors["mean"] > 1.0, errors  # ~1.4 cells: the spread of the positions
+    with pytest.raises(ValueError, match="square token grid"):
+        TokenPooler(ConditioningConfig(pooling="keypoints"), 10, dim)
 
 
 def test_resnet18_baseline_groupnorm_and_crops(normalizer):
