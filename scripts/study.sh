@@ -75,6 +75,11 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   # P_GRID=-1: keep scale 2's 6x6 token grid (encoder.grid_scale=-1) instead of pooling to the base 3x3; rows "-g6"
   P_GRID=${P_GRID:-0}; grid=$([ "$P_GRID" != 0 ] && echo "-g6" || true)
   ENC=("${MNV2_96[@]}" encoder.grid_scale=$P_GRID)
+  # P_FINE=1: MobileNetV2's stride-8 map (encoder.arch={feature_layers:7}: 12x12 tokens x 64 channels per camera,
+  # stored unreduced) pooled by spatial-softmax keypoints (policy.obs.pooling=keypoints); rows "-s8kp"
+  P_FINE=${P_FINE:-0}; fine=$([ "$P_FINE" = 1 ] && echo "-s8kp" || true)
+  TOKDIM=(token_dim=256); POOL=()
+  if [ "$P_FINE" = 1 ]; then ENC+=('encoder.arch={feature_layers:7}'); TOKDIM=(); POOL=(policy.obs.pooling=keypoints); fi
   # P_CAMS=front,wrist_back: collect with these cameras and train the image rows on them; store and rows "-front+wrist_back"
   P_CAMS=${P_CAMS:-}; cams=$([ -n "$P_CAMS" ] && echo "-${P_CAMS//,/+}" || true)
   CAMS=($([ -n "$P_CAMS" ] && echo "task.cameras=[$P_CAMS]" || true))
@@ -86,9 +91,9 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   STATE=(task.cameras=[] task.env_kwargs.state_obs=true)
   DP=(policy=diffusion_unet train.steps=${P_DP_STEPS:-3000})
   P_RUNS=("state$noise-bc_mlp policy=bc_mlp ${STATE[*]}"
-          "images$tag$aug$grid-bc_mlp policy=bc_mlp token_dim=256 dataset.augment_views=$P_AUG ${CAMS[*]}"
+          "images$tag$aug$grid$fine-bc_mlp policy=bc_mlp ${TOKDIM[*]} ${POOL[*]} dataset.augment_views=$P_AUG ${CAMS[*]}"
           "state$noise-diffusion_unet ${DP[*]} ${STATE[*]}"
-          "images$tag$aug$grid-diffusion_unet ${DP[*]} optim.warmup_steps=200 token_dim=256 dataset.augment_views=$P_AUG ${CAMS[*]}")
+          "images$tag$aug$grid$fine-diffusion_unet ${DP[*]} optim.warmup_steps=200 ${TOKDIM[*]} ${POOL[*]} dataset.augment_views=$P_AUG ${CAMS[*]}")
   # P_OBS=state: the state rows only, from a store collected without cameras (no rendering, no cache; minutes)
   if [ "${P_OBS:-}" = state ]; then
     data=$OUT/$task-$P_DEMOS-state$noise.zarr
@@ -98,7 +103,7 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
     data=$OUT/$task-$P_DEMOS$tag.zarr
     run $S2 collect task=$task episodes=$P_DEMOS task.image_size=96 task.env_kwargs.state_obs=true "${CAMS[@]}" \
       "${NOISE[@]}" out=$data
-    run $S2 cache dataset=$data "${ENC[@]}" token_dim=256 augment_views=$P_AUG
+    run $S2 cache dataset=$data "${ENC[@]}" "${TOKDIM[@]}" augment_views=$P_AUG
   fi
   # P_ROWS picks rows by name, e.g. P_ROWS="state-bc_mlp images-bc_mlp" (default: all four)
   if [ -n "${P_ROWS:-}" ]; then
