@@ -68,7 +68,8 @@ class ConditioningConfig:
             raise ValueError(f"policy.obs.backbone={self.backbone!r} is not one of {BACKBONES}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"policy.obs.pooling={self.pooling!r} is not one of {POOLINGS}")
-        for name in ("num_queries", "num_keypoints", "d_model", "n_heads", "n_layers", "resnet_num_kp", "resnet_gn_group_size"):
+        for name in ("num_queries", "num_keypoints", "d_model", "n_heads", "n_layers", "resnet_num_kp",
+                     "resnet_gn_group_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"policy.obs.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:

@@ -146,7 +146,8 @@ def main(argv=None) -> int:
         yaw = f"; yaw error median {dyaw.median():.1f} deg, RMS {dyaw.pow(2).mean().sqrt():.1f} deg"
     where = "" if args.within is None else f" (object within {args.within * 1000:.0f} mm xy)"
     base_rmse = (base[:, :3] ** 2).mean(0).sqrt() * 1000
-    print(f"probe {args.store} features/{key} cameras {cams} tokens {N}x{D} {args.pooling} object {args.object}: held-out RMSE x/y/z "
+    print(f"probe {args.store} features/{key} cameras {cams} tokens {N}x{D} {args.pooling} object {args.object}: "
+          f"held-out RMSE x/y/z "
           f"{rmse[0]:.1f}/{rmse[1]:.1f}/{rmse[2]:.1f} mm (mean predictor {base_rmse[0]:.1f}/{base_rmse[1]:.1f}/"
           f"{base_rmse[2]:.1f} mm){yaw}, {len(tr)} train / {len(va)} val frames{where}, {time.perf_counter() - t0:.0f} s")
     return 0

@@ -206,7 +206,7 @@ def test_pooling_variants_and_separate_cameras(meta, normalizer):
 
 
 def _blob_tokens(pos: torch.Tensor, side: int, dim: int, g: torch.Generator) -> torch.Tensor:
-    """(B, 2) positions in cells -> (B, side*side, dim) noisy tokens whose channel 0 holds a bilinearly splatted blob."""
+    """(B, 2) positions in cells -> (B, side*side, dim) noisy tokens, a bilinearly splatted blob in channel 0."""
     B = pos.shape[0]
     grid = torch.randn(B, side, side, dim, generator=g) * 0.1
     i0, j0 = pos.floor().long(), pos.floor().long() + 1
@@ -226,8 +226,8 @@ def test_keypoints_pooling_locates_within_a_cell():
     for pooling in ("keypoints", "mean"):
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(0)
-        pooler = TokenPooler(ConditioningConfig(pooling=pooling, d_model=16, num_queries=1, num_keypoints=4), side * side,
-                             dim)
+        cfg = ConditioningConfig(pooling=pooling, d_model=16, num_queries=1, num_keypoints=4)
+        pooler = TokenPooler(cfg, side * side, dim)
         head = torch.nn.Linear(16, 2)
         opt = torch.optim.Adam([*pooler.parameters(), *head.parameters()], lr=1e-2)
         for _ in range(600):
@@ -276,6 +276,7 @@ def test_resnet18_baseline_groupnorm_and_crops(normalizer):
     [
         (dict(type="gan"), "policy.type"),
         (dict(obs=dict(pooling="max")), "policy.obs.pooling"),
+        (dict(obs=dict(num_keypoints=0)), "policy.obs.num_keypoints"),
         (dict(obs=dict(d_model=15, n_heads=2)), "divisible"),
         (dict(obs=dict(colour=1)), "unknown key"),
         (dict(horizon=9), "divisible by 2"),
