@@ -30,7 +30,8 @@ def _robomimic():
 
 def robomimic_spatial_softmax(input_shape: Sequence[int], num_kp: int) -> nn.Module:
     """robomimic's ``SpatialSoftmax``: (B, C, H, W) maps -> (B, num_kp, 2) expected keypoint positions in [-1, 1]."""
-    return _robomimic()[1](input_shape=list(input_shape), num_kp=int(num_kp))
+    _, spatial_softmax, _ = _robomimic()
+    return spatial_softmax(input_shape=list(input_shape), num_kp=int(num_kp))
 
 
 def replace_batchnorm_with_groupnorm(module: nn.Module, group_size: int = 16) -> nn.Module:
@@ -51,7 +52,7 @@ class ResNetImageEncoder(nn.Module):
         self, image_shape: Sequence[int], d_model: int, crop_ratio: float = 0.9, num_kp: int = 32, group_size: int = 16
     ) -> None:
         super().__init__()
-        ResNet18Conv, SpatialSoftmax, CropRandomizer = _robomimic()
+        ResNet18Conv, _, CropRandomizer = _robomimic()
         H, W = int(image_shape[0]), int(image_shape[1])
         ch, cw = int(round(H * crop_ratio)), int(round(W * crop_ratio))
         self.crop = CropRandomizer(input_shape=(3, H, W), crop_height=ch, crop_width=cw) if (ch, cw) != (H, W) else None
@@ -65,7 +66,7 @@ class ResNetImageEncoder(nn.Module):
                 f"images of {H}x{W} (crop {ch}x{cw}) give a {feat_shape[1]}x{feat_shape[2]} ResNet-18 feature map, on "
                 "which spatial-softmax keypoints are constant; use images of at least 64 px for the resnet18 baseline"
             )
-        self.pool = SpatialSoftmax(input_shape=feat_shape, num_kp=num_kp)
+        self.pool = robomimic_spatial_softmax(feat_shape, num_kp)
         self.proj = nn.Linear(2 * num_kp, d_model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

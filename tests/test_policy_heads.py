@@ -209,11 +209,11 @@ def _blob_tokens(pos: torch.Tensor, side: int, dim: int, g: torch.Generator) -> 
     """(B, 2) positions in cells -> (B, side*side, dim) noisy tokens, a bilinearly splatted blob in channel 0."""
     B = pos.shape[0]
     grid = torch.randn(B, side, side, dim, generator=g) * 0.1
-    i0, j0 = pos.floor().long(), pos.floor().long() + 1
-    f = pos - pos.floor()
-    for di, wi in ((i0[:, 0], 1 - f[:, 0]), (j0[:, 0], f[:, 0])):
-        for dj, wj in ((i0[:, 1], 1 - f[:, 1]), (j0[:, 1], f[:, 1])):
-            grid[torch.arange(B), di, dj, 0] += 4 * wi * wj
+    lo = pos.floor()
+    frac, lo = pos - lo, lo.long()  # (B, 2): the blob's cell (row, column) and its offset within it
+    for row, w_row in ((lo[:, 0], 1 - frac[:, 0]), (lo[:, 0] + 1, frac[:, 0])):
+        for col, w_col in ((lo[:, 1], 1 - frac[:, 1]), (lo[:, 1] + 1, frac[:, 1])):
+            grid[torch.arange(B), row, col, 0] += 4 * w_row * w_col
     return grid.reshape(B, side * side, dim)
 
 
