@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from s2robot.policies.action_queue import check_ensemble_coefficient
@@ -52,12 +53,13 @@ class ShapeMeta:
     extra: dict[str, Any] = field(default_factory=dict)
     state_dim: int = 0
     token_reduce: dict[str, Any] | None = None
+    estimated_state_dim: int = 0  # S of a state estimated from images (``policy.obs.estimate_state``), not read
 
     def __post_init__(self) -> None:
         self.cameras = [str(c) for c in self.cameras]
-        if self.proprio_dim < 0 or self.state_dim < 0:
-            raise ValueError(f"shape_meta.proprio_dim and state_dim must be >= 0, got {self.proprio_dim}, "
-                             f"{self.state_dim}")
+        if min(self.proprio_dim, self.state_dim, self.estimated_state_dim) < 0:
+            raise ValueError(f"shape_meta.proprio_dim, state_dim and estimated_state_dim must be >= 0, got "
+                             f"{self.proprio_dim}, {self.state_dim}, {self.estimated_state_dim}")
         if self.action_dim <= 0:
             raise ValueError(f"shape_meta.action_dim must be > 0, got {self.action_dim}")
         if self.image_shape is not None:
@@ -200,6 +202,26 @@ class BasePolicy(nn.Module):
         ``"proprio"`` (B, T, P) and ``"state"`` (B, T, S) when the policy reads them, with T >= n_obs_steps, as
         torch tensors or numpy arrays (moved to the policy's device); low-dim keys are normalised here.
         """
+        return self._encode(obs)[0]
+
+    def encode_obs_and_state_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: (conditioning tokens as :meth:`encode_obs`, the weighted state-estimate loss or 0).
+
+        With ``policy.obs.estimate_state`` the loss is ``state_loss_weight`` x MSE between the estimate (B, T, S)
+        and the batch's ``"state"`` (B, T, S) normalised, over the last ``n_obs_steps`` steps.
+        """
+        tokens, estimate = self._encode(batch)
+        if estimate is None:
+            return tokens, tokens.new_zeros(())
+        if "state" not in batch:
+            raise KeyError(f"policy.obs.estimate_state trains against the batch's 'state' (B, T, "
+                           f"{self.shape_meta.estimated_state_dim}); got {sorted(batch)}")
+        target = self.normalizer.normalize("state", batch["state"][:, -self.n_obs_steps:].float())
+        weight = float(self.obs_conditioner.cfg.state_loss_weight)
+        return tokens, weight * F.mse_loss(estimate.float(), target)
+
+    def _encode(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """encode_obs's work -> (tokens (B, T_obs, M, d), state estimate (B, T_obs, S) or None)."""
         sliced: dict[str, torch.Tensor] = {}
         T = self.n_obs_steps
         for key, value in obs.items():
@@ -223,7 +245,7 @@ class BasePolicy(nn.Module):
             if key not in sliced:
                 raise KeyError(f"observation needs {key!r} (B, T_obs, {dim}); got {sorted(obs)}")
             sliced[key] = self.normalizer.normalize(key, sliced[key].float())
-        return self.obs_conditioner(sliced)
+        return self.obs_conditioner.encode(sliced)
 
     def _obs_tensor(self, key: str, value: Any) -> torch.Tensor | None:
         """A tensor for an observation value: tensors as they are, numpy arrays converted onto the policy's device;

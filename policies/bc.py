@@ -99,9 +99,9 @@ class BCPolicy(BasePolicy):
         else:
             self.head = GMMHead(n_modes=cfg.gmm_modes, min_std=cfg.gmm_min_std, eval_mode=cfg.gmm_eval_mode, **kw)
 
-    def _features(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B, F) for flat, (B, T_obs, d) for the transformer."""
-        cond = self.encode_obs(obs)  # (B, T, M, d)
+    def _features(self, obs: Mapping[str, torch.Tensor], cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F) for flat, (B, T_obs, d) for the transformer; ``cond``: already encoded (B, T, M, d) tokens."""
+        cond = self.encode_obs(obs) if cond is None else cond  # (B, T, M, d)
         if self.cfg.temporal == "flat":
             return cond.flatten(1)
         x = self.step_proj(cond.flatten(2)) + self.time_pos
@@ -109,13 +109,14 @@ class BCPolicy(BasePolicy):
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         naction = self.action_window(batch)  # (B, horizon, A)
-        feat = self._features(batch)
+        cond, state_loss = self.encode_obs_and_state_loss(batch)
+        feat = self._features(batch, cond)
         T, S = self.n_obs_steps, self.n_action_steps
         if self.cfg.temporal == "flat":
-            return self.head.loss(feat, naction[:, T - 1 : T - 1 + S])
+            return self.head.loss(feat, naction[:, T - 1 : T - 1 + S]) + state_loss
         # position t is supervised with action[t : t+S]
         targets = naction.unfold(1, S, 1)[:, :T].transpose(-1, -2)  # (B, T, S, A)
-        return self.head.loss(feat, targets)
+        return self.head.loss(feat, targets) + state_loss
 
     @torch.no_grad()
     def predict_action(

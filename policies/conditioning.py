@@ -13,7 +13,10 @@ sent through the frozen encoder held here (under ``torch.no_grad``; an encoder b
   [-1, 1], then Linear(2 * num_keypoints -> K * d_model). Sub-cell positions, for fine (stride-8/16) token maps.
 
 Proprio becomes one more token, and so does the optional privileged ``state`` (object poses, goal). The output is
-(B, T_obs, M, d_model) with M = n_cameras * K + [proprio] + [state]. A policy may have no cameras at all (a
+(B, T_obs, M, d_model) with M = n_cameras * K + [proprio] + [state]. With ``estimate_state`` an image policy
+predicts the state from its camera and proprio tokens (an MLP, output in the normaliser's units) and the estimate
+takes the state's place as the last token: training supervises it with the store's ``state`` (see
+:meth:`ObsConditioner.encode`), inference needs no state. A policy may have no cameras at all (a
 state-only policy, the control-only upper bound of a task). Poolers are shared across cameras (plus a learned camera embedding) or separate,
 by ``share_cameras``.
 
@@ -27,6 +30,7 @@ reduction when it stored reduced tokens), so cached and online inputs give the s
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -58,6 +62,11 @@ class ConditioningConfig:
     dropout: float = 0.0
     share_cameras: bool = True
     cache_dtype: str = "float16"  # online tokens are rounded to this dtype, as the feature cache stores them
+    # image policies: predict the privileged state (object poses) from the camera + proprio features and condition
+    # on that estimate as a state policy conditions on the state; trained against the store's ``state`` (an
+    # auxiliary loss weighted by state_loss_weight), never read at inference
+    estimate_state: bool = False
+    state_loss_weight: float = 1.0
     # trainable ResNet-18 baseline
     crop_ratio: float = 0.9  # random crop (train) / centre crop (eval) of this fraction of H and W
     resnet_num_kp: int = 32
@@ -78,6 +87,8 @@ class ConditioningConfig:
             raise ValueError(f"policy.obs.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.crop_ratio <= 1.0:
             raise ValueError(f"policy.obs.crop_ratio must be in (0, 1], got {self.crop_ratio}")
+        if not (math.isfinite(float(self.state_loss_weight)) and float(self.state_loss_weight) >= 0.0):
+            raise ValueError(f"policy.obs.state_loss_weight must be a finite number >= 0, got {self.state_loss_weight}")
         if self.cache_dtype not in CACHE_DTYPES:
             raise ValueError(f"policy.obs.cache_dtype={self.cache_dtype!r} is not one of {CACHE_DTYPES}")
 
@@ -214,13 +225,28 @@ class ObsConditioner(nn.Module):
         self.proprio_proj = (
             nn.Sequential(nn.Linear(shape_meta.proprio_dim, d), nn.LayerNorm(d)) if self.use_proprio else None
         )
-        self.use_state = shape_meta.state_dim > 0
-        self.state_proj = (
-            nn.Sequential(nn.Linear(shape_meta.state_dim, d), nn.LayerNorm(d)) if self.use_state else None
+        state_dim = self._state_size(cfg, shape_meta)
+        self.use_state = state_dim > 0
+        self.state_proj = nn.Sequential(nn.Linear(state_dim, d), nn.LayerNorm(d)) if self.use_state else None
+        n_seen = len(self.cameras) * cfg.tokens_per_camera + int(self.use_proprio)  # what the estimate is made from
+        self.state_estimator = (
+            nn.Sequential(nn.Flatten(1), nn.Linear(n_seen * d, 4 * d), nn.GELU(), nn.Linear(4 * d, state_dim))
+            if cfg.estimate_state else None
         )
-        self.tokens_per_step = len(self.cameras) * cfg.tokens_per_camera + int(self.use_proprio) + int(self.use_state)
+        self.tokens_per_step = n_seen + int(self.use_state)
         if self.tokens_per_step == 0:
             raise ValueError("the policy has no inputs: no cameras, no proprio and no state")
+
+    @staticmethod
+    def _state_size(cfg: ConditioningConfig, meta: ShapeMeta) -> int:
+        """Width of the state token's input: the state read (``state_dim``) or estimated (``estimated_state_dim``)."""
+        if cfg.estimate_state != (meta.estimated_state_dim > 0):
+            raise ValueError(f"policy.obs.estimate_state={cfg.estimate_state} but shape_meta.estimated_state_dim="
+                             f"{meta.estimated_state_dim}: training sets both from the store's 'state'")
+        if cfg.estimate_state and (meta.state_dim or not meta.cameras):
+            raise ValueError("policy.obs.estimate_state predicts the state from camera images: it needs cameras and "
+                             "a policy that does not also read the state (task.env_kwargs.state_obs=false)")
+        return meta.state_dim or meta.estimated_state_dim
 
     @property
     def out_dim(self) -> int:
@@ -283,6 +309,14 @@ class ObsConditioner(nn.Module):
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """obs with (B, T, ...) entries (proprio already normalised) -> (B, T, M, d_model)."""
+        return self.encode(obs)[0]
+
+    def encode(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """obs -> (conditioning tokens (B, T, M, d_model), state estimate (B, T, S) in normalised units or None).
+
+        The estimate exists with ``estimate_state``; :meth:`BasePolicy.encode_obs_and_state_loss` compares it with
+        the normalised true state.
+        """
         ref = next((v for k, v in obs.items() if k.endswith(("_tokens", "_image")) or k in ("proprio", "state")), None)
         if ref is None:
             raise KeyError(f"observation has no '<cam>_tokens', '<cam>_image', 'proprio' or 'state' entry; "
@@ -303,9 +337,22 @@ class ObsConditioner(nn.Module):
             feats = feats.permute(1, 0, 2, 3).reshape(B * T, -1, self.cfg.d_model)
         else:
             feats = torch.cat([pool(x) for pool, x in zip(self.camera_encoders, per_cam)], dim=1)
-        for key, proj in (("proprio", self.proprio_proj), ("state", self.state_proj)):
-            if proj is not None:
-                if key not in obs:
-                    raise KeyError(f"observation needs {key!r} (B, T_obs, ...); got {sorted(obs)}")
-                feats = torch.cat([feats, proj(obs[key].reshape(B * T, -1).float())[:, None]], dim=1)
-        return feats.reshape(B, T, self.tokens_per_step, self.cfg.d_model)
+        feats = self._add_lowdim(feats, obs, "proprio", self.proprio_proj, B * T)
+        estimate = None
+        if self.state_estimator is not None:
+            estimate = self.state_estimator(feats)  # (B*T, S)
+            feats = torch.cat([feats, self.state_proj(estimate)[:, None]], dim=1)
+        else:
+            feats = self._add_lowdim(feats, obs, "state", self.state_proj, B * T)
+        tokens = feats.reshape(B, T, self.tokens_per_step, self.cfg.d_model)
+        return tokens, (None if estimate is None else estimate.reshape(B, T, -1))
+
+    @staticmethod
+    def _add_lowdim(feats: torch.Tensor, obs: Mapping[str, torch.Tensor], key: str, proj: nn.Module | None,
+                    rows: int) -> torch.Tensor:
+        """feats (B*T, n, d) + one token projected from ``obs[key]`` (B, T, dim) when the policy reads ``key``."""
+        if proj is None:
+            return feats
+        if key not in obs:
+            raise KeyError(f"observation needs {key!r} (B, T_obs, ...); got {sorted(obs)}")
+        return torch.cat([feats, proj(obs[key].reshape(rows, -1).float())[:, None]], dim=1)

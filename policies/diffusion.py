@@ -154,7 +154,8 @@ class DiffusionPolicy(BasePolicy):
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         x0 = self.action_window(batch)  # (B, H, A)
-        cond = self._cond(batch)
+        tokens, state_loss = self.encode_obs_and_state_loss(batch)
+        cond = tokens.flatten(1, 2)  # (B, T_obs * M, d), as _cond
         B = x0.shape[0]
         noise = torch.randn(x0.shape, device=x0.device)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (B,), device=x0.device)
@@ -166,7 +167,7 @@ class DiffusionPolicy(BasePolicy):
             target = x0
         else:
             target = self.noise_scheduler.get_velocity(x0, noise, t)
-        return F.mse_loss(pred, target)
+        return F.mse_loss(pred, target) + state_loss
 
     @torch.no_grad()
     def predict_action(

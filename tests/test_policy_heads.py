@@ -440,3 +440,51 @@ def test_a_diffusion_policys_chunk_length_can_change_at_inference(meta, normaliz
             set_action_steps(policy, bad)
     with pytest.raises(ValueError, match="only a diffusion policy's chunk length can change.*replan_every"):
         set_action_steps(make("bc_mlp", meta, normalizer), 2)
+
+
+def test_estimated_state_is_learned_from_tokens_and_not_read_at_inference():
+    """``policy.obs.estimate_state``: the conditioner predicts the state from the camera tokens, the policy conditions
+    on that estimate, training supervises it with the batch's ``state``, inference needs no state."""
+    side, dim, T = 6, 8, 2
+    meta = ShapeMeta(cameras=["front"], proprio_dim=PROPRIO, action_dim=ACTION, token_shape=[side * side, dim],
+                     estimated_state_dim=2)
+    g = torch.Generator().manual_seed(0)
+    norm = Normalizer().fit({"action": torch.randn(200, ACTION, generator=g),
+                             "proprio": torch.randn(200, PROPRIO, generator=g),
+                             "state": torch.rand(200, 2, generator=g) * (side - 1.001)})
+    policy = make("diffusion_unet", meta, norm, obs=dict(TINY_POLICIES["diffusion_unet"]["obs"], pooling="keypoints",
+                                                          num_queries=1, num_keypoints=4, estimate_state=True))
+    assert "state" not in policy.obs_keys and policy.obs_conditioner.tokens_per_step == 3  # camera, proprio, estimate
+
+    def batch(n: int) -> dict[str, torch.Tensor]:
+        pos = torch.rand(n, 2, generator=g) * (side - 1.001)  # the "object" position, in cells, is the state
+        tokens = _blob_tokens(pos.repeat_interleave(T, 0), side, dim, g).reshape(n, T, side * side, dim)
+        return {"front_tokens": tokens, "proprio": torch.randn(n, T, PROPRIO, generator=g),
+                "state": pos[:, None].expand(n, T, 2), "action": torch.randn(n, 8, ACTION, generator=g)}
+
+    def estimate_error(b: dict[str, torch.Tensor]) -> float:  # RMS error in cells
+        with torch.no_grad():
+            _, est = policy._encode({k: v for k, v in b.items() if k != "state"})
+        return (norm.unnormalize("state", est) - b["state"]).pow(2).mean().sqrt().item()
+
+    held_out = batch(256)
+    before = estimate_error(held_out)
+    with_state_loss = policy.compute_loss(held_out).item()
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(600):
+        loss = policy.compute_loss(batch(64))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = estimate_error(held_out)
+    assert before > 1.0 and after < 0.35, (before, after)  # cells (~0.2 here; 2.2 with state_loss_weight=0); positions spread over ~5 cells
+    assert with_state_loss > policy.compute_loss(held_out).item()
+    obs = {k: v for k, v in held_out.items() if k not in ("state", "action")}
+    assert policy.predict_action(obs).shape == (256, 4, ACTION)  # no state needed
+    with pytest.raises(KeyError, match="'state'"):
+        policy.compute_loss({k: v for k, v in held_out.items() if k != "state"})
+    with pytest.raises(ValueError, match="estimate_state"):  # the config and the shape metadata must agree
+        make("diffusion_unet", ShapeMeta(cameras=["front"], proprio_dim=PROPRIO, action_dim=ACTION,
+                                         token_shape=[side * side, dim]), norm, obs=dict(estimate_state=True))
+    with pytest.raises(ValueError, match="state_loss_weight"):
+        make("diffusion_unet", meta, norm, obs=dict(estimate_state=True, state_loss_weight=float("nan")))

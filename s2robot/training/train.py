@@ -151,7 +151,7 @@ class NormalizerConfig:
 
     action: str = "minmax"
     proprio: str = "minmax"
-    state: str = "minmax"  # used when the task observes the privileged state (task.env_kwargs.state_obs)
+    state: str = "minmax"  # when a policy reads (task.env_kwargs.state_obs) or estimates (policy.obs.estimate_state) it
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in asdict(self).items() if v not in NORMALIZER_MODES}
@@ -325,10 +325,7 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
     if missing:
         raise ValueError(f"{dcfg['path']}: no images for camera(s) {missing}; the store has keys {store.keys}; "
                          f"train on the cameras it has with task.cameras=[{','.join(store.cameras)}]")
-    use_state = bool((task_cfg.get("env_kwargs") or {}).get("state_obs", False))
-    if use_state and "state" not in store.spec:
-        raise ValueError(f"{dcfg['path']}: task.env_kwargs.state_obs=true but the store has no 'state' key; collect "
-                         f"with task.env_kwargs.state_obs=true (keys: {store.keys})")
+    use_state, estimate_state = _state_use(task_cfg, obs_cfg, store, cameras, dcfg["path"])
 
     encoder, feature_key, feature_attrs = None, None, {}
     augment = dataclass_from(DatasetConfig, dcfg, "dataset").augment()
@@ -358,7 +355,7 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
                        f"`{cache_command(dcfg['path'], enc_cfg)}` caches them once)")
 
     obs_keys = [f"{cam}_image" for cam in cameras] + (["proprio"] if "proprio" in store.spec else []) + (
-        ["state"] if use_state else [])
+        ["state"] if use_state or estimate_state else [])
     # every chunk present, float keys finite (a listing + the low-dim data)
     preflight(store, [k for k in obs_keys if not (feature_key and k.endswith("_image"))] + ["action"], feature_key)
     pad_after = None if dcfg.get("pad_after") is None else int(dcfg["pad_after"])
@@ -387,6 +384,7 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
     meta = ShapeMeta(
         cameras=cameras, proprio_dim=proprio_dim, action_dim=int(shapes["action"][0]),
         state_dim=int(shapes["state"][0]) if use_state else 0,
+        estimated_state_dim=int(shapes["state"][0]) if estimate_state else 0,
         image_shape=list(store.spec[f"{cameras[0]}_image"]["shape"]) if cameras else None, token_shape=tok_shape,
         num_prefix=int(encoder.num_prefix) if encoder is not None else 0,
         token_pool_grid=feature_attrs.get("pool_grid"), feature_hash=feature_key,
@@ -394,6 +392,23 @@ def _prepare_data(c: dict[str, Any], info: DistInfo, obs_cfg: Any, head_cfg: Any
                       if feature_attrs.get("reduce") else None),
     )
     return store, encoder, train_ds, val_ds, meta
+
+
+def _state_use(task_cfg: dict[str, Any], obs_cfg: Any, store: Any, cameras: list[str], path: str) -> tuple[bool, bool]:
+    """(the policy reads the store's privileged ``state``, the policy estimates it from images and trains the estimate
+    on it); a store without ``state`` or a contradictory request is an error naming the fix."""
+    use_state = bool((task_cfg.get("env_kwargs") or {}).get("state_obs", False))
+    if use_state and "state" not in store.spec:
+        raise ValueError(f"{path}: task.env_kwargs.state_obs=true but the store has no 'state' key; collect "
+                         f"with task.env_kwargs.state_obs=true (keys: {store.keys})")
+    estimate_state = bool(obs_cfg.estimate_state)
+    if estimate_state and (use_state or not cameras or "state" not in store.spec):
+        why = ("the policy would read the state too: drop task.env_kwargs.state_obs=true" if use_state else
+               "it has no cameras" if not cameras else
+               f"the store has no 'state' key to train the estimate on; collect with task.env_kwargs.state_obs=true "
+               f"(keys: {store.keys})")
+        raise ValueError(f"{path}: policy.obs.estimate_state=true estimates the state from images, but {why}")
+    return use_state, estimate_state
 
 
 def _cached_features(c: dict[str, Any], info: DistInfo, store: Any, encoder: Any, cameras: list[str],
@@ -426,7 +441,7 @@ def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
     """Normaliser for ``action`` (+ ``proprio``, ``state``) fitted on the training split, modes from
     ``normalizer:``."""
     stats = train_ds.lowdim_data(["action"] + (["proprio"] if meta.proprio_dim else []) + (
-        ["state"] if meta.state_dim else []))
+        ["state"] if meta.state_dim or meta.estimated_state_dim else []))
     return Normalizer().fit(stats, modes={k: c["normalizer"][k] for k in stats})
 
 
