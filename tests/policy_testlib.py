@@ -32,8 +32,9 @@ TINY_ENCODER = dict(name="vit_tiny_test", checkpoint=None, scales=[1, 2], input_
                     trainable="frozen", use_prefix=True, seed=0, arch=None, max_batch=None)
 
 
-def make_store(path: Path, episodes: int = 4, length: int = 20, seed: int = 0) -> Path:
-    """A tiny store whose action depends on proprio and on the front image's brightness (learnable)."""
+def make_store(path: Path, episodes: int = 4, length: int = 20, seed: int = 0, state: bool = False) -> Path:
+    """A tiny store whose action depends on proprio and on the front image's brightness (learnable); ``state``:
+    with a privileged ``state`` (length, 2) = [brightness / 255, proprio[0]]."""
     from s2robot.datasets.store import EpisodeStore
 
     rng = np.random.default_rng(seed)
@@ -45,7 +46,10 @@ def make_store(path: Path, episodes: int = 4, length: int = 20, seed: int = 0) -
         front[:, :8, :8] = rng.integers(0, 256, size=(length, 8, 8, 3), dtype=np.uint8)
         wrist = rng.integers(0, 256, size=(length, IMG, IMG, 3), dtype=np.uint8)
         action = np.stack([proprio[:, 0] + bright / 255.0, proprio[:, 1] - proprio[:, 2]], axis=1).astype(np.float32)
-        store.append_episode({"front_image": front, "wrist_image": wrist, "proprio": proprio, "action": action})
+        data = {"front_image": front, "wrist_image": wrist, "proprio": proprio, "action": action}
+        if state:
+            data["state"] = np.stack([bright / 255.0, proprio[:, 0]], axis=1).astype(np.float32)
+        store.append_episode(data)
     store.close()
     return path
 

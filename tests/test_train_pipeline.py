@@ -158,6 +158,28 @@ def test_bad_training_config_is_a_clear_error(tmp_path, store, over, match):
         train(train_cfg(store, tmp_path / "run", "bc_mlp", steps=2, **over))
 
 
+def test_estimate_state_trains_on_the_store_state_and_acts_without_it(tmp_path, store):
+    """``policy.obs.estimate_state``: the store's state is a training target only; the checkpoint acts from images."""
+    import s2robot
+    from s2robot.datasets.sampler import SequenceDataset
+
+    with_state = make_store(tmp_path / "state.zarr", state=True)
+    policy_cfg = dict(TINY_POLICIES["bc_mlp"], obs=dict(TINY_POLICIES["bc_mlp"]["obs"], estimate_state=True))
+    ckpt = train(train_cfg(with_state, tmp_path / "run", steps=4, policy=policy_cfg,
+                           normalizer={"state": "minmax"}))
+    policy = s2robot.load_policy(ckpt)
+    assert (policy.shape_meta.estimated_state_dim, policy.shape_meta.state_dim) == (2, 0)
+    assert "state" not in policy.obs_keys
+    batch = SequenceDataset(with_state, horizon=policy.horizon, n_obs_steps=2, n_action_steps=4, split="all",
+                            obs_keys=["front_image", "wrist_image", "proprio"]).get_batch([0, 5])
+    assert policy.predict_action({k: v for k, v in batch.items() if k != "action"}).shape == (2, 4, ACTION)
+    for data, over, match in ((store, {}, "store has no 'state' key"),
+                              (with_state, {"task": {"name": "synthetic", "cameras": list(CAMERAS),
+                                                     "env_kwargs": {"state_obs": True}}}, "would read the state")):
+        with pytest.raises(ValueError, match=match):
+            train(train_cfg(data, tmp_path / "bad", steps=2, policy=policy_cfg, **over))
+
+
 def test_ddp_two_processes_with_torchrun(tmp_path, cached_store):
     """torchrun --nproc_per_node 2 on CPU (gloo): both ranks train on disjoint shards and rank 0 checkpoints."""
     path, key = cached_store
