@@ -220,6 +220,15 @@ class BasePolicy(nn.Module):
         weight = float(self.obs_conditioner.cfg.state_loss_weight)
         return tokens, weight * F.mse_loss(estimate.float(), target)
 
+    @torch.no_grad()
+    def estimate_state(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """What a ``policy.obs.estimate_state`` policy infers the privileged state to be from ``obs`` (the
+        :meth:`encode_obs` inputs): (B, n_obs_steps, S) in the store's units, e.g. metres and (cos, sin) of yaw."""
+        _, estimate = self._encode(obs)
+        if estimate is None:
+            raise ValueError("this policy does not estimate the state (trained with policy.obs.estimate_state=false)")
+        return self.normalizer.unnormalize("state", estimate.float())
+
     def _encode(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """encode_obs's work -> (tokens (B, T_obs, M, d), state estimate (B, T_obs, S) or None)."""
         sliced: dict[str, torch.Tensor] = {}

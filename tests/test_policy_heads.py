@@ -463,9 +463,8 @@ def test_estimated_state_is_learned_from_tokens_and_not_read_at_inference():
                 "state": pos[:, None].expand(n, T, 2), "action": torch.randn(n, 8, ACTION, generator=g)}
 
     def estimate_error(b: dict[str, torch.Tensor]) -> float:  # RMS error in cells
-        with torch.no_grad():
-            _, est = policy._encode({k: v for k, v in b.items() if k != "state"})
-        return (norm.unnormalize("state", est) - b["state"]).pow(2).mean().sqrt().item()
+        est = policy.estimate_state({k: v for k, v in b.items() if k != "state"})  # (n, T, 2), cells
+        return (est - b["state"]).pow(2).mean().sqrt().item()
 
     held_out = batch(256)
     before = estimate_error(held_out)
@@ -483,8 +482,10 @@ def test_estimated_state_is_learned_from_tokens_and_not_read_at_inference():
     assert policy.predict_action(obs).shape == (256, 4, ACTION)  # no state needed
     with pytest.raises(KeyError, match="'state'"):
         policy.compute_loss({k: v for k, v in held_out.items() if k != "state"})
+    with pytest.raises(ValueError, match="does not estimate the state"):
+        make("diffusion_unet", meta_plain := ShapeMeta(cameras=["front"], proprio_dim=PROPRIO, action_dim=ACTION,
+                                                        token_shape=[side * side, dim]), norm).estimate_state(obs)
     with pytest.raises(ValueError, match="estimate_state"):  # the config and the shape metadata must agree
-        make("diffusion_unet", ShapeMeta(cameras=["front"], proprio_dim=PROPRIO, action_dim=ACTION,
-                                         token_shape=[side * side, dim]), norm, obs=dict(estimate_state=True))
+        make("diffusion_unet", meta_plain, norm, obs=dict(estimate_state=True))
     with pytest.raises(ValueError, match="state_loss_weight"):
         make("diffusion_unet", meta, norm, obs=dict(estimate_state=True, state_loss_weight=float("nan")))

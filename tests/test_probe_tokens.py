@@ -84,3 +84,15 @@ def test_within_keeps_near_frames_and_bad_object_is_one_line(store, capsys):
         probe.main(args + ["--within", "0.0001"])
     with pytest.raises(SystemExit, match="--object 2: the state .10 values. holds 2 objects"):
         probe.main([str(store), "--feature-key", "k", "--object", "2"])
+
+
+def test_state_estimate_error_reports_millimetres_and_degrees():
+    report = load_script(ROOT / "scripts" / "state_estimate_error.py")
+    yaw = np.linspace(-3, 3, 50)
+    true = np.stack([np.zeros(50), np.zeros(50), np.full(50, 0.02), np.cos(yaw), np.sin(yaw), np.ones(50)], axis=1)
+    est = true.copy()
+    est[:, 0] += 0.003  # 3 mm in x
+    est[:, 3], est[:, 4] = np.cos(yaw + np.deg2rad(2)), np.sin(yaw + np.deg2rad(2))  # 2 deg, across the +-pi seam
+    lines = report.state_errors(est, true)
+    assert lines[0] == "object 0: x / y RMS 3.0 / 0.0 mm; yaw median 2.00 deg, RMS 2.00 deg", lines
+    assert lines[1] == "goal entries: RMS 0.0000"

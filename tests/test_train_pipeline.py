@@ -158,7 +158,7 @@ def test_bad_training_config_is_a_clear_error(tmp_path, store, over, match):
         train(train_cfg(store, tmp_path / "run", "bc_mlp", steps=2, **over))
 
 
-def test_estimate_state_trains_on_the_store_state_and_acts_without_it(tmp_path, store):
+def test_estimate_state_trains_on_the_store_state_and_acts_without_it(tmp_path, store, capsys):
     """``policy.obs.estimate_state``: the store's state is a training target only; the checkpoint acts from images."""
     import s2robot
     from s2robot.datasets.sampler import SequenceDataset
@@ -173,6 +173,14 @@ def test_estimate_state_trains_on_the_store_state_and_acts_without_it(tmp_path, 
     batch = SequenceDataset(with_state, horizon=policy.horizon, n_obs_steps=2, n_action_steps=4, split="all",
                             obs_keys=["front_image", "wrist_image", "proprio"]).get_batch([0, 5])
     assert policy.predict_action({k: v for k, v in batch.items() if k != "action"}).shape == (2, 4, ACTION)
+    from script_loader import ROOT, load_script
+
+    report = load_script(ROOT / "scripts" / "state_estimate_error.py")
+    assert report.main([str(tmp_path / "run"), "--split", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "windows of" in out and "goal entries: RMS" in out  # 2 state entries: no object block, both "rest"
+    assert report.main([str(ckpt_plain := train(train_cfg(with_state, tmp_path / "plain", "bc_mlp", steps=2)))]) == 2
+    assert "does not estimate the state" in capsys.readouterr().err and ckpt_plain.is_dir()
     for data, over, match in ((store, {}, "store has no 'state' key"),
                               (with_state, {"task": {"name": "synthetic", "cameras": list(CAMERAS),
                                                      "env_kwargs": {"state_obs": True}}}, "would read the state")):
