@@ -80,6 +80,9 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
   P_FINE=${P_FINE:-0}; fine=$([ "$P_FINE" = 1 ] && echo "-s8kp" || true)
   TOKDIM=(token_dim=256); POOL=()
   if [ "$P_FINE" = 1 ]; then ENC+=('encoder.arch={feature_layers:7}'); TOKDIM=(); POOL=(policy.obs.pooling=keypoints); fi
+  # P_EST=1: the image rows estimate the privileged state from their tokens and condition on the estimate
+  # (policy.obs.estimate_state=true; the store is collected with the state anyway); rows "-est"
+  P_EST=${P_EST:-0}; [ "$P_EST" = 1 ] && { fine="$fine-est"; POOL+=(policy.obs.estimate_state=true); }
   # P_CAMS=front,wrist_back: collect with these cameras and train the image rows on them; store and rows "-front+wrist_back"
   P_CAMS=${P_CAMS:-}; cams=$([ -n "$P_CAMS" ] && echo "-${P_CAMS//,/+}" || true)
   CAMS=($([ -n "$P_CAMS" ] && echo "task.cameras=[$P_CAMS]" || true))
