@@ -96,3 +96,28 @@ def test_state_estimate_error_reports_millimetres_and_degrees():
     lines = report.state_errors(est, true)
     assert lines[0] == "object 0: x / y RMS 3.0 / 0.0 mm; yaw median 2.00 deg, RMS 2.00 deg", lines
     assert lines[1] == "goal entries: RMS 0.0000"
+
+
+def test_eval_state_noise_perturbs_only_the_planning_copy(monkeypatch):
+    """The diagnostic's patched ``plan`` moves the first object's x, y and yaw by the configured amounts (a fixed
+    per-episode draw in ``episode`` mode) for the policy's forward only; the rollout's state history is restored."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("POS_MM", "5")
+    monkeypatch.setenv("YAW_DEG", "5")
+    monkeypatch.setenv("MODE", "episode")
+    noise = load_script(ROOT / "scripts" / "eval_state_noise.py")
+    seen = []
+    monkeypatch.setattr(noise, "_plan", lambda self, need: seen.append(self.hist["state"][need].copy()))
+    state = np.zeros((2, 2, 5), np.float32)  # 2 envs, 2 obs steps, [x, y, z, cos, sin]
+    state[..., 3] = 1.0
+    loop = SimpleNamespace(hist={"state": state.copy()}, slots=[SimpleNamespace(index=7), SimpleNamespace(index=8)])
+    noise.plan(loop, [0, 1])
+    noise.plan(loop, [0, 1])
+    np.testing.assert_array_equal(loop.hist["state"], state)  # restored
+    moved = seen[0]
+    assert np.all(np.abs(moved[..., :2]) > 0) and np.all(np.abs(moved[..., :2]) < 0.03)  # metres, ~5 mm draws
+    yaw = np.rad2deg(np.arctan2(moved[..., 4], moved[..., 3]))
+    assert np.all(np.abs(yaw) > 0) and np.all(np.abs(yaw) < 30)
+    np.testing.assert_allclose(seen[1], moved)  # episode mode: the same bias at every plan of an episode
+    assert not np.allclose(moved[0], moved[1])  # different episodes, different draws
