@@ -1,9 +1,9 @@
 """`s2robot eval` of a privileged-state policy with the object pose it reads perturbed (a diagnostic, not an option).
 
-How precisely must a policy know the object's pose (push_t's T)? The state vector is per object [x, y, z, cos yaw, sin yaw]; before
-each plan the policy's copy of the state history gets x, y moved by N(0, POS_MM) mm and yaw turned by N(0, YAW_DEG)
-deg, either fresh at every plan (MODE=step) or one draw per episode (MODE=episode: a fixed bias, like a frozen
-encoder's systematic error). The env itself is untouched. The noise generator is seeded from the episode index.
+How precisely must a policy know the object's pose (push_t's T)? The state vector is per object
+[x, y, z, cos yaw, sin yaw]; before each plan the policy's copy of the state history gets x, y moved by
+N(0, POS_MM) mm and yaw turned by N(0, YAW_DEG) deg, either fresh at every plan (MODE=step) or one draw per episode
+(MODE=episode: a fixed bias, like a frozen encoder's systematic error). The env itself is untouched. The noise generator is seeded from the episode index.
 Usage: POS_MM=5 YAW_DEG=5 MODE=step python scripts/eval_state_noise.py checkpoint=RUN episodes=50 ...
 (the eval verb's own arguments). It patches the rollout's ``plan`` (``s2robot.evaluation.rollout``), so it follows
 that private method; ``tests/test_probe_tokens.py`` checks the patch. Only the first object's pose is moved.

@@ -476,7 +476,8 @@ def test_estimated_state_is_learned_from_tokens_and_not_read_at_inference():
         loss.backward()
         opt.step()
     after = estimate_error(held_out)
-    assert before > 1.0 and after < 0.35, (before, after)  # cells (~0.2 here; 2.2 with state_loss_weight=0); positions spread over ~5 cells
+    # cells; positions spread over ~5 cells (~0.2 here; 2.2 with state_loss_weight=0)
+    assert before > 1.0 and after < 0.35, (before, after)
     assert with_state_loss > policy.compute_loss(held_out).item()
     obs = {k: v for k, v in held_out.items() if k not in ("state", "action")}
     assert policy.predict_action(obs).shape == (256, 4, ACTION)  # no state needed
