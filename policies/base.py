@@ -71,6 +71,11 @@ class ShapeMeta:
             if len(self.token_shape) != 2:
                 raise ValueError(f"shape_meta.token_shape must be (N, D), got {self.token_shape}")
 
+    @property
+    def state_width(self) -> int:
+        """S of the privileged state the policy reads or estimates (its normaliser's ``"state"``), 0 if neither."""
+        return self.state_dim or self.estimated_state_dim
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

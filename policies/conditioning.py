@@ -246,7 +246,7 @@ class ObsConditioner(nn.Module):
         if cfg.estimate_state and (meta.state_dim or not meta.cameras):
             raise ValueError("policy.obs.estimate_state predicts the state from camera images: it needs cameras and "
                              "a policy that does not also read the state (task.env_kwargs.state_obs=false)")
-        return meta.state_dim or meta.estimated_state_dim
+        return meta.state_width
 
     @property
     def out_dim(self) -> int:

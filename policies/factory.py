@@ -55,8 +55,8 @@ def build_policy(
         shapes = {"action": meta.action_dim}
         if meta.proprio_dim:
             shapes["proprio"] = meta.proprio_dim
-        if meta.state_dim or meta.estimated_state_dim:
-            shapes["state"] = meta.state_dim or meta.estimated_state_dim
+        if meta.state_width:
+            shapes["state"] = meta.state_width
         normalizer = Normalizer(shapes)
     if obs_cfg.backbone == "resnet18":
         encoder = None  # the trainable baseline sees raw images only

@@ -28,7 +28,8 @@ def state_errors(est: np.ndarray, true: np.ndarray) -> list[str]:
     lines = []
     n_obj = true.shape[1] // STATE_PER_OBJECT
     for k in range(n_obj):
-        e, t = est[:, 5 * k: 5 * k + 5], true[:, 5 * k: 5 * k + 5]
+        block = slice(STATE_PER_OBJECT * k, STATE_PER_OBJECT * (k + 1))  # [x, y, z, cos yaw, sin yaw]
+        e, t = est[:, block], true[:, block]
         rms_mm = np.sqrt(((e[:, :2] - t[:, :2]) ** 2).mean(axis=0)) * 1000
         dyaw = np.angle(np.exp(1j * (np.arctan2(e[:, 4], e[:, 3]) - np.arctan2(t[:, 4], t[:, 3]))), deg=True)
         lines.append(f"object {k}: x / y RMS {rms_mm[0]:.1f} / {rms_mm[1]:.1f} mm; yaw median "

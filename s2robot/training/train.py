@@ -441,7 +441,7 @@ def _fit_normalizer(c: dict[str, Any], train_ds: Any, meta: Any) -> Any:
     """Normaliser for ``action`` (+ ``proprio``, ``state``) fitted on the training split, modes from
     ``normalizer:``."""
     stats = train_ds.lowdim_data(["action"] + (["proprio"] if meta.proprio_dim else []) + (
-        ["state"] if meta.state_dim or meta.estimated_state_dim else []))
+        ["state"] if meta.state_width else []))
     return Normalizer().fit(stats, modes={k: c["normalizer"][k] for k in stats})
 
 
