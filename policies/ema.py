@@ -8,6 +8,7 @@ safetensors next to the raw weights (``ema.<name>``) and restored exactly.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Iterator
 
 import torch
@@ -32,13 +33,17 @@ class PolicyEMA:
         self.names = [n for n, _ in named]
         self.model = EMAModel(
             [p for _, p in named], decay=max_decay, min_decay=min_decay, update_after_step=update_after_step,
-            use_ema_warmup=True, inv_gamma=inv_gamma, power=power,
+            use_ema_warmup=True, inv_gamma=inv_gamma, power=power, foreach=True,
         )
+        self._params: tuple[weakref.ref, list[nn.Parameter]] | None = None
 
     def params(self, policy: nn.Module) -> list[nn.Parameter]:
-        """``policy``'s parameters in the order of the shadow weights."""
-        named = dict(policy.trainable_named_parameters())
-        return [named[n] for n in self.names]
+        """``policy``'s parameters in the order of the shadow weights (looked up once per policy: every step
+        asks)."""
+        if self._params is None or self._params[0]() is not policy:
+            named = dict(policy.trainable_named_parameters())
+            self._params = (weakref.ref(policy), [named[n] for n in self.names])
+        return self._params[1]
 
     @contextlib.contextmanager
     def applied(self, policy: nn.Module) -> Iterator[None]:
