@@ -115,8 +115,8 @@ class DatasetConfig:
     seed: int = 0  # split seed
     use_cached_features: bool = True  # read features/<encoder hash> when present instead of running the encoder
     # DataLoader worker processes (each opens the store lazily). None: 0 when every key a window reads is held in RAM
-    # (cached tokens within token_cache_mb: a batch is a numpy gather; on 2 cores the diffusion U-Net trained at
-    # 10.5-11.2 steps/s with 0 workers, 8.0-8.9 with 2), else min(4, the CPUs this process may use)
+    # (cached tokens within token_cache_mb: a batch is a numpy gather, and workers take cores from the step;
+    # docs/policies.md "Speed"), else min(4, the CPUs this process may use)
     num_workers: int | None = None
     lowdim_cache_mb: int = 256  # low-dim arrays below this total size are held in RAM (once per training)
     token_cache_mb: int = 4096  # cached tokens up to this size: in RAM once per training, workers share (0: stream)
