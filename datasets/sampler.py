@@ -204,12 +204,6 @@ class SequenceDataset(Dataset):
         return ((self._cache_lowdim and name.startswith("data/") and not is_image_key(key))
                 or (self.tokens_in_ram and name.startswith("features/")))
 
-    @property
-    def all_in_ram(self) -> bool:
-        """Whether every key a window reads is held in RAM (:meth:`_in_ram`): a batch is then a numpy gather, no
-        chunk decoding, so DataLoader worker processes only take CPU from the training step."""
-        return all(self._in_ram(key) for key in self._sources)
-
     def load_into_ram(self, share_with: "SequenceDataset | None" = None) -> None:
         """Read now, in this process, every key held in RAM (:meth:`_in_ram`).
 

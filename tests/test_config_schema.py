@@ -191,14 +191,10 @@ def test_dataset_is_a_path_where_the_config_has_no_dataset_group():
     assert cli.compose("cache", ["dataset=default"]).dataset.path is None  # cache keeps the group option
 
 
-@pytest.mark.parametrize("cpus, setting, in_ram, expected", [
-    ({0, 1}, None, False, 2), (set(range(16)), None, False, 4), ({0, 1}, 3, False, 3),
-    ({0, 1}, None, True, 0), (set(range(16)), None, True, 0), ({0, 1}, 2, True, 2)])
-def test_loader_workers_default_to_none_in_ram_else_the_usable_cpus_capped_at_4(monkeypatch, cpus, setting, in_ram,
-                                                                               expected):
-    """dataset.num_workers=null starts no worker when every key a window reads is in RAM (a batch is a numpy gather;
-    workers only took cores from the step), else min(4, CPUs this process may use) workers (a 2-core machine: 2, not
-    the 4 that made torch warn on every run); an explicit value is used as given."""
+@pytest.mark.parametrize("cpus, setting, expected", [({0, 1}, None, 2), (set(range(16)), None, 4), ({0, 1}, 3, 3)])
+def test_loader_workers_default_to_the_usable_cpus_capped_at_4(monkeypatch, cpus, setting, expected):
+    """dataset.num_workers=null starts min(4, CPUs this process may use) workers (a 2-core machine: 2, not the 4 that
+    made torch warn on every run); an explicit value is used as given."""
     import os
 
     import torch
@@ -207,7 +203,7 @@ def test_loader_workers_default_to_none_in_ram_else_the_usable_cpus_capped_at_4(
     from s2robot.training.ddp import DistInfo
 
     class Windows:  # what the loader reads of a training dataset
-        augment_views, token_keys, all_in_ram = 1, (), in_ram
+        augment_views, token_keys = 1, ()
 
         def __len__(self):
             return 64

@@ -112,9 +112,6 @@ def test_tokens_in_ram_equal_streamed_tokens(reduced_store):
     ram = SequenceDataset(path, token_cache_bytes=1 << 30, **kw)
     streamed = SequenceDataset(path, token_cache_bytes=0, **kw)
     assert ram.tokens_in_ram and not streamed.tokens_in_ram
-    assert ram.all_in_ram and not streamed.all_in_ram  # training starts no loader workers for the first only
-    images = SequenceDataset(path, token_cache_bytes=1 << 30, **{**kw, "feature_hash": None})
-    assert not images.all_in_ram  # images are decoded per batch
     idx = np.arange(len(ram))[::3]
     a, b = ram.get_batch(idx), streamed.get_batch(idx)
     assert a.keys() == b.keys()

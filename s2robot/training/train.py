@@ -114,9 +114,8 @@ class DatasetConfig:
     val_ratio: float = 0.1  # fraction of episodes held out for validation (split by episode)
     seed: int = 0  # split seed
     use_cached_features: bool = True  # read features/<encoder hash> when present instead of running the encoder
-    # DataLoader worker processes (each opens the store lazily). None: 0 when every key a window reads is held in RAM
-    # (cached tokens within token_cache_mb: a batch is a numpy gather, and workers take cores from the step;
-    # docs/policies.md "Speed"), else min(4, the CPUs this process may use)
+    # DataLoader worker processes (each opens the store lazily); None: min(4, the CPUs this process may use), so a
+    # 2-core machine does not start more workers than cores (on 2 cores 0 and 4 workers trained equally fast)
     num_workers: int | None = None
     lowdim_cache_mb: int = 256  # low-dim arrays below this total size are held in RAM (once per training)
     token_cache_mb: int = 4096  # cached tokens up to this size: in RAM once per training, workers share (0: stream)
@@ -618,9 +617,7 @@ def _make_loader(c: dict[str, Any], info: DistInfo, device: torch.device, train_
         raise ValueError(f"the training split has {len(train_ds)} windows ({len(sampler)} per rank), fewer than "
                          f"train.batch_size={tcfg.batch_size}; lower the batch size or add demonstrations")
     workers = c["dataset"]["num_workers"]
-    if workers is None:  # in-RAM batches are numpy gathers: workers would only compete with the step for the cores
-        workers = 0 if train_ds.all_in_ram else min(4, _usable_cpus())
-    workers = int(workers)
+    workers = min(4, _usable_cpus()) if workers is None else int(workers)
     loader = DataLoader(BatchView(train_ds), sampler=BatchSampler(sampler, tcfg.batch_size, drop_last=True),
                         batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda")
