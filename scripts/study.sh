@@ -66,12 +66,15 @@ s2_b16)   # MobileNetV2 one scale vs S2 (1,2) at batch 16: the same samples seen
 policies_*)   # issue 12: state (control-only upper bound) vs images (frozen MobileNetV2 S2 (1,2) PCA-256 tokens),
   # BC-MLP and diffusion U-Net, SEEDS training seeds, 50 eval episodes on seeds 100000+, rollouts every EVAL_EVERY
   # steps for the learning curve (train.csv/val.csv/eval.csv + learning_curve.png in each run).
-  # Each run is evaluated twice: with the policy's own execution (ACT temporal ensembling, m = 0; push_t's U-Net:
-  # replanning every step, and ACT in eval-act/) and with whole chunks (temporal_ensemble=off, eval-chunks/).
+  # Each run is evaluated twice: with the policy's own execution (ACT temporal ensembling, m = 0; the U-Net on
+  # push_t and stack_cubes: replanning every step, and ACT in eval-act/) and with whole chunks (temporal_ensemble=off,
+  # eval-chunks/).
   # P_AUG=K: cache K augmented views and train on them.
   task=${stage#policies_}
   P_DEMOS=${P_DEMOS:-300}; P_STEPS=${P_STEPS:-1500}; SEEDS=${SEEDS:-"0 1 2"}; EVAL_EVERY=${EVAL_EVERY:-500}
   P_AUG=${P_AUG:-1}; aug=$([ "$P_AUG" -gt 1 ] && echo "-k$P_AUG" || true)
+  # P_THREADS=2: two torch threads per training (the budget rows of docs/policies.md point 8, one training at a time)
+  P_THREADS=${P_THREADS:-1}
   # P_GRID=-1: keep scale 2's 6x6 token grid (encoder.grid_scale=-1) instead of pooling to the base 3x3; rows "-g6"
   P_GRID=${P_GRID:-0}; grid=$([ "$P_GRID" != 0 ] && echo "-g6" || true)
   ENC=("${MNV2_96[@]}" encoder.grid_scale=$P_GRID)
@@ -121,14 +124,14 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
       set -- $spec; name=$1; shift
       [[ " $* " == *" train.steps="* ]] || set -- "$@" train.steps=$P_STEPS
       d=$OUT/runs/$task-$name-seed$seed
-      run $S2 train task=$task dataset=$data "${ENC[@]}" "${CURVE[@]}" "$@" seed=$seed out_dir=$d
+      run $S2 train task=$task dataset=$data "${ENC[@]}" "${CURVE[@]}" "$@" threads=$P_THREADS seed=$seed out_dir=$d
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval  # the policy's own execution
       # whole chunks: a diffusion row's are 8 actions (the schema's n_action_steps), also where a task x policy
-      # file trained it to replan every step (configs/task_policy/push_t_diffusion_unet.yaml: n_action_steps 1)
+      # file trained it to replan every step (configs/task_policy/{push_t,stack_cubes}_diffusion_unet.yaml: n_action_steps 1)
       dp=$([[ $name == *diffusion_unet ]] && echo 1 || echo 0)
       CHUNK=($([ $dp = 1 ] && echo n_action_steps=8 || true))
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off "${CHUNK[@]}" out=$d/eval-chunks
-      if [ $dp = 1 ] && [ -f configs/task_policy/${task}_diffusion_unet.yaml ]; then  # push_t: ACT m = 0 too
+      if [ $dp = 1 ] && [ -f configs/task_policy/${task}_diffusion_unet.yaml ]; then  # push_t, stack_cubes: ACT m = 0 too
         run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=0 "${CHUNK[@]}" out=$d/eval-act
       elif [ $dp = 1 ] && [ "${P_REPLAN1:-0}" = 1 ]; then  # P_REPLAN1=1: replan every step without averaging too
         run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off replan_every=1 \

@@ -114,7 +114,8 @@ def test_help_lists_schema_defaults_the_yaml_leaves_out(capsys):
     assert "num_workers: null" in dataset and "val_ratio: 0.1" in dataset
     assert "unet_down_dims" not in out  # policy=bc_mlp: only the BC head's keys
     assert "pooling: attention" in out  # policy.obs defaults (bc_mlp.yaml has no obs section)
-    assert "task x policy files (configs/task_policy, applied before key=value overrides): push_t_diffusion_unet" in out
+    assert ("task x policy files (configs/task_policy, applied before key=value overrides): push_t_diffusion_unet, "
+            "stack_cubes_diffusion_unet") in out
 
 
 def test_schema_types_and_plus_on_an_existing_key_are_one_line():
@@ -236,16 +237,21 @@ def test_each_task_policy_specialisation_names_a_real_task_and_policy(path):
             assert cfg.policy[key] == value, (verb, key)
 
 
-def test_push_t_diffusion_replans_every_step_by_default_and_nothing_else_changes():
-    """push_t x diffusion_unet: one action per chunk, no ensembling (docs/policies.md point 9); the same policy on
-    another task, another policy on push_t, a Meta-World task and a command-line override keep their own values."""
+def test_push_t_and_stack_cubes_diffusion_replan_every_step_by_default_and_nothing_else_changes():
+    """push_t and stack_cubes x diffusion_unet: one action per chunk, no ensembling (docs/policies.md points 8, 9);
+    the same policy on lift_cube, another policy on those tasks, a Meta-World task and a command-line override keep
+    their own values."""
     def policy(*overrides):
         cfg = cli.compose("train", list(overrides))
         return cfg.policy.get("n_action_steps"), cfg.policy.get("temporal_ensemble")
 
     assert policy("task=push_t", "policy=diffusion_unet") == (1, None)
+    assert policy("task=stack_cubes", "policy=diffusion_unet") == (1, None)
     assert policy("task=lift_cube", "policy=diffusion_unet") == (None, None)  # the schema's 8 and 0.0 apply later
     assert policy("task=push_t", "policy=bc_mlp") == (None, None)
+    assert policy("task=stack_cubes", "policy=bc_mlp") == (None, None)
     assert policy("task=metaworld/pick-place-v3", "policy=diffusion_unet") == (None, None)
     assert policy("task=push_t", "policy=diffusion_unet", "policy.n_action_steps=8",
+                  "policy.temporal_ensemble=0") == (8, 0)
+    assert policy("task=stack_cubes", "policy=diffusion_unet", "policy.n_action_steps=8",
                   "policy.temporal_ensemble=0") == (8, 0)
