@@ -127,11 +127,11 @@ policies_*)   # issue 12: state (control-only upper bound) vs images (frozen Mob
       run $S2 train task=$task dataset=$data "${ENC[@]}" "${CURVE[@]}" "$@" threads=$P_THREADS seed=$seed out_dir=$d
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 out=$d/eval  # the policy's own execution
       # whole chunks: a diffusion row's are 8 actions (the schema's n_action_steps), also where a task x policy
-      # file trained it to replan every step (configs/task_policy/{push_t,stack_cubes}_diffusion_unet.yaml: n_action_steps 1)
+      # file trained it to replan every step (configs/task_policy/<task>_diffusion_unet.yaml: n_action_steps 1)
       dp=$([[ $name == *diffusion_unet ]] && echo 1 || echo 0)
       CHUNK=($([ $dp = 1 ] && echo n_action_steps=8 || true))
       run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off "${CHUNK[@]}" out=$d/eval-chunks
-      if [ $dp = 1 ] && [ -f configs/task_policy/${task}_diffusion_unet.yaml ]; then  # push_t, stack_cubes: ACT m = 0 too
+      if [ $dp = 1 ] && [ -f configs/task_policy/${task}_diffusion_unet.yaml ]; then  # replanning by default: ACT m = 0 too
         run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=0 "${CHUNK[@]}" out=$d/eval-act
       elif [ $dp = 1 ] && [ "${P_REPLAN1:-0}" = 1 ]; then  # P_REPLAN1=1: replan every step without averaging too
         run $S2 eval checkpoint=$d episodes=50 n_envs=2 n_videos=2 temporal_ensemble=off replan_every=1 \

@@ -245,13 +245,10 @@ def test_push_t_and_stack_cubes_diffusion_replan_every_step_by_default_and_nothi
         cfg = cli.compose("train", list(overrides))
         return cfg.policy.get("n_action_steps"), cfg.policy.get("temporal_ensemble")
 
-    assert policy("task=push_t", "policy=diffusion_unet") == (1, None)
-    assert policy("task=stack_cubes", "policy=diffusion_unet") == (1, None)
+    for task in ("push_t", "stack_cubes"):
+        assert policy(f"task={task}", "policy=diffusion_unet") == (1, None)
+        assert policy(f"task={task}", "policy=bc_mlp") == (None, None)
+        assert policy(f"task={task}", "policy=diffusion_unet", "policy.n_action_steps=8",
+                      "policy.temporal_ensemble=0") == (8, 0)
     assert policy("task=lift_cube", "policy=diffusion_unet") == (None, None)  # the schema's 8 and 0.0 apply later
-    assert policy("task=push_t", "policy=bc_mlp") == (None, None)
-    assert policy("task=stack_cubes", "policy=bc_mlp") == (None, None)
     assert policy("task=metaworld/pick-place-v3", "policy=diffusion_unet") == (None, None)
-    assert policy("task=push_t", "policy=diffusion_unet", "policy.n_action_steps=8",
-                  "policy.temporal_ensemble=0") == (8, 0)
-    assert policy("task=stack_cubes", "policy=diffusion_unet", "policy.n_action_steps=8",
-                  "policy.temporal_ensemble=0") == (8, 0)
